@@ -1,0 +1,69 @@
+"""`ecr-ray run|prepare|config` — one parser shared by every subcommand."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ecr_ray.config import ConfigError, describe, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default="tiny", help="preset name in configs/ or a YAML path (default: tiny)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set data.dev_fraction=0.1 (repeatable)")
+    common.add_argument("--run-dir", help="run directory, a path or a URI such as s3://bucket/run (default: runs/<preset>)")
+    common.add_argument("--split-file", action="append", default=[], metavar="NAME=PATH",
+                        help="prepare a raw ReDial jsonl file as split NAME, e.g. test=test_data.jsonl (repeatable)")
+    common.add_argument("--force", action="store_true", help="re-run stages even when up to date")
+
+    parser = argparse.ArgumentParser(prog="ecr-ray", description="ECR empathetic conversational recommender on Ray")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run every stage (skipping those up to date)")
+    run.add_argument("--stages", help="comma-separated stage names or prefixes to run, e.g. prepare,linking-report")
+    sub.add_parser("prepare", parents=[common], help="validate, link and build turns for the pool and --split-file splits")
+    cfg = sub.add_parser("config", parents=[common], help="print the resolved config (or --describe every knob)")
+    cfg.add_argument("--describe", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = list(args.overrides)
+        for spec in args.split_file:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ConfigError(f"--split-file {spec!r} should be NAME=PATH")
+            overrides.append(f"data.split_files.{name}={json.dumps(str(Path(path).resolve()))}")
+        cfg = load_config(args.config, overrides)
+        if args.command == "config":
+            if args.describe:
+                for key, default, doc in describe():
+                    print(f"{key:32} {default:24} {doc}")
+            else:
+                print(json.dumps(cfg.to_dict(), indent=2))
+            return 0
+        cfg.data.root()  # fail early, naming the setting, when there is no data
+    except ConfigError as err:
+        print(f"ecr-ray: {err}", file=sys.stderr)
+        return 2
+
+    from ecr_ray.pipeline import run_stages
+    from ecr_ray.rundir import RunDir
+
+    run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
+    only = ["prepare"] if args.command == "prepare" else (args.stages.split(",") if args.stages else None)
+    print(f"ecr-ray {args.command}: preset {cfg.name}, run directory {run_dir.uri}", flush=True)
+    summaries = run_stages(cfg, run_dir, only=only, force=args.force)
+    run_dir.write_json("reports/summary.json", summaries)
+    print(f"summary: {run_dir.location('reports/summary.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Typed configuration: one dataclass per stage family, loaded from a preset plus overrides.
+
+Every knob lives here with its default and a description; presets (configs/*.yaml) only change
+values. Unknown keys and wrongly typed values are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PRESETS_DIR = REPO_ROOT / "configs"
+DATA_DIR_ENV = "ECR_DATA_DIR"
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not fit the typed config."""
+
+
+def _knob(default, doc: str, **kw):
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kw)
+    return field(default=default, metadata={"doc": doc}, **kw)
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = _knob(None, f"root of the shared data; None: ${DATA_DIR_ENV}, else ../shared/data beside the checkout")
+    pool_file: str = _knob("redial/raw/train_split_pool_dedup.jsonl", "raw ReDial jsonl split into train/dev (relative to data_dir)")
+    movies_dir: str = _knob("redial/raw", "folder with movies_with_mentions.csv (the ReDial movie catalogue)")
+    kg_dir: str = _knob("redial/kg/kgA", "DBpedia subgraph folder (entity2id, relation2id, dbpedia_subkg, item_ids)")
+    dev_fraction: float = _knob(0.1, "share of pool dialogues in the dev split, chosen by a hash of conversationId")
+    split_seed: int = _knob(0, "salt of the train/dev hash; change it for another deterministic split")
+    max_dialogues: int | None = _knob(None, "use only the first N pool dialogues by conversationId (None: all)")
+    max_reject_fraction: float = _knob(0.05, "fail a file when more than this share of its lines is quarantined")
+    split_files: dict[str, str] = _knob({}, "extra named splits: name -> raw ReDial jsonl path (e.g. test)")
+    unicrs_turns_file: str = _knob("redial/processed/unicrs_kgA/valid_data_processed.jsonl", "UniCRS entity lists for the linking report")
+    unicrs_dialogues_file: str = _knob("redial/raw/train_split_subsets/cfcrs_unicrs_valid_data.jsonl", "the raw dialogues behind unicrs_turns_file")
+
+    def root(self) -> Path:
+        """The data directory, or a ConfigError that names the setting."""
+        candidates = [self.data_dir, os.environ.get(DATA_DIR_ENV), REPO_ROOT.parent / "shared" / "data"]
+        for candidate in candidates:
+            if candidate and (Path(candidate) / self.pool_file).exists():
+                return Path(candidate).resolve()
+        tried = ", ".join(str(c) for c in candidates if c)
+        raise ConfigError(
+            f"no ReDial data found (looked for {self.pool_file} under: {tried}); "
+            f"set {DATA_DIR_ENV}=/path/to/shared/data or --set data.data_dir=..."
+        )
+
+    def path(self, relative: str) -> Path:
+        return self.root() / relative
+
+
+@dataclass
+class RayConfig:
+    address: str | None = _knob(None, "Ray cluster address; None: $RAY_ADDRESS (set by `ray job submit`), else a local Ray in-process")
+    num_cpus: int | None = _knob(None, "logical CPUs of the in-process local Ray (None: all cores)")
+    object_store_mb: int = _knob(512, "object store of the in-process local Ray, MiB")
+    link_actors: int = _knob(1, "Ray Data actors running entity linking")
+    link_actor_cpus: float = _knob(0.5, "CPUs per linking actor (below 1 so reads and writes still schedule on 2 cores)")
+    batch_size: int = _knob(64, "dialogues per Ray Data batch")
+
+
+@dataclass
+class Config:
+    name: str = _knob("custom", "preset name, used for the default run directory")
+    data: DataConfig = field(default_factory=DataConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(preset: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """A preset (a path, or a name in configs/) and 'section.key=value' overrides (YAML values)."""
+    values: dict = {}
+    if preset:
+        path = Path(preset)
+        if not path.exists() and (PRESETS_DIR / f"{preset}.yaml").exists():
+            path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError(f"config preset {preset!r} not found (known: {', '.join(p.stem for p in PRESETS_DIR.glob('*.yaml'))})")
+        values = yaml.safe_load(path.read_text()) or {}
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override {override!r} is not key=value")
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return _build(Config, values, "")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} should be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in {prefix.rstrip('.') or 'config'}: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _check(value, hint, key: str):
+    """Accept a value of the declared type (ints for floats; None only for optional keys)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(h for h in options if h is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+    elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"config key {key} should be {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) of every knob, for `ecr-ray config --describe`."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += describe(hint, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,159 @@
+"""The prepare stages: raw ReDial files -> validated, linked dialogues -> turns (Ray Data).
+
+`prepare-pool` splits the pool into train/dev by a hash of conversationId; `prepare-<name>`
+prepares each extra raw file (`--split-file test=PATH`) as its own split, so adding a split later
+never re-runs the pool. Artifacts under prepared/<group>/: dialogues/, rec_turns/,
+user_utterances/ (parquet, explicit schemas) and rejects.jsonl.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path
+
+from ecr_ray.config import Config
+from ecr_ray.data.redial import load_movie_catalogue, read_dialogues
+from ecr_ray.data.turns import REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, flat_mapper, rec_turns, user_utterances
+from ecr_ray.pipeline import Stage, file_digest
+from ecr_ray.rundir import RunDir
+
+log = logging.getLogger(__name__)
+POOL = "pool"
+ARTIFACTS = ("dialogues", "rec_turns", "user_utterances")
+
+
+class RejectsExceeded(RuntimeError):
+    """Too much of an input file was quarantined to trust the rest."""
+
+
+def split_of(conversation_id: int, dev_fraction: float, seed: int) -> str:
+    """'train' or 'dev', fixed by the id and the seed alone (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{seed}:{conversation_id}".encode()).digest()
+    return "dev" if int.from_bytes(digest[:8], "big") / 2**64 < dev_fraction else "train"
+
+
+def prepared(group: str, artifact: str) -> str:
+    return f"prepared/{group}/{artifact}"
+
+
+def prepare_stages(cfg: Config) -> list[Stage]:
+    data = cfg.data
+    shared = lambda c: {  # noqa: E731 - what every prepare stage reads
+        "kg": {f: file_digest(c.data.path(c.data.kg_dir) / f) for f in ("entity2id.json", "relation2id.json", "dbpedia_subkg.json", "item_ids.json")},
+        "movies": file_digest(c.data.path(c.data.movies_dir) / "movies_with_mentions.csv"),
+        "max_reject_fraction": c.data.max_reject_fraction,
+    }
+    stages = [
+        Stage(
+            name=f"prepare-{POOL}",
+            run=lambda c, rd: _prepare_group(c, rd, POOL, c.data.path(c.data.pool_file)),
+            key=lambda c: {**shared(c), "pool": file_digest(c.data.path(c.data.pool_file)),
+                           "dev_fraction": c.data.dev_fraction, "split_seed": c.data.split_seed, "max_dialogues": c.data.max_dialogues},
+            outputs=tuple(prepared(POOL, a) for a in ARTIFACTS + ("rejects.jsonl",)),
+        )
+    ]
+    for name, path in sorted(data.split_files.items()):
+        if name in (POOL, "train", "dev"):
+            raise ValueError(f"split name {name!r} is reserved; choose another for --split-file")
+        stages.append(
+            Stage(
+                name=f"prepare-{name}",
+                run=lambda c, rd, name=name, path=path: _prepare_group(c, rd, name, Path(path)),
+                key=lambda c, path=path: {**shared(c), "file": file_digest(path)},
+                outputs=tuple(prepared(name, a) for a in ARTIFACTS + ("rejects.jsonl",)),
+            )
+        )
+    from ecr_ray.data.linking_report import linking_report_stage
+
+    stages.append(linking_report_stage())
+    return stages
+
+
+def read_group(cfg: Config, group: str, path: Path) -> tuple[list[dict], list[dict]]:
+    """Validated dialogues of one group with their split assigned, and the rejects."""
+    if not path.exists():
+        raise FileNotFoundError(f"raw ReDial file for split {group!r} not found: {path}")
+    dialogues, rejects = read_dialogues(path, load_movie_catalogue(cfg.data.path(cfg.data.movies_dir)))
+    bad_lines = len({r["line"] for r in rejects if r["message"] == -1})
+    lines = bad_lines + len(dialogues)
+    if lines and bad_lines / lines > cfg.data.max_reject_fraction:
+        raise RejectsExceeded(
+            f"{path}: {bad_lines} of {lines} lines quarantined ({bad_lines / lines:.1%}) > "
+            f"data.max_reject_fraction={cfg.data.max_reject_fraction}; first: line {rejects[0]['line']}: {rejects[0]['reason']}"
+        )
+    if group == POOL:
+        dialogues.sort(key=lambda d: d["conversation_id"])
+        if cfg.data.max_dialogues is not None:
+            dialogues = dialogues[: cfg.data.max_dialogues]
+        for d in dialogues:
+            d["split"] = split_of(d["conversation_id"], cfg.data.dev_fraction, cfg.data.split_seed)
+    else:
+        for d in dialogues:
+            d["split"] = group
+    return dialogues, rejects
+
+
+def link_dialogues(cfg: Config, dialogues: list[dict]):
+    """A materialized Ray Dataset of linked dialogues (DIALOGUE_SCHEMA)."""
+    import ray
+
+    from ecr_ray.data.linking import DialogueLinker
+    from ecr_ray.ray_session import ensure_ray
+
+    ensure_ray(cfg.ray)
+    blocks = max(1, min(len(dialogues) // cfg.ray.batch_size, 4 * cfg.ray.link_actors))
+    return (
+        ray.data.from_items(dialogues, override_num_blocks=blocks)
+        .map_batches(
+            DialogueLinker,
+            fn_constructor_kwargs={"kg_dir": str(cfg.data.path(cfg.data.kg_dir))},
+            batch_format="pyarrow",
+            batch_size=cfg.ray.batch_size,
+            compute=ray.data.ActorPoolStrategy(size=cfg.ray.link_actors),
+            num_cpus=cfg.ray.link_actor_cpus,
+        )
+        .materialize()
+    )
+
+
+def _prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict:
+    dialogues, rejects = read_group(cfg, group, path)
+    run_dir.write_jsonl(prepared(group, "rejects.jsonl"), rejects)
+    if not dialogues:
+        raise RejectsExceeded(f"{path}: no valid dialogue")
+    linked = link_dialogues(cfg, dialogues)
+    linked.write_parquet(run_dir.location(prepared(group, "dialogues")))
+    linked.map_batches(flat_mapper(rec_turns, REC_TURN_SCHEMA), batch_format="pyarrow").write_parquet(
+        run_dir.location(prepared(group, "rec_turns"))
+    )
+    linked.map_batches(flat_mapper(user_utterances, USER_UTTERANCE_SCHEMA), batch_format="pyarrow").write_parquet(
+        run_dir.location(prepared(group, "user_utterances"))
+    )
+    return {"file": str(path), "rejected_lines": len({r["line"] for r in rejects if r["message"] == -1}),
+            "rejected_messages": sum(r["message"] >= 0 for r in rejects), **dialogue_stats(linked.take_all())}
+
+
+def dialogue_stats(dialogues: list[dict]) -> dict:
+    """Counts for the stage summary and the README."""
+    splits = Counter(d["split"] for d in dialogues)
+    mentions = linked = rec = rec_with_target = entities_in_context = 0
+    for d in dialogues:
+        items = {m["movie_id"]: m["item"] for m in d["movies"]}
+        for turn in rec_turns(d):
+            rec += 1
+            rec_with_target += any(i >= 0 for i in turn["target_items"])
+            entities_in_context += len(turn["entities"])
+        for u in d["utterances"]:
+            mentions += len(u["movie_ids"])
+            linked += sum(items.get(m) is not None for m in u["movie_ids"])
+    return {
+        "dialogues": dict(sorted(splits.items())),
+        "utterances": sum(len(d["utterances"]) for d in dialogues),
+        "user_utterances": sum(u["role"] == "seeker" for d in dialogues for u in d["utterances"]),
+        "rec_turns": rec,
+        "rec_turns_with_target": rec_with_target,
+        "entities_per_rec_turn": round(entities_in_context / max(rec, 1), 2),
+        "movie_mentions": mentions,
+        "movie_mentions_linked": round(linked / max(mentions, 1), 4),
+    }

@@ -1,0 +1,56 @@
+"""A run directory: a local path or a pyarrow filesystem URI (s3://, gs://, ...)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.fs as pafs
+
+
+class RunDir:
+    def __init__(self, location: str | os.PathLike):
+        location = str(location)
+        if "://" in location:
+            self.fs, self.root = pafs.FileSystem.from_uri(location)
+            self.uri = location.rstrip("/")
+        else:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(location)
+            self.uri = self.root
+        self.fs.create_dir(self.root, recursive=True)
+
+    def path(self, relative: str) -> str:
+        """Filesystem path of an artifact (for self.fs)."""
+        return f"{self.root}/{relative}"
+
+    def location(self, relative: str) -> str:
+        """URI or absolute path of an artifact, for Ray Data and for users."""
+        return f"{self.uri}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self.path(relative)).type != pafs.FileType.NotFound
+
+    def delete(self, relative: str) -> None:
+        info = self.fs.get_file_info(self.path(relative))
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(info.path)
+
+    def write_text(self, relative: str, text: str) -> None:
+        parent = self.path(relative).rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        with self.fs.open_output_stream(self.path(relative)) as f:
+            f.write(text.encode())
+
+    def read_text(self, relative: str) -> str:
+        with self.fs.open_input_stream(self.path(relative)) as f:
+            return f.read().decode()
+
+    def write_json(self, relative: str, obj) -> None:
+        self.write_text(relative, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+    def read_json(self, relative: str):
+        return json.loads(self.read_text(relative))
+
+    def write_jsonl(self, relative: str, rows) -> None:
+        self.write_text(relative, "".join(json.dumps(r) + "\n" for r in rows))
