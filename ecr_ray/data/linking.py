@@ -28,7 +28,7 @@ _COMMON_WORDS = frozenset(
     thing things think this those thought through time to too two up us very want was watch way we
     well were what when where which while who why will with would yeah yes yet you your
     hi hello bye home star stars top true real live alive war wars fun dark black white red blue
-    green gold world music""".split()
+    green gold world music family kids""".split()
 )
 _GENRE_SUFFIXES = (" film", " films", " movie", " movies")
 

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real data, one local Ray for the session, one prepared tiny run."""
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import pytest
+
+from ecr_ray.config import load_config
+
+TINY_DIALOGUES = 120
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    return load_config("tiny").data.root()
+
+
+@pytest.fixture
+def tiny_cfg():
+    return load_config("tiny", [f"data.max_dialogues={TINY_DIALOGUES}"])
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prepared_run(ray_local, tmp_path_factory):
+    """The tiny preset prepared once on Ray Data: (config, RunDir, stage summaries)."""
+    from ecr_ray.pipeline import run_stages
+    from ecr_ray.rundir import RunDir
+
+    cfg = load_config("tiny", [f"data.max_dialogues={TINY_DIALOGUES}"])
+    run_dir = RunDir(tmp_path_factory.mktemp("run"))
+    return cfg, run_dir, run_stages(cfg, run_dir)
