@@ -66,7 +66,7 @@ class RayConfig:
     object_store_mb: int = _knob(512, "object store of the in-process local Ray, MiB")
     link_actors: int = _knob(1, "Ray Data actors running entity linking")
     link_actor_cpus: float = _knob(0.5, "CPUs per linking actor (below 1 so reads and writes still schedule on 2 cores)")
-    batch_size: int = _knob(64, "dialogues per Ray Data batch")
+    batch_size: int = _knob(256, "dialogues per Ray Data batch (larger batches amortise the arrow<->python conversion)")
 
 
 @dataclass
