@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Callable, Sequence
 from ecr_ray.config import Config
 from ecr_ray.rundir import RunDir
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def ensure_ray(cfg: RayConfig) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address)
     else:
         log.info("starting a local Ray in-process (no cluster address given)")
         ray.init(
@@ -28,5 +28,3 @@ def ensure_ray(cfg: RayConfig) -> None:
             object_store_memory=cfg.object_store_mb * 2**20,
             include_dashboard=False,
         )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True

@@ -2,8 +2,8 @@ import pytest
 
 from ecr_ray.config import load_config
 from ecr_ray.data.kg import load_kg
-from ecr_ray.data.linking import DialogueLinker, TextEntityLinker
-from ecr_ray.data.linking_report import compare_with_unicrs, mention_coverage
+from ecr_ray.data.linking import DialogueLinker, TextEntityLinker, mention_coverage
+from ecr_ray.data.linking_report import compare_with_unicrs
 from ecr_ray.data.redial import load_movie_catalogue, read_dialogues
 from ecr_ray.data.titles import MovieLinker, normalize, split_year
 

@@ -120,3 +120,14 @@ class DialogueLinker:
             entities += [e for segment in segments for e in self._text.link(segment)]
             out.append({**u, "movie_ids": list(u["movie_ids"]), "entities": list(dict.fromkeys(entities))})
         return out
+
+
+def mention_coverage(dialogues) -> dict:
+    """How many movie-mention occurrences of linked dialogues reached a KG item."""
+    total = linked = 0
+    for d in dialogues:
+        items = {m["movie_id"]: m["item"] for m in d["movies"]}
+        for u in d["utterances"]:
+            total += len(u["movie_ids"])
+            linked += sum(items.get(m) is not None for m in u["movie_ids"])
+    return {"dialogues": len(dialogues), "mentions": total, "linked": linked, "linked_share": round(linked / max(total, 1), 4)}

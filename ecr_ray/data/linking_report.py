@@ -13,7 +13,7 @@ import pyarrow.dataset as pads
 
 from ecr_ray.config import Config
 from ecr_ray.data.kg import load_kg
-from ecr_ray.data.linking import DialogueLinker
+from ecr_ray.data.linking import DialogueLinker, mention_coverage
 from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.data.redial import load_movie_catalogue, read_dialogues
 from ecr_ray.data.turns import rec_turns
@@ -41,16 +41,6 @@ def write_linking_report(cfg: Config, run_dir: RunDir) -> dict:
     every = report["vs_unicrs"]["all"]
     return {"movie_mentions_linked": coverage["linked_share"], "entity_precision": every["precision"],
             "entity_recall": every["recall"], "entity_f1": every["f1"], "report": run_dir.location(REPORT)}
-
-
-def mention_coverage(dialogues: list[dict]) -> dict:
-    total = linked = 0
-    for d in dialogues:
-        items = {m["movie_id"]: m["item"] for m in d["movies"]}
-        for u in d["utterances"]:
-            total += len(u["movie_ids"])
-            linked += sum(items.get(m) is not None for m in u["movie_ids"])
-    return {"dialogues": len(dialogues), "mentions": total, "linked": linked, "linked_share": round(linked / max(total, 1), 4)}
 
 
 def compare_with_unicrs(cfg: Config) -> dict:

@@ -8,17 +8,16 @@ user_utterances/ (parquet, explicit schemas) and rejects.jsonl.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections import Counter
 from pathlib import Path
 
 from ecr_ray.config import Config
+from ecr_ray.data.linking import DialogueLinker, mention_coverage
 from ecr_ray.data.redial import load_movie_catalogue, read_dialogues
 from ecr_ray.data.turns import REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, flat_mapper, rec_turns, user_utterances
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
-log = logging.getLogger(__name__)
 POOL = "pool"
 ARTIFACTS = ("dialogues", "rec_turns", "user_utterances")
 
@@ -37,30 +36,34 @@ def prepared(group: str, artifact: str) -> str:
     return f"prepared/{group}/{artifact}"
 
 
-def prepare_stages(cfg: Config) -> list[Stage]:
-    data = cfg.data
-    shared = lambda c: {  # noqa: E731 - what every prepare stage reads
-        "kg": {f: file_digest(c.data.path(c.data.kg_dir) / f) for f in ("entity2id.json", "relation2id.json", "dbpedia_subkg.json", "item_ids.json")},
-        "movies": file_digest(c.data.path(c.data.movies_dir) / "movies_with_mentions.csv"),
-        "max_reject_fraction": c.data.max_reject_fraction,
+def _inputs_key(cfg: Config) -> dict:
+    """What every prepare stage reads besides its own file: the KG, the catalogue, the threshold."""
+    kg_dir = cfg.data.path(cfg.data.kg_dir)
+    return {
+        "kg": {f: file_digest(kg_dir / f) for f in ("entity2id.json", "relation2id.json", "dbpedia_subkg.json", "item_ids.json")},
+        "movies": file_digest(cfg.data.path(cfg.data.movies_dir) / "movies_with_mentions.csv"),
+        "max_reject_fraction": cfg.data.max_reject_fraction,
     }
+
+
+def prepare_stages(cfg: Config) -> list[Stage]:
     stages = [
         Stage(
             name=f"prepare-{POOL}",
             run=lambda c, rd: _prepare_group(c, rd, POOL, c.data.path(c.data.pool_file)),
-            key=lambda c: {**shared(c), "pool": file_digest(c.data.path(c.data.pool_file)),
+            key=lambda c: {**_inputs_key(c), "pool": file_digest(c.data.path(c.data.pool_file)),
                            "dev_fraction": c.data.dev_fraction, "split_seed": c.data.split_seed, "max_dialogues": c.data.max_dialogues},
             outputs=tuple(prepared(POOL, a) for a in ARTIFACTS + ("rejects.jsonl",)),
         )
     ]
-    for name, path in sorted(data.split_files.items()):
+    for name, path in sorted(cfg.data.split_files.items()):
         if name in (POOL, "train", "dev"):
             raise ValueError(f"split name {name!r} is reserved; choose another for --split-file")
         stages.append(
             Stage(
                 name=f"prepare-{name}",
                 run=lambda c, rd, name=name, path=path: _prepare_group(c, rd, name, Path(path)),
-                key=lambda c, path=path: {**shared(c), "file": file_digest(path)},
+                key=lambda c, path=path: {**_inputs_key(c), "file": file_digest(path)},
                 outputs=tuple(prepared(name, a) for a in ARTIFACTS + ("rejects.jsonl",)),
             )
         )
@@ -98,7 +101,6 @@ def link_dialogues(cfg: Config, dialogues: list[dict]):
     """A materialized Ray Dataset of linked dialogues (DIALOGUE_SCHEMA)."""
     import ray
 
-    from ecr_ray.data.linking import DialogueLinker
     from ecr_ray.ray_session import ensure_ray
 
     ensure_ray(cfg.ray)
@@ -136,24 +138,15 @@ def _prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict
 
 def dialogue_stats(dialogues: list[dict]) -> dict:
     """Counts for the stage summary and the README."""
-    splits = Counter(d["split"] for d in dialogues)
-    mentions = linked = rec = rec_with_target = entities_in_context = 0
-    for d in dialogues:
-        items = {m["movie_id"]: m["item"] for m in d["movies"]}
-        for turn in rec_turns(d):
-            rec += 1
-            rec_with_target += any(i >= 0 for i in turn["target_items"])
-            entities_in_context += len(turn["entities"])
-        for u in d["utterances"]:
-            mentions += len(u["movie_ids"])
-            linked += sum(items.get(m) is not None for m in u["movie_ids"])
+    turns = [t for d in dialogues for t in rec_turns(d)]
+    coverage = mention_coverage(dialogues)
     return {
-        "dialogues": dict(sorted(splits.items())),
+        "dialogues": dict(sorted(Counter(d["split"] for d in dialogues).items())),
         "utterances": sum(len(d["utterances"]) for d in dialogues),
         "user_utterances": sum(u["role"] == "seeker" for d in dialogues for u in d["utterances"]),
-        "rec_turns": rec,
-        "rec_turns_with_target": rec_with_target,
-        "entities_per_rec_turn": round(entities_in_context / max(rec, 1), 2),
-        "movie_mentions": mentions,
-        "movie_mentions_linked": round(linked / max(mentions, 1), 4),
+        "rec_turns": len(turns),
+        "rec_turns_with_target": sum(any(i >= 0 for i in t["target_items"]) for t in turns),
+        "entities_per_rec_turn": round(sum(len(t["entities"]) for t in turns) / max(len(turns), 1), 2),
+        "movie_mentions": coverage["mentions"],
+        "movie_mentions_linked": coverage["linked_share"],
     }

@@ -16,7 +16,7 @@ import html
 import json
 import re
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from ecr_ray.data.titles import display_title
 
@@ -157,9 +157,3 @@ def _conversation_id_of(raw: bytes) -> int | None:
 
 def _reject(path, line: int, conversation_id, message: int, reason: str) -> dict:
     return {"file": str(path), "line": line, "conversation_id": conversation_id, "message": message, "reason": reason}
-
-
-def iter_mentions(dialogue: Mapping) -> Iterator[int]:
-    """Every movie-mention occurrence of a dialogue, in order."""
-    for utterance in dialogue["utterances"]:
-        yield from utterance["movie_ids"]
