@@ -68,6 +68,7 @@ def test_rerun_is_skipped_and_a_config_change_reruns(ray_local, tmp_path, tiny_c
     third = run_stages(with_test, run_dir)
     assert third["prepare-pool"]["skipped"] and third["linking-report"]["skipped"]
     assert not third["prepare-test"].get("skipped") and third["prepare-test"]["dialogues"] == {"test": 40}
+    assert third["prepare-test"]["overlap_with_pool"] == 40  # kepler's dialogues are in the pool: reported
     rejects = run_dir.read_text(prepared("test", "rejects.jsonl")).splitlines()
     assert json.loads(rejects[0])["line"] == 41 and json.loads(rejects[0])["conversation_id"] == 1
     assert set(_table(run_dir, "test", "rec_turns").column("split").to_pylist()) == {"test"}

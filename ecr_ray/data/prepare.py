@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ecr_ray.config import Config
 from ecr_ray.data.linking import DialogueLinker, mention_coverage
-from ecr_ray.data.redial import load_movie_catalogue, read_dialogues
+from ecr_ray.data.redial import conversation_ids, load_movie_catalogue, read_dialogues
 from ecr_ray.data.turns import REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, flat_mapper, rec_turns, user_utterances
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
@@ -63,7 +63,7 @@ def prepare_stages(cfg: Config) -> list[Stage]:
             Stage(
                 name=f"prepare-{name}",
                 run=lambda c, rd, name=name, path=path: _prepare_group(c, rd, name, Path(path)),
-                key=lambda c, path=path: {**_inputs_key(c), "file": file_digest(path)},
+                key=lambda c, path=path: {**_inputs_key(c), "file": file_digest(path), "pool": file_digest(c.data.path(c.data.pool_file))},
                 outputs=tuple(prepared(name, a) for a in ARTIFACTS + ("rejects.jsonl",)),
             )
         )
@@ -132,7 +132,14 @@ def _prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict
     linked.map_batches(flat_mapper(user_utterances, USER_UTTERANCE_SCHEMA), batch_format="pyarrow").write_parquet(
         run_dir.location(prepared(group, "user_utterances"))
     )
-    return {"file": str(path), "rejected_lines": len({r["line"] for r in rejects if r["message"] == -1}),
+    summary = {"file": str(path)}
+    if group != POOL:  # evaluating on dialogues the models trained on would flatter them
+        overlap = {d["conversation_id"] for d in dialogues} & conversation_ids(cfg.data.path(cfg.data.pool_file))
+        summary["overlap_with_pool"] = len(overlap)
+        if overlap:
+            print(f"WARNING: {len(overlap)} dialogues of split {group!r} are also in the training pool "
+                  f"({cfg.data.pool_file}), e.g. conversationId {min(overlap)}", flush=True)
+    return {**summary, "rejected_lines": len({r["line"] for r in rejects if r["message"] == -1}),
             "rejected_messages": sum(r["message"] >= 0 for r in rejects), **dialogue_stats(linked.take_all())}
 
 

@@ -150,6 +150,12 @@ def _mapping(record: dict, key: str) -> dict:
     return value
 
 
+def conversation_ids(path: str | Path) -> set[int]:
+    """The conversationIds of a raw file, read cheaply (no validation)."""
+    with open(path, "rb") as f:
+        return {cid for raw in f if (cid := _conversation_id_of(raw)) is not None}
+
+
 def _conversation_id_of(raw: bytes) -> int | None:
     m = re.search(rb'"conversationId"\s*:\s*"?(\d+)', raw)
     return int(m.group(1)) if m else None
