@@ -18,7 +18,13 @@ import pyarrow.parquet as pq
 from ecr_ray.config import load_config
 from ecr_ray.data.linking import DialogueLinker
 from ecr_ray.data.prepare import POOL, _prepare_group, read_group
-from ecr_ray.data.turns import REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, rec_turns, to_table, user_utterances
+from ecr_ray.data.turns import (
+    REC_TURN_SCHEMA,
+    USER_UTTERANCE_SCHEMA,
+    rec_turns,
+    to_table,
+    user_utterances,
+)
 from ecr_ray.rundir import RunDir
 
 

@@ -17,7 +17,6 @@ from ecr_ray.config import Config
 from ecr_ray.rundir import RunDir
 
 
-
 @dataclass(frozen=True)
 class Stage:
     name: str

@@ -7,7 +7,12 @@ import pytest
 from ecr_ray.config import load_config
 from ecr_ray.data.linking import DialogueLinker
 from ecr_ray.data.prepare import POOL, RejectsExceeded, prepared, read_group, split_of
-from ecr_ray.data.turns import DIALOGUE_SCHEMA, REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, rec_turns
+from ecr_ray.data.turns import (
+    DIALOGUE_SCHEMA,
+    REC_TURN_SCHEMA,
+    USER_UTTERANCE_SCHEMA,
+    rec_turns,
+)
 from ecr_ray.pipeline import run_stages
 from ecr_ray.rundir import RunDir
 

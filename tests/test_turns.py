@@ -1,4 +1,11 @@
-from ecr_ray.data.turns import NO_ITEM, REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, rec_turns, to_table, user_utterances
+from ecr_ray.data.turns import (
+    NO_ITEM,
+    REC_TURN_SCHEMA,
+    USER_UTTERANCE_SCHEMA,
+    rec_turns,
+    to_table,
+    user_utterances,
+)
 
 DIALOGUE = {
     "split": "dev",

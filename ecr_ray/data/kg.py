@@ -48,6 +48,11 @@ class KnowledgeGraph:
     def item_set(self) -> frozenset[int]:
         return frozenset(self.item_ids.tolist())
 
+    @functools.cached_property
+    def degree(self) -> np.ndarray:
+        """Triples touching each entity: a popularity proxy for choosing between namesakes."""
+        return np.bincount(self.triples[:, [0, 2]].ravel(), minlength=self.num_entities)
+
     def relation_id(self, name: str) -> int:
         """Relation id by its short name ('genre') or full URI."""
         for i, rel in enumerate(self.relations):

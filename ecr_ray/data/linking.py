@@ -9,7 +9,6 @@ import re
 import unicodedata
 from collections import defaultdict
 
-import numpy as np
 import pyarrow as pa
 
 from ecr_ray.data.kg import KnowledgeGraph, load_kg, split_qualifier
@@ -48,7 +47,7 @@ class TextEntityLinker:
     """
 
     def __init__(self, kg: KnowledgeGraph, max_words: int = 6):
-        degree = np.bincount(kg.triples[:, [0, 2]].ravel(), minlength=kg.num_entities)
+        degree = kg.degree
         genres = set(kg.triples[kg.triples[:, 1] == kg.relation_id("genre"), 2].tolist())
         candidates: dict[str, list[int]] = defaultdict(list)
         for entity, name in enumerate(kg.names):

@@ -14,7 +14,13 @@ from pathlib import Path
 from ecr_ray.config import Config
 from ecr_ray.data.linking import DialogueLinker, mention_coverage
 from ecr_ray.data.redial import conversation_ids, load_movie_catalogue, read_dialogues
-from ecr_ray.data.turns import REC_TURN_SCHEMA, USER_UTTERANCE_SCHEMA, flat_mapper, rec_turns, user_utterances
+from ecr_ray.data.turns import (
+    REC_TURN_SCHEMA,
+    USER_UTTERANCE_SCHEMA,
+    flat_mapper,
+    rec_turns,
+    user_utterances,
+)
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 

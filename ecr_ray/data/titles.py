@@ -12,8 +12,6 @@ from collections import defaultdict
 from typing import NamedTuple
 from urllib.parse import unquote
 
-import numpy as np
-
 from ecr_ray.data.kg import KnowledgeGraph, split_qualifier
 
 _YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
@@ -60,7 +58,7 @@ class MovieLinker:
     """
 
     def __init__(self, kg: KnowledgeGraph):
-        degree = np.bincount(kg.triples[:, [0, 2]].ravel(), minlength=kg.num_entities)
+        degree = kg.degree
         self._index: dict[str, list[_Candidate]] = defaultdict(list)
         for item in kg.item_ids.tolist():
             base, qualifier = split_qualifier(kg.names[item])
