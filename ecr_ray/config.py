@@ -70,10 +70,79 @@ class RayConfig:
 
 
 @dataclass
+class ModelsConfig:
+    allow_download: bool = _knob(False, "let hub names (e.g. 'gpt2') download; off: packaged models and local folders only")
+
+
+@dataclass
+class LLMConfig:
+    base_url: str | None = _knob(None, "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; None: start the local Ray Serve LLM")
+    model: str = _knob("smollm2-135m-instruct", "model name sent to the endpoint (and served by the local server)")
+    api_key_env: str = _knob("OPENAI_API_KEY", "environment variable holding the API key (never logged); unused by the local server")
+    concurrency: int = _knob(4, "requests in flight at once, over all annotation actors")
+    qps: float = _knob(8.0, "requests per second at most, over all annotation actors")
+    max_retries: int = _knob(4, "retries of a request on 429, 5xx, timeouts and connection errors (exponential backoff)")
+    backoff_s: float = _knob(0.5, "first backoff; doubles on every retry")
+    timeout_s: float = _knob(60.0, "per-request timeout")
+    max_tokens: int = _knob(40, "answer length limit")
+    temperature: float = _knob(0.0, "0: greedy")
+    max_failed_fraction: float = _knob(0.5, "fail the stage when more requests than this end without an answer")
+
+
+@dataclass
+class ServerConfig:
+    host: str = _knob("127.0.0.1", "address of the local OpenAI-compatible server")
+    port: int = _knob(8000, "port of the local OpenAI-compatible server")
+    replicas: int = _knob(1, "replicas of the LLM deployment")
+    replica_cpus: float = _knob(1.0, "CPUs per replica")
+
+
+@dataclass
+class ClassifierConfig:
+    backbone: str = _knob("minilm", "text encoder: minilm | gpt2")
+    pretrained: str | None = _knob("minilm-l6", "weights: a packaged name, folder or (with models.allow_download) hub name; None: random init")
+    gpt2_layers: int = _knob(2, "GPT-2 layers when randomly initialised")
+    gpt2_hidden: int = _knob(128, "GPT-2 hidden size when randomly initialised")
+    gpt2_heads: int = _knob(2, "GPT-2 attention heads when randomly initialised")
+    max_length: int = _knob(64, "tokens per utterance")
+    epochs: int = _knob(2, "training epochs")
+    lr: float = _knob(5e-5, "AdamW learning rate")
+    batch_size: int = _knob(32, "examples per step per worker")
+    max_examples: int | None = _knob(None, "train on at most this many examples (None: all)")
+    holdout_fraction: float = _knob(0.1, "share of examples held out for the metrics")
+    num_workers: int = _knob(1, "Ray Train workers (DDP)")
+    use_gpu: bool = _knob(False, "train on GPUs")
+    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint")
+    seed: int = _knob(0, "initialisation and shuffling seed")
+
+
+@dataclass
+class EmotionConfig:
+    source: str = _knob("teacher", "who labels the annotation sample: teacher (GoEmotions classifier) | llm")
+    sample_size: int = _knob(5082, "user utterances annotated (the paper: 5,082)")
+    sample_seed: int = _knob(0, "seed of the annotation sample")
+    max_chars: int = _knob(1000, "longer utterances are cut to this many characters in the prompt")
+    context_turns: int = _knob(4, "earlier utterances shown to the annotator")
+    annotate_actors: int = _knob(2, "Ray Data actors sending annotation requests")
+    second_label_threshold: float = _knob(0.3, "a second label is kept when its probability reaches this")
+    include_goemotions: bool = _knob(False, "train the classifier on GoEmotions too")
+    infer_actors: int = _knob(1, "Ray Data actors of the inference stage")
+    infer_batch_size: int = _knob(64, "utterances per inference batch")
+    actor_cpus: float = _knob(0.5, "CPUs per annotation or inference actor")
+    goemotions_dir: str = _knob("emotion/goemotions/original", "GoEmotions folder (labels.txt, train/dev/test.tsv)")
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    teacher: ClassifierConfig = field(default_factory=ClassifierConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+
+@dataclass
 class Config:
     name: str = _knob("custom", "preset name, used for the default run directory")
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    emotion: EmotionConfig = field(default_factory=EmotionConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

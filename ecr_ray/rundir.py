@@ -36,6 +36,22 @@ class RunDir:
         elif info.type == pafs.FileType.File:
             self.fs.delete_file(info.path)
 
+    def upload(self, local_folder: str, relative: str) -> None:
+        """Copy a local folder to an artifact folder (replacing it)."""
+        self.delete(relative)
+        self.fs.create_dir(self.path(relative), recursive=True)
+        pafs.copy_files(local_folder, self.path(relative), source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+
+    def local_copy(self, relative: str) -> str:
+        """A local path to an artifact: the path itself on a local run directory, else a download."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            return self.path(relative)
+        import tempfile
+
+        local = tempfile.mkdtemp(prefix="ecr-ray-")
+        pafs.copy_files(self.path(relative), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return local
+
     def write_text(self, relative: str, text: str) -> None:
         parent = self.path(relative).rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)

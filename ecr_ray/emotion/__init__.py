@@ -1,0 +1,1 @@
+"""ECR step 1: user emotions (labels, LLM annotation, teacher, classifier, inference)."""

@@ -1,0 +1,45 @@
+"""Emotion inference: a trained classifier -> nine probabilities and the top labels per utterance.
+
+`EmotionPredictor` is the plain callable a Ray Data actor pool runs (the model loads once, in
+__init__); `predict` serves plain loops, metrics and, later, the Serve deployment.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from ecr_ray.emotion.labels import top_labels
+
+PREDICTION_FIELDS = [pa.field("probs", pa.list_(pa.float32())), pa.field("labels", pa.list_(pa.string()))]
+
+
+class EmotionPredictor:
+    def __init__(self, model_dir: str, second_threshold: float, batch_size: int = 64):
+        import torch
+
+        from ecr_ray.emotion.classifier import load_classifier
+
+        torch.set_num_threads(1)  # one core per actor; parallelism comes from the actor pool
+        self.model, self.tokenizer, meta = load_classifier(model_dir)
+        self.max_length = meta["config"]["max_length"]
+        self.second_threshold = second_threshold
+        self.batch_size = batch_size
+
+    def predict(self, texts) -> np.ndarray:
+        import torch
+
+        from ecr_ray.emotion.classifier import encode
+
+        texts = [t if t and t.strip() else "." for t in texts]  # an empty text still gets a row
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                enc = encode(self.tokenizer, texts[i : i + self.batch_size], self.max_length)
+                out.append(torch.sigmoid(self.model(**enc)).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 9), dtype=np.float32)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        probs = self.predict(batch.column("text").to_pylist())
+        labels = [top_labels(p, self.second_threshold) for p in probs]
+        batch = batch.append_column(PREDICTION_FIELDS[0], pa.array(probs.astype(np.float32).tolist(), PREDICTION_FIELDS[0].type))
+        return batch.append_column(PREDICTION_FIELDS[1], pa.array(labels, PREDICTION_FIELDS[1].type))
