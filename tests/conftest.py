@@ -9,6 +9,7 @@ import pytest
 from ecr_ray.config import load_config
 
 TINY_DIALOGUES = 120
+PREPARE_STAGES = ["prepare", "linking-report"]
 
 
 @pytest.fixture(scope="session")
@@ -39,4 +40,24 @@ def prepared_run(ray_local, tmp_path_factory):
 
     cfg = load_config("tiny", [f"data.max_dialogues={TINY_DIALOGUES}"])
     run_dir = RunDir(tmp_path_factory.mktemp("run"))
-    return cfg, run_dir, run_stages(cfg, run_dir)
+    return cfg, run_dir, run_stages(cfg, run_dir, only=PREPARE_STAGES)
+
+
+@pytest.fixture
+def fresh_run(prepared_run, tmp_path):
+    """A run directory of its own holding the tiny prepared pool (stages after prepare start clean)."""
+    import shutil
+
+    from ecr_ray.rundir import RunDir
+
+    cfg, shared, _ = prepared_run
+    shutil.copytree(shared.path("prepared"), tmp_path / "run" / "prepared")
+    return RunDir(tmp_path / "run")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

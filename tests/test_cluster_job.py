@@ -73,7 +73,7 @@ def test_ray_job_submit_runs_the_pipeline(head_node, tmp_path, data_root):
     result = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
          "--", sys.executable, "jobs/train.py", "--config", "configs/tiny.yaml",
-         "--run-dir", str(run_dir), "--set", "data.max_dialogues=60"],
+         "--run-dir", str(run_dir), "--set", "data.max_dialogues=60", "--stages", "prepare,linking-report"],
         capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

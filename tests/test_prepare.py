@@ -16,7 +16,7 @@ from ecr_ray.data.turns import (
 from ecr_ray.pipeline import run_stages
 from ecr_ray.rundir import RunDir
 
-from .conftest import TINY_DIALOGUES
+from .conftest import PREPARE_STAGES, TINY_DIALOGUES
 
 
 def _table(run_dir, group, artifact):
@@ -60,9 +60,9 @@ def test_splits_are_deterministic_and_disjoint(prepared_run, data_root):
 
 def test_rerun_is_skipped_and_a_config_change_reruns(ray_local, tmp_path, tiny_cfg, data_root):
     run_dir = RunDir(tmp_path / "run")
-    first = run_stages(tiny_cfg, run_dir)
+    first = run_stages(tiny_cfg, run_dir, only=PREPARE_STAGES)
     assert not any(s.get("skipped") for s in first.values())
-    again = run_stages(tiny_cfg, run_dir)
+    again = run_stages(tiny_cfg, run_dir, only=PREPARE_STAGES)
     assert all(s["skipped"] for s in again.values())
 
     # a named split runs alone; the pool stays as it was
@@ -70,7 +70,7 @@ def test_rerun_is_skipped_and_a_config_change_reruns(ray_local, tmp_path, tiny_c
     test_file = tmp_path / "test_data.jsonl"
     test_file.write_bytes(b"\n".join(sub + [b'{"conversationId": "1", "messages": [']) + b"\n")
     with_test = load_config("tiny", ["data.max_dialogues=120", f"data.split_files.test={test_file}"])
-    third = run_stages(with_test, run_dir)
+    third = run_stages(with_test, run_dir, only=PREPARE_STAGES)
     assert third["prepare-pool"]["skipped"] and third["linking-report"]["skipped"]
     assert not third["prepare-test"].get("skipped") and third["prepare-test"]["dialogues"] == {"test": 40}
     assert third["prepare-test"]["overlap_with_pool"] == 40  # kepler's dialogues are in the pool: reported
@@ -80,7 +80,7 @@ def test_rerun_is_skipped_and_a_config_change_reruns(ray_local, tmp_path, tiny_c
 
     # a changed knob re-runs the pool and what needs it
     changed = load_config("tiny", ["data.max_dialogues=120", "data.dev_fraction=0.5"])
-    fourth = run_stages(changed, run_dir)
+    fourth = run_stages(changed, run_dir, only=PREPARE_STAGES)
     assert not fourth["prepare-pool"].get("skipped") and not fourth["linking-report"].get("skipped")
     assert fourth["prepare-pool"]["dialogues"] != first["prepare-pool"]["dialogues"]
 

@@ -31,7 +31,7 @@ RESULT_SCHEMA = pa.schema([
     ("key", pa.string()), ("utterance_id", pa.string()), ("labels", pa.list_(pa.string())),
     ("status", pa.string()), ("source", pa.string()), ("raw", pa.string()), ("error", pa.string()),
     ("requests", pa.int32()), ("retries", pa.int32()), ("corrected", pa.bool_()),
-    ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()),
+    ("prompt_tokens", pa.int32()), ("completion_tokens", pa.int32()), ("run", pa.string()),
 ])
 OK, FAILED, ERROR = "ok", "failed", "error"  # answered; answered invalidly twice; no answer after retries
 
@@ -92,11 +92,11 @@ class RateLimiter:
 class LLMAnnotator:
     """Ray Data UDF over batches of user utterances (pyarrow in, RESULT_SCHEMA out)."""
 
-    def __init__(self, llm: dict, actors: int, context_turns: int, max_chars: int):
+    def __init__(self, llm: dict, actors: int, context_turns: int, max_chars: int, run: str = ""):
         import openai
 
         self.llm = llm
-        self.context_turns, self.max_chars = context_turns, max_chars
+        self.context_turns, self.max_chars, self.run = context_turns, max_chars, run
         self.client = openai.OpenAI(base_url=llm["base_url"], api_key=os.environ.get(llm["api_key_env"]) or "unused",
                                     max_retries=0, timeout=llm["timeout_s"])
         self.transient = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
@@ -111,7 +111,8 @@ class LLMAnnotator:
     def annotate(self, row: dict) -> dict:
         messages = build_messages(row["context"], row["context_roles"], row["text"], self.context_turns, self.max_chars)
         out = {"key": row["key"], "utterance_id": row["utterance_id"], "labels": [], "source": f"llm:{self.llm['model']}",
-               "raw": None, "error": None, "requests": 0, "retries": 0, "corrected": False, "prompt_tokens": 0, "completion_tokens": 0}
+               "raw": None, "error": None, "requests": 0, "retries": 0, "corrected": False, "prompt_tokens": 0, "completion_tokens": 0,
+               "run": self.run}
         for attempt in range(2):  # the answer, then one corrective retry
             try:
                 answer = self._complete(messages, out)
@@ -122,9 +123,10 @@ class LLMAnnotator:
                 return {**out, "status": OK, "labels": parse_labels(answer)}
             except InvalidAnswer as err:
                 out["error"] = str(err)
-                out["corrected"] = attempt == 0
+            if attempt == 0:
+                out["corrected"] = True
                 messages = messages + [{"role": "assistant", "content": answer or ""},
-                                       {"role": "user", "content": f"That answer is invalid: {err}. Answer again with JSON only."}]
+                                       {"role": "user", "content": f"That answer is invalid: {out['error']}. Answer again with JSON only."}]
         return {**out, "status": FAILED}
 
     def _complete(self, messages: list[dict], out: dict) -> str:

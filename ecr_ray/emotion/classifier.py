@@ -21,6 +21,8 @@ from ecr_ray.models import resolve_model
 class EmotionClassifier(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # we mean-pool the hidden states; an unused pooler breaks DDP's gradient sync
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, len(LABELS))
 

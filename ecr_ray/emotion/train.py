@@ -54,7 +54,7 @@ def train_loop(config: dict) -> None:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-        metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        metrics = {"epoch": epoch, "resumed_from": start, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                    **_evaluate(model, tokenizer, ray.train.get_dataset_shard("val"), cfg)}
         with tempfile.TemporaryDirectory() as folder:
             saved = None
@@ -100,7 +100,8 @@ def fit_classifier(cfg: Config, name: str, ccfg: ClassifierConfig, train_rows: l
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"classifier": dataclasses.asdict(ccfg), "allow_download": cfg.models.allow_download},
-        scaling_config=ScalingConfig(num_workers=ccfg.num_workers, use_gpu=ccfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=ccfg.num_workers, use_gpu=ccfg.use_gpu,
+                                     resources_per_worker={"CPU": ccfg.cpus_per_worker, **({"GPU": 1} if ccfg.use_gpu else {})}),
         run_config=RunConfig(name=f"{name}-{digest}", storage_path=run_dir.location("train"),
                              failure_config=FailureConfig(max_failures=ccfg.max_failures)),
         datasets={"train": ray.data.from_items(as_rows(train_rows)), "val": ray.data.from_items(as_rows(val_rows))},
