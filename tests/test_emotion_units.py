@@ -81,3 +81,20 @@ def test_hub_names_need_the_download_setting():
     assert resolve_model("gpt2", allow_download=True) == "gpt2"
     with pytest.raises(ValueError, match="unknown classifier backbone"):
         build_classifier(ClassifierConfig(backbone="lstm"))
+
+
+def test_predictor_takes_empty_long_and_non_english_text(tmp_path):
+    import pyarrow as pa
+
+    from ecr_ray.emotion.infer import EmotionPredictor
+
+    cfg = ClassifierConfig(max_length=32)
+    save_classifier(*build_classifier(cfg), cfg, tmp_path / "m", {})
+    predictor = EmotionPredictor(str(tmp_path / "m"), second_threshold=0.0)
+    texts = ["", "   ", "wow " * 5000, "¡Me encantó esa película!", "这部电影很好看", "I loved it"]
+    out = predictor(pa.table({"utterance_id": [str(i) for i in range(6)], "text": texts}))
+    assert out.num_rows == 6 and out.column("utterance_id").to_pylist() == [str(i) for i in range(6)]
+    probs = np.array(out.column("probs").to_pylist())
+    assert probs.shape == (6, 9) and np.isfinite(probs).all()
+    assert all(len(labels) == 2 for labels in out.column("labels").to_pylist())  # threshold 0: always two
+    np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)  # empty and blank read the same

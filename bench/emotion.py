@@ -1,0 +1,121 @@
+"""Emotion stage benchmarks, each against its baseline in the same run (ratios > 1: Ray faster).
+
+    python bench/emotion.py annotate [--n 24]   Ray Data annotation vs a sequential loop of the same
+                                                 client calls, against the same local LLM server (2 replicas)
+    python bench/emotion.py train [--n 512]     classifier training samples/s, 1 vs 2 Ray Train workers
+    python bench/emotion.py infer [--n 2000]    inference utterances/s, actor pool (2) vs a plain loop
+"""
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from ecr_ray.config import ClassifierConfig, load_config
+from ecr_ray.data.prepare import POOL, _prepare_group
+from ecr_ray.emotion.labels import read_goemotions
+from ecr_ray.rundir import RunDir
+
+
+def _utterances(cfg, run_dir, n):
+    import pyarrow.dataset as pads
+
+    from ecr_ray.data.prepare import prepared
+    from ecr_ray.emotion.annotate import cache_key
+
+    _prepare_group(cfg, run_dir, POOL, cfg.data.path(cfg.data.pool_file))
+    rows = pads.dataset(run_dir.path(prepared(POOL, "user_utterances"))).to_table().to_pylist()[:n]
+    return [{**r, "key": cache_key("bench", r["context"], r["text"])} for r in rows]
+
+
+def bench_annotate(cfg, run_dir, n):
+    import ray
+
+    from ecr_ray.emotion.annotate import LLMAnnotator
+    from ecr_ray.serving.llm import start_llm_server, stop_llm_server
+
+    cfg.emotion.server.replicas, cfg.emotion.server.replica_cpus = 2, 0.5
+    rows = _utterances(cfg, run_dir, n)
+    url = start_llm_server(cfg)
+    try:
+        llm = {**dataclasses.asdict(cfg.emotion.llm), "base_url": url, "max_tokens": 24, "qps": 100.0}
+        plain = LLMAnnotator({**llm, "concurrency": 1}, 1, 4, 1000)
+        start = time.perf_counter()
+        for row in rows:
+            plain.annotate(row)
+        base = time.perf_counter() - start
+        start = time.perf_counter()
+        out = (ray.data.from_items(rows, override_num_blocks=4)
+               .map_batches(LLMAnnotator, batch_format="pyarrow", batch_size=max(1, n // 4),
+                            fn_constructor_kwargs={"llm": {**llm, "concurrency": 4}, "actors": 2, "context_turns": 4, "max_chars": 1000},
+                            compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.25)
+               .take_all())
+        took = time.perf_counter() - start
+        assert len(out) == n
+    finally:
+        stop_llm_server()
+    print(f"annotate {n} utterances: sequential {n / base:.2f}/s, Ray Data (2 actors x 2 threads, 2 replicas) {n / took:.2f}/s, "
+          f"ratio {base / took:.2f}")
+
+
+def bench_train(cfg, run_dir, n):
+    from ecr_ray.emotion.train import fit_classifier
+
+    rows = read_goemotions(cfg.data.path(cfg.emotion.goemotions_dir), "train")[:n]
+    val = rows[:32]
+    rates = {}
+    for workers in (1, 2):
+        ccfg = ClassifierConfig(max_length=48, epochs=1, num_workers=workers, cpus_per_worker=0.5, lr=1e-4)
+        start = time.perf_counter()
+        fit_classifier(cfg, f"bench{workers}", ccfg, rows, val, run_dir)
+        rates[workers] = n / (time.perf_counter() - start)
+    print(f"train MiniLM on {n} examples (incl. Ray Train start-up): 1 worker {rates[1]:.1f} samples/s, "
+          f"2 workers {rates[2]:.1f} samples/s, ratio {rates[2] / rates[1]:.2f}")
+
+
+def bench_infer(cfg, run_dir, n):
+    import ray
+
+    from ecr_ray.emotion.classifier import build_classifier, save_classifier
+    from ecr_ray.emotion.infer import EmotionPredictor
+
+    ccfg = ClassifierConfig(max_length=48)
+    model, tokenizer = build_classifier(ccfg)
+    folder = run_dir.path("models/bench")
+    save_classifier(model, tokenizer, ccfg, folder, {})
+    texts = [r["text"] for r in read_goemotions(cfg.data.path(cfg.emotion.goemotions_dir), "test")[:n]]
+    predictor = EmotionPredictor(folder, 0.3)
+    start = time.perf_counter()
+    predictor.predict(texts)
+    base = time.perf_counter() - start
+    start = time.perf_counter()
+    rows = (ray.data.from_items([{"text": t} for t in texts], override_num_blocks=8)
+            .map_batches(EmotionPredictor, batch_format="pyarrow", batch_size=64,
+                         fn_constructor_kwargs={"model_dir": folder, "second_threshold": 0.3},
+                         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
+            .count())
+    took = time.perf_counter() - start
+    assert rows == n
+    print(f"infer {n} utterances: plain loop (1 thread) {n / base:.0f}/s, actor pool (2 x 1 thread) {n / took:.0f}/s, ratio {base / took:.2f}")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["annotate", "train", "infer"])
+    parser.add_argument("--n", type=int)
+    args = parser.parse_args()
+    import ray
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cfg = load_config("tiny")
+    with tempfile.TemporaryDirectory() as work:
+        run = {"annotate": (bench_annotate, 24), "train": (bench_train, 512), "infer": (bench_infer, 2000)}[args.what]
+        run[0](cfg, RunDir(work), args.n or run[1])
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
