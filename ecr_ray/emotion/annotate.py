@@ -73,6 +73,37 @@ def parse_labels(answer: str | None) -> list[str]:
     return labels
 
 
+def openai_client(base_url: str, api_key_env: str, timeout_s: float):
+    """The official client; retries are ours (counted), so its own are off."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "unused", max_retries=0, timeout=timeout_s)
+
+
+def transient_errors() -> tuple:
+    """429, 5xx, timeouts and connection errors: worth retrying with backoff."""
+    import openai
+
+    return (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+
+
+def probe_endpoint(base_url: str, llm: dict) -> None:
+    """GET /models with the annotation's retries; a clear error naming the URL when it is down."""
+    import openai
+
+    client = openai_client(base_url, llm["api_key_env"], llm["timeout_s"])
+    for retry in range(llm["max_retries"] + 1):
+        try:
+            client.models.list()
+            return
+        except openai.NotFoundError:
+            return  # a server without /models can still answer chat completions
+        except transient_errors() as err:
+            if retry == llm["max_retries"]:
+                raise RuntimeError(f"the LLM endpoint {base_url} is not reachable after {llm['max_retries']} retries: {err}") from None
+            time.sleep(llm["backoff_s"] * 2**retry)
+
+
 class RateLimiter:
     """At most `qps` starts per second (shared by the threads of one actor)."""
 
@@ -93,13 +124,10 @@ class LLMAnnotator:
     """Ray Data UDF over batches of user utterances (pyarrow in, RESULT_SCHEMA out)."""
 
     def __init__(self, llm: dict, actors: int, context_turns: int, max_chars: int, run: str = ""):
-        import openai
-
         self.llm = llm
         self.context_turns, self.max_chars, self.run = context_turns, max_chars, run
-        self.client = openai.OpenAI(base_url=llm["base_url"], api_key=os.environ.get(llm["api_key_env"]) or "unused",
-                                    max_retries=0, timeout=llm["timeout_s"])
-        self.transient = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+        self.client = openai_client(llm["base_url"], llm["api_key_env"], llm["timeout_s"])
+        self.transient = transient_errors()
         self.threads = max(1, llm["concurrency"] // actors)
         self.limiter = RateLimiter(llm["qps"] / actors)
 

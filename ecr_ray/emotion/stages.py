@@ -30,6 +30,7 @@ from ecr_ray.emotion.annotate import (
     RESULT_SCHEMA,
     LLMAnnotator,
     cache_key,
+    probe_endpoint,
 )
 from ecr_ray.emotion.labels import LABELS, read_goemotions, top_labels
 from ecr_ray.pipeline import Stage, file_digest
@@ -174,7 +175,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
         if base_url is None:
             base_url, started_server = start_llm_server(cfg), True
         try:
-            probe_endpoint(base_url, cfg)
+            probe_endpoint(base_url, dataclasses.asdict(e.llm))
             columns = ["key", "utterance_id", "text", "context", "context_roles"]
             batch = e.annotate_batch_size
             (ray.data.from_items([{c: s[c] for c in columns} for s in pending], override_num_blocks=-(-len(pending) // batch))
@@ -196,27 +197,6 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
     totals = {k: sum(r[k] for r in this_run) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
     return results, {"source": f"llm:{e.llm.model}", "reused_from_cache": len(sample) - len(pending),
                      "corrective_retries": sum(r["corrected"] for r in this_run), **totals}
-
-
-def probe_endpoint(base_url: str, cfg: Config) -> None:
-    """GET /models with the same retries as the annotation; a clear error naming the URL."""
-    import os
-    import time
-
-    import openai
-
-    llm = cfg.emotion.llm
-    client = openai.OpenAI(base_url=base_url, api_key=os.environ.get(llm.api_key_env) or "unused", max_retries=0, timeout=llm.timeout_s)
-    for retry in range(llm.max_retries + 1):
-        try:
-            client.models.list()
-            return
-        except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError, openai.RateLimitError) as err:
-            if retry == llm.max_retries:
-                raise RuntimeError(f"the LLM endpoint {base_url} is not reachable after {llm.max_retries} retries: {err}") from None
-            time.sleep(llm.backoff_s * 2**retry)
-        except openai.NotFoundError:
-            return  # a server without /models can still answer chat completions
 
 
 def _cache_rows(run_dir: RunDir) -> list[dict]:
