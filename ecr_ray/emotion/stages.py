@@ -18,6 +18,7 @@ from functools import partial
 
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ecr_ray.config import Config, ConfigError
@@ -137,6 +138,9 @@ def annotation_sample(cfg: Config, run_dir: RunDir) -> list[dict]:
 def annotate_sample(cfg: Config, run_dir: RunDir) -> dict:
     sample = annotation_sample(cfg, run_dir)
     results, summary = (_annotate_llm if cfg.emotion.source == "llm" else _annotate_teacher)(cfg, run_dir, sample)
+    missing = [s["utterance_id"] for s in sample if s["key"] not in results]
+    if missing:  # every sampled utterance ends answered, failed or unanswered: never silently absent
+        raise RuntimeError(f"{len(missing)} sampled utterances have no annotation result, e.g. {missing[:3]}")
     rows = [{"utterance_id": s["utterance_id"], "conversation_id": s["conversation_id"], "turn": s["turn"], "text": s["text"],
              **{k: results[s["key"]][k] for k in ("labels", "status", "source", "raw", "error")}} for s in sample]
     run_dir.fs.create_dir(run_dir.path(ANNOTATIONS), recursive=True)
@@ -204,7 +208,7 @@ def _cache_rows(run_dir: RunDir) -> list[dict]:
     if not run_dir.exists(CACHE):
         return []
     rows = []
-    for info in run_dir.fs.get_file_info(pa.fs.FileSelector(run_dir.path(CACHE))):
+    for info in run_dir.fs.get_file_info(pafs.FileSelector(run_dir.path(CACHE))):
         try:
             rows += pq.read_table(info.path, filesystem=run_dir.fs, schema=RESULT_SCHEMA).to_pylist()
         except (pa.ArrowInvalid, OSError):
