@@ -92,13 +92,13 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
 
 
 def test_faults_are_retried_validated_and_nothing_is_lost(fresh_run, ray_local):
-    cfg = _cfg("emotion.sample_size=24", "emotion.annotate_batch_size=8", "emotion.llm.timeout_s=0.5", "emotion.llm.backoff_s=0.01", "emotion.llm.max_retries=3",
+    cfg = _cfg("emotion.sample_size=24", "emotion.annotate_batch_size=8", "emotion.llm.timeout_s=1.0", "emotion.llm.backoff_s=0.01", "emotion.llm.max_retries=3",
                "emotion.llm.model=fault", "emotion.llm.api_key_env=ECR_TEST_KEY")
     sample = annotation_sample(cfg, fresh_run)
     prompt = lambda s: build_messages(s["context"], s["context_roles"], s["text"], cfg.emotion.context_turns, cfg.emotion.max_chars)[1]["content"]  # noqa: E731
     plan = {prompt(s): i % 6 for i, s in enumerate(sample)}
     assert len(plan) == 24
-    with FaultServer(plan, slow_s=1.5) as server:
+    with FaultServer(plan, slow_s=3.0) as server:
         cfg.emotion.llm.base_url = server.base_url
         summary = annotate_sample(cfg, fresh_run)
         rows = {r["utterance_id"]: r for r in _annotations(fresh_run)}
