@@ -52,6 +52,12 @@ class RunDir:
         pafs.copy_files(self.path(relative), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return local
 
+    def read_table(self, relative: str, columns: list[str] | None = None):
+        """A parquet artifact (a file or a folder of parts) as one pyarrow table."""
+        import pyarrow.dataset as pads
+
+        return pads.dataset(self.path(relative), filesystem=self.fs, format="parquet").to_table(columns=columns)
+
     def write_text(self, relative: str, text: str) -> None:
         parent = self.path(relative).rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.dataset as pads
-
 from ecr_ray.config import Config
 from ecr_ray.data.kg import load_kg
 from ecr_ray.data.linking import DialogueLinker, mention_coverage
@@ -34,8 +32,7 @@ def linking_report_stage() -> Stage:
 
 
 def write_linking_report(cfg: Config, run_dir: RunDir) -> dict:
-    table = pads.dataset(run_dir.path(prepared(POOL, "dialogues")), filesystem=run_dir.fs, format="parquet").to_table()
-    coverage = mention_coverage(table.to_pylist())
+    coverage = mention_coverage(run_dir.read_table(prepared(POOL, "dialogues")).to_pylist())
     report = {"pool": coverage, "vs_unicrs": compare_with_unicrs(cfg)}
     run_dir.write_json(REPORT, report)
     every = report["vs_unicrs"]["all"]

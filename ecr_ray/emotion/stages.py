@@ -17,7 +17,6 @@ from collections import Counter
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -128,8 +127,7 @@ def train_teacher(cfg: Config, run_dir: RunDir) -> dict:
 def annotation_sample(cfg: Config, run_dir: RunDir) -> list[dict]:
     """A seeded sample of train-split seeker utterances, each with its cache key."""
     e = cfg.emotion
-    table = pads.dataset(run_dir.path(prepared(POOL, "user_utterances")), filesystem=run_dir.fs, format="parquet").to_table()
-    rows = [r for r in table.to_pylist() if r["split"] == "train"]
+    rows = [r for r in run_dir.read_table(prepared(POOL, "user_utterances")).to_pylist() if r["split"] == "train"]
     rows.sort(key=lambda r: hashlib.sha256(f"{e.sample_seed}:{r['utterance_id']}".encode()).hexdigest())
     model = e.llm.model if e.source == "llm" else "teacher"
     return [{**r, "key": cache_key(model, r["context"], r["text"])} for r in rows[: e.sample_size]]
@@ -169,7 +167,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
     from ecr_ray.serving.llm import start_llm_server, stop_llm_server
 
     e = cfg.emotion
-    cached = read_cache(run_dir)
+    cached = best_results(_cache_rows(run_dir))
     pending = [s for s in sample if s["key"] not in cached]
     run_id = uuid.uuid4().hex
     started_server = False
@@ -191,13 +189,14 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
         finally:
             if started_server:
                 stop_llm_server()
-    this_run = [r for r in _cache_rows(run_dir) if r["run"] == run_id]
+    rows = _cache_rows(run_dir)
+    this_run = [r for r in rows if r["run"] == run_id]
     unanswered = sum(r["status"] == ERROR for r in this_run)
     if pending and unanswered / len(pending) > e.llm.max_failed_fraction:
         raise RuntimeError(f"the LLM endpoint {e.llm.base_url or 'local server'} left {unanswered} of {len(pending)} utterances "
                            f"unanswered after {e.llm.max_retries} retries each (> emotion.llm.max_failed_fraction); "
                            f"first error: {next(r['error'] for r in this_run if r['status'] == ERROR)}")
-    results = read_cache(run_dir, keep_errors=True)
+    results = best_results(rows, keep_errors=True)
     totals = {k: sum(r[k] for r in this_run) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
     return results, {"source": f"llm:{e.llm.model}", "reused_from_cache": len(sample) - len(pending),
                      "corrective_retries": sum(r["corrected"] for r in this_run), **totals}
@@ -216,11 +215,11 @@ def _cache_rows(run_dir: RunDir) -> list[dict]:
     return rows
 
 
-def read_cache(run_dir: RunDir, keep_errors: bool = False) -> dict[str, dict]:
+def best_results(rows: list[dict], keep_errors: bool = False) -> dict[str, dict]:
     """key -> the final result (an answer, or a recorded failure); unanswered rows only with keep_errors."""
     best: dict[str, dict] = {}
     rank = {OK: 2, FAILED: 1, ERROR: 0}
-    for row in _cache_rows(run_dir):
+    for row in rows:
         if (row["status"] != ERROR or keep_errors) and rank[row["status"]] >= rank[best.get(row["key"], {"status": ERROR})["status"]]:
             best[row["key"]] = row
     return best
@@ -230,8 +229,7 @@ def train_classifier(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.emotion.train import fit_classifier
 
     e = cfg.emotion
-    table = pads.dataset(run_dir.path(ANNOTATIONS), filesystem=run_dir.fs, format="parquet").to_table()
-    rows = [r for r in table.to_pylist() if r["status"] == OK]
+    rows = [r for r in run_dir.read_table(ANNOTATIONS).to_pylist() if r["status"] == OK]
     held = [r for r in rows if _held_out(r["utterance_id"], e.classifier.holdout_fraction)]
     train = _shuffled([r for r in rows if not _held_out(r["utterance_id"], e.classifier.holdout_fraction)], e.classifier.seed, e.classifier.max_examples)
     if e.include_goemotions:
@@ -261,7 +259,7 @@ def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
                   compute=ray.data.ActorPoolStrategy(size=e.infer_actors), num_cpus=e.actor_cpus)
      .drop_columns(["text"])
      .write_parquet(run_dir.location(out)))
-    labels = pads.dataset(run_dir.path(out), filesystem=run_dir.fs, format="parquet").to_table(columns=["labels"]).column("labels").to_pylist()
+    labels = run_dir.read_table(out, columns=["labels"]).column("labels").to_pylist()
     counts, top = Counter(x for row in labels for x in row), Counter(row[0] for row in labels)
     return {"utterances": len(labels), "label_share": {k: round(counts[k] / max(len(labels), 1), 4) for k in LABELS},
             "top_label_share": {k: round(top[k] / max(len(labels), 1), 4) for k in LABELS}}
