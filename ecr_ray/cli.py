@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run every stage (skipping those up to date)")
     run.add_argument("--stages", help="comma-separated stage names or prefixes to run, e.g. prepare,linking-report")
     sub.add_parser("prepare", parents=[common], help="validate, link and build turns for the pool and --split-file splits")
+    sub.add_parser("evaluate", parents=[common],
+                   help="prepare, link, label emotions and score the trained recommender on each --split-file (reports/eval-NAME.json)")
+    sub.add_parser("ablations", parents=[common], help="run every stage, then the recommender ablations (reports/ablations.md/.png)")
     cfg = sub.add_parser("config", parents=[common], help="print the resolved config (or --describe every knob)")
     cfg.add_argument("--describe", action="store_true")
     return parser
@@ -49,17 +52,32 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(cfg.to_dict(), indent=2))
             return 0
         cfg.data.root()  # fail early, naming the setting, when there is no data
+        if args.command == "evaluate" and not cfg.data.split_files:
+            raise ConfigError("evaluate needs at least one --split-file NAME=PATH (a raw ReDial jsonl file)")
     except ConfigError as err:
         print(f"ecr-ray: {err}", file=sys.stderr)
         return 2
 
-    from ecr_ray.pipeline import run_stages
+    from ecr_ray.pipeline import run_stages, stage_graph
     from ecr_ray.rundir import RunDir
 
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
-    only = ["prepare"] if args.command == "prepare" else (args.stages.split(",") if args.stages else None)
     print(f"ecr-ray {args.command}: preset {cfg.name}, run directory {run_dir.uri}", flush=True)
+    if args.command == "evaluate":
+        if not run_dir.exists("models/recommender/recommender.json"):
+            print(f"ecr-ray: no trained recommender in {run_dir.uri}; train it first with "
+                  f"`ecr-ray run --config {args.config} --run-dir {run_dir.uri}`", file=sys.stderr)
+            return 2
+        known = {s.name for s in stage_graph(cfg)}
+        only = [f"{stage}-{name}" for name in cfg.data.split_files for stage in ("prepare", "emotion-infer", "rec-context", "rec-eval")
+                if f"{stage}-{name}" in known]
+    elif args.command == "prepare":
+        only = ["prepare"]
+    else:
+        only = args.stages.split(",") if args.stages else None
     summaries = run_stages(cfg, run_dir, only=only, force=args.force)
+    if args.command == "ablations":
+        summaries.update(run_stages(cfg, run_dir, only=["rec-ablations"], force=args.force))
     run_dir.write_json("reports/summary.json", summaries)
     print(f"summary: {run_dir.location('reports/summary.json')}")
     return 0

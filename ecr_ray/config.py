@@ -140,12 +140,58 @@ class EmotionConfig:
 
 
 @dataclass
+class PromptConfig:
+    text_encoder: str | None = _knob(None, "prompt path text encoder (RoBERTa architecture): a folder or hub name; None: random init of the sizes below")
+    lm: str | None = _knob(None, "frozen causal LM (GPT-2 architecture, e.g. microsoft/DialoGPT-small); None: random init with GPT-2's real tokenizer")
+    layers: int = _knob(2, "layers of each randomly initialised model")
+    hidden: int = _knob(64, "hidden size of each randomly initialised model")
+    heads: int = _knob(2, "attention heads of each randomly initialised model")
+    n_prefix: int = _knob(10, "prefix prompt vectors given to the causal LM")
+    max_length: int = _knob(128, "context tokens (the most recent are kept)")
+    pretrain_epochs: int = _knob(1, "emotional-semantic fusion pre-training epochs of the prompt encoder (0: none)")
+
+
+@dataclass
+class RecConfig:
+    context_encoder: str = _knob("minilm", "dialogue context encoder: minilm (sentence embeddings, computed once and cached) | prompt (text encoder + frozen causal LM with KG/emotion prefix prompts)")
+    context_model: str = _knob("minilm-l6", "sentence encoder of the minilm context path: a packaged name, folder or hub name")
+    context_max_length: int = _knob(128, "context tokens given to the sentence encoder (the most recent are kept)")
+    context_actors: int = _knob(1, "Ray Data actors embedding contexts")
+    context_batch_size: int = _knob(32, "contexts per embedding batch")
+    hidden: int = _knob(128, "entity / user representation size")
+    num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")
+    max_entities: int = _knob(32, "most recently mentioned entities kept per context")
+    local_emotion: bool = _knob(True, "fuse the emotion of the utterance that mentioned an entity into its representation")
+    global_emotion: bool = _knob(True, "add emotion-related co-occurring neighbours of the mentioned entities")
+    reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (like 2.0, dislike 1.0, not said 0.5)")
+    beta: float = _knob(0.1, "weight of the global emotion-aware representation (the paper: 0.1)")
+    top_emotions: int = _knob(3, "emotions per entity compared for co-occurrence (the paper: top-3 overlap)")
+    neighbours: int = _knob(10, "n_f: emotion-related neighbours kept per entity")
+    min_cooccurrence: int = _knob(2, "training dialogues a pair must share before it counts")
+    epochs: int = _knob(10, "training epochs at most (early stopping on the dev split)")
+    patience: int = _knob(2, "epochs without a better dev metric before stopping")
+    early_stop_metric: str = _knob("recall@50", "dev metric that selects the best epoch")
+    lr: float = _knob(1e-3, "AdamW learning rate")
+    weight_decay: float = _knob(0.0, "AdamW weight decay")
+    batch_size: int = _knob(64, "examples per step per worker")
+    eval_batch_size: int = _knob(256, "examples per evaluation batch")
+    auc_batch_size: int = _knob(64, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches)")
+    num_workers: int = _knob(1, "Ray Train workers (DDP; gloo on CPU, NCCL on GPU)")
+    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker")
+    use_gpu: bool = _knob(False, "train on GPUs")
+    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint")
+    seed: int = _knob(0, "initialisation and shuffling seed")
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+
+
+@dataclass
 class Config:
     name: str = _knob("custom", "preset name, used for the default run directory")
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
+    rec: RecConfig = field(default_factory=RecConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

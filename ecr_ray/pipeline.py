@@ -25,6 +25,7 @@ class Stage:
     outputs: tuple[str, ...]
     needs: tuple[str, ...] = ()
     version: int = 1  # bump when the stage's code changes its outputs
+    optional: bool = False  # runs only when named (e.g. --stages rec-ablations), never in a full run
 
 
 def file_digest(path: str | Path) -> str:
@@ -39,8 +40,9 @@ def stage_graph(cfg: Config) -> list[Stage]:
     """Every stage that exists, in dependency order (later issues append theirs)."""
     from ecr_ray.data.prepare import prepare_stages
     from ecr_ray.emotion.stages import emotion_stages
+    from ecr_ray.rec.stages import rec_stages
 
-    return prepare_stages(cfg) + emotion_stages(cfg)
+    return prepare_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg)
 
 
 def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, force: bool = False) -> dict[str, dict]:
@@ -55,7 +57,8 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
     for stage in stages:
         digest = _stage_hash(cfg, stage, hashes)
         hashes[stage.name] = digest
-        if only and not any(_matches(n, stage.name) for n in only):
+        selected = any(_matches(n, stage.name) for n in only or ())
+        if (only and not selected) or (stage.optional and not selected):
             continue
         manifest = f"_stages/{stage.name}.json"
         if not force and run_dir.exists(manifest):

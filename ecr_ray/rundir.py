@@ -58,11 +58,20 @@ class RunDir:
 
         return pads.dataset(self.path(relative), filesystem=self.fs, format="parquet").to_table(columns=columns)
 
-    def write_text(self, relative: str, text: str) -> None:
+    def write_bytes(self, relative: str, data: bytes) -> None:
         parent = self.path(relative).rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
         with self.fs.open_output_stream(self.path(relative)) as f:
-            f.write(text.encode())
+            f.write(data)
+
+    def write_text(self, relative: str, text: str) -> None:
+        self.write_bytes(relative, text.encode())
+
+    def write_parquet(self, relative: str, table) -> None:
+        import pyarrow.parquet as pq
+
+        self.fs.create_dir(self.path(relative).rsplit("/", 1)[0], recursive=True)
+        pq.write_table(table, self.path(relative), filesystem=self.fs)
 
     def read_text(self, relative: str) -> str:
         with self.fs.open_input_stream(self.path(relative)) as f:

@@ -141,8 +141,7 @@ def annotate_sample(cfg: Config, run_dir: RunDir) -> dict:
         raise RuntimeError(f"{len(missing)} sampled utterances have no annotation result, e.g. {missing[:3]}")
     rows = [{"utterance_id": s["utterance_id"], "conversation_id": s["conversation_id"], "turn": s["turn"], "text": s["text"],
              **{k: results[s["key"]][k] for k in ("labels", "status", "source", "raw", "error")}} for s in sample]
-    run_dir.fs.create_dir(run_dir.path(ANNOTATIONS), recursive=True)
-    pq.write_table(pa.Table.from_pylist(rows), run_dir.path(f"{ANNOTATIONS}/part-0.parquet"), filesystem=run_dir.fs)
+    run_dir.write_parquet(f"{ANNOTATIONS}/part-0.parquet", pa.Table.from_pylist(rows))
     counts = Counter(label for r in rows if r["status"] == OK for label in r["labels"])
     answered = sum(r["status"] == OK for r in rows)
     return {"sample": len(rows), "ok": answered, "failed": sum(r["status"] == FAILED for r in rows),

@@ -1,0 +1,95 @@
+"""Building, saving and loading the recommender, with the config it was trained with beside it.
+
+A saved model is `model.safetensors` + `recommender.json` (the resolved rec config, the KG and
+context sizes, metrics). Loading with a config whose architecture differs is refused, naming
+every mismatching key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ecr_ray.config import PromptConfig, RecConfig
+
+# keys that change the weights' shapes or meaning; training knobs (lr, epochs, ...) may differ
+ARCHITECTURE_KEYS = ("context_encoder", "context_model", "context_max_length", "hidden", "num_bases", "max_entities",
+                     "local_emotion", "global_emotion", "beta", "neighbours", "prompt")
+META_FILE = "recommender.json"
+
+
+def rec_config(values: dict) -> RecConfig:
+    """A RecConfig back from its asdict() form."""
+    return RecConfig(**{**values, "prompt": PromptConfig(**values["prompt"])})
+
+
+def model_meta(kg_dir: str, context_dim: int, neighbour_ids: np.ndarray, neighbour_weights: np.ndarray) -> dict:
+    """What, besides the config, a model is built from (sent to every Ray Train worker)."""
+    return {"kg_dir": str(kg_dir), "context_dim": int(context_dim),
+            "neighbour_ids": neighbour_ids, "neighbour_weights": neighbour_weights}
+
+
+def build_recommender(cfg: RecConfig, meta: dict, allow_download: bool = False):
+    import torch
+
+    from ecr_ray.data.kg import load_kg
+    from ecr_ray.rec.model import ECRRecommender
+
+    kg = load_kg(meta["kg_dir"])
+    torch.manual_seed(cfg.seed)
+    return ECRRecommender(cfg, kg.num_entities, kg.num_relations, kg.edges(), kg.item_ids, meta["neighbour_ids"],
+                          meta["neighbour_weights"], meta["context_dim"], allow_download)
+
+
+def save_recommender(model, meta: dict, folder: str | Path, metrics: dict) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not _frozen(model, k)}
+    save_file(state, folder / "model.safetensors")
+    info = {"rec": dataclasses.asdict(model.cfg), "kg_dir": meta["kg_dir"], "context_dim": meta["context_dim"],
+            "num_entities": int(model.kg.nodes.shape[0]), "num_items": int(model.item_ids.shape[0]), "metrics": metrics}
+    (folder / META_FILE).write_text(json.dumps(info, indent=2))
+
+
+def _frozen(model, key: str) -> bool:
+    """The prompt path's frozen pretrained models are rebuilt from their names, not saved."""
+    prompt = model.cfg.prompt
+    return (key.startswith("context.text_encoder.") and prompt.text_encoder is not None) or (
+        key.startswith("context.lm.") and prompt.lm is not None)
+
+
+def check_compatible(saved: dict, cfg: RecConfig, where: str) -> None:
+    current = dataclasses.asdict(cfg)
+    diffs = [f"rec.{k}: trained {saved['rec'][k]!r}, config {current[k]!r}" for k in ARCHITECTURE_KEYS if saved["rec"][k] != current[k]]
+    if diffs:
+        raise ValueError(f"the recommender in {where} was trained with another config ({'; '.join(diffs)}); "
+                         "re-train it with `ecr-ray run` for this config, or evaluate with the config it was trained with")
+
+
+def load_recommender(folder: str | Path, cfg: RecConfig | None = None, allow_download: bool = False):
+    """(model in eval mode, info); with `cfg`, refuses a model trained for another architecture."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / META_FILE).exists():
+        raise FileNotFoundError(f"no trained recommender in {folder} (run `ecr-ray run --stages rec` first)")
+    info = json.loads((folder / META_FILE).read_text())
+    if cfg is not None:
+        check_compatible(info, cfg, str(folder))
+    state = load_file(folder / "model.safetensors")
+    n = state["neighbour_ids"].shape[1]
+    meta = {"kg_dir": info["kg_dir"], "context_dim": info["context_dim"],
+            "neighbour_ids": np.zeros((info["num_entities"], n), np.int64), "neighbour_weights": np.zeros((info["num_entities"], n), np.float32)}
+    model = build_recommender(rec_config(info["rec"]), meta, allow_download)
+    if model.kg.nodes.shape[0] != info["num_entities"]:
+        raise ValueError(f"the recommender in {folder} was trained on a KG of {info['num_entities']} entities, "
+                         f"but {info['kg_dir']} now holds {model.kg.nodes.shape[0]}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not _frozen(model, k)]
+    if missing or unexpected:
+        raise ValueError(f"{folder}/model.safetensors does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval(), info

@@ -1,0 +1,64 @@
+"""Recommendation metrics: Recall@k, Recall_True@k and AUC (plain numpy).
+
+Every example is one (turn, target item). Recall@k: the target is among the k best-scored items.
+Recall_True@k: the same over examples whose item the user liked. AUC: how often a liked target's
+probability (softmax over all items, as in the paper's code) exceeds a disliked target's, ties
+counting half. `auc` is global over all liked x disliked pairs of the split; `auc_per_batch`
+averages the AUC of consecutive evaluation batches that hold both kinds, as the paper's code does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+KS = (1, 10, 50)
+LIKE, DISLIKE = 1, 0
+
+
+def target_ranks(logits, targets) -> tuple[np.ndarray, np.ndarray]:
+    """(0-based rank of each target among all items, its softmax probability) for a batch."""
+    import torch
+
+    logits = torch.as_tensor(logits)
+    targets = torch.as_tensor(targets, dtype=torch.long)
+    target_logit = logits.gather(1, targets.unsqueeze(1))
+    ranks = (logits > target_logit).sum(1)
+    probs = torch.softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    return ranks.numpy(), probs.numpy()
+
+
+def auc(positive, negative) -> float | None:
+    """P(score of a positive > score of a negative), ties half (Mann-Whitney); None if a side is empty."""
+    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if not len(positive) or not len(negative):
+        return None
+    values = np.concatenate([positive, negative])
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_values)) + 1]
+    ends = np.r_[starts[1:], len(values)]
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2  # average 1-based rank of a run of ties
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
+    ranks, probs, feedback = np.asarray(ranks), np.asarray(probs), np.asarray(feedback)
+    liked, disliked = feedback == LIKE, feedback == DISLIKE
+    out: dict = {}
+    for k in KS:
+        out[f"recall@{k}"] = float((ranks < k).mean()) if len(ranks) else 0.0
+    for k in KS:
+        out[f"recall_true@{k}"] = float((ranks[liked] < k).mean()) if liked.any() else 0.0
+    out["auc"] = auc(probs[liked], probs[disliked])
+    batch_aucs = []
+    for start in range(0, len(probs), auc_batch_size):
+        part = slice(start, start + auc_batch_size)
+        value = auc(probs[part][liked[part]], probs[part][disliked[part]])
+        if value is not None:
+            batch_aucs.append(value)
+    out["auc_per_batch"] = float(np.mean(batch_aucs)) if batch_aucs else None
+    out.update({"examples": int(len(ranks)), "liked": int(liked.sum()), "disliked": int(disliked.sum()),
+                "not_said": int((~liked & ~disliked).sum()), "auc_batches": len(batch_aucs)})
+    return out
