@@ -57,7 +57,8 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
     for stage in stages:
         digest = _stage_hash(cfg, stage, hashes)
         hashes[stage.name] = digest
-        selected = any(_matches(n, stage.name) for n in only or ())
+        # an optional stage is selected by its full name only, never by a prefix such as "rec"
+        selected = any(n == stage.name if stage.optional else _matches(n, stage.name) for n in only or ())
         if (only and not selected) or (stage.optional and not selected):
             continue
         manifest = f"_stages/{stage.name}.json"

@@ -11,6 +11,12 @@ from ecr_ray.config import load_config
 
 TINY_DIALOGUES = 120
 PREPARE_STAGES = ["prepare", "linking-report"]
+# emotion stages small enough for a test, still trained and inferred for real
+FAST_EMOTION = ["emotion.teacher.max_examples=600", "emotion.eval_examples=200", "emotion.sample_size=80", "emotion.classifier.epochs=1"]
+
+
+def fast_config(*overrides):
+    return load_config("tiny", [f"data.max_dialogues={TINY_DIALOGUES}", *FAST_EMOTION, *overrides])
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +60,21 @@ def fresh_run(prepared_run, tmp_path):
     cfg, shared, _ = prepared_run
     shutil.copytree(shared.path("prepared"), tmp_path / "run" / "prepared")
     return RunDir(tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def labelled_run(prepared_run, tmp_path_factory):
+    """The tiny pool prepared and labelled with emotions once (the recommender's inputs): a RunDir."""
+    import shutil
+
+    from ecr_ray.pipeline import run_stages
+    from ecr_ray.rundir import RunDir
+
+    _, shared, _ = prepared_run
+    run_dir = RunDir(tmp_path_factory.mktemp("labelled"))
+    shutil.copytree(shared.root, run_dir.root, dirs_exist_ok=True)  # prepared artifacts and their manifests
+    run_stages(fast_config(), run_dir, only=["emotion"])
+    return run_dir
 
 
 def free_port() -> int:

@@ -63,7 +63,7 @@ def rec_stages(cfg: Config) -> list[Stage]:
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(eval_report(g),),
                             needs=(TRAIN, f"emotion-infer-{g}", *context(g)), key=lambda c: {"auc_batch_size": c.rec.auc_batch_size}))
-    stages.append(Stage(ABLATIONS, run=run_ablations, needs=train_needs, key=_train_key, optional=True,
+    stages.append(Stage(ABLATIONS, run=run_ablations, needs=(TRAIN,), key=_train_key, optional=True,
                         outputs=("models/ablations", "reports/ablations.json", "reports/ablations.md", "reports/ablations.png")))
     return stages
 
@@ -83,6 +83,7 @@ def embed_contexts(cfg: Config, run_dir: RunDir, group: str) -> dict:
     (ray.data.read_parquet(run_dir.location(prepared(group, "rec_turns")))
      .select_columns(["conversation_id", "turn", "context", "context_roles", "target_items"])
      .filter(lambda row: any(i >= 0 for i in row["target_items"]))  # only turns the recommender is trained or scored on
+     .repartition(target_num_rows_per_block=8 * r.context_batch_size)  # the filter leaves one block: split it for the pool
      .map_batches(ContextEmbedder, batch_format="pyarrow", batch_size=r.context_batch_size,
                   fn_constructor_kwargs={"model": r.context_model, "max_length": r.context_max_length,
                                          "batch_size": r.context_batch_size, "allow_download": cfg.models.allow_download},
@@ -199,9 +200,11 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     results = {"popularity": popularity_metrics(train, dev, len(load_kg(meta["kg_dir"]).item_ids), cfg.rec)}
     for name, flags in VARIANTS.items():
         rcfg = dataclasses.replace(cfg.rec, **flags)
-        folder = f"ablations/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
-        print(f"[{ABLATIONS}] training variant {name!r}", flush=True)
-        fit_recommender(cfg, rcfg, folder, meta, train, dev, run_dir)
+        folder = MODEL  # the variant the config asks for is the trained recommender itself
+        if rcfg != cfg.rec:
+            folder = f"ablations/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
+            print(f"[{ABLATIONS}] training variant {name!r}", flush=True)
+            fit_recommender(cfg, rcfg, folder, meta, train, dev, run_dir)
         model, _ = load_recommender(run_dir.local_copy(f"models/{folder}"), rcfg)
         results[name] = evaluate_rows(model, dev, rcfg)
     from ecr_ray.rec.report import ablation_chart, ablation_table

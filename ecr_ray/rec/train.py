@@ -104,7 +104,7 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, meta: dict, train_r
     """Train on example rows and save the best epoch's model to models/<name>/; returns its metrics."""
     import ray
     import torch
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ecr_ray.rec.checkpoint import build_recommender, save_recommender
@@ -123,7 +123,8 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, meta: dict, train_r
         scaling_config=ScalingConfig(num_workers=rcfg.num_workers, use_gpu=rcfg.use_gpu,
                                      resources_per_worker={"CPU": rcfg.cpus_per_worker, **({"GPU": 1} if rcfg.use_gpu else {})}),
         run_config=RunConfig(name=f"{name}-{digest}", storage_path=run_dir.location("train"),
-                             failure_config=FailureConfig(max_failures=rcfg.max_failures)),
+                             failure_config=FailureConfig(max_failures=rcfg.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),  # each holds the best epoch too
         datasets={"train": ray.data.from_items(train_rows), "dev": ray.data.from_items(dev_rows)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )

@@ -1,0 +1,90 @@
+"""The recommender stages end to end on the tiny labelled pool: Ray Data context embeddings, DDP
+training on Ray Train, evaluation of the dev split and of a raw ReDial file, the ablations."""
+import json
+import shutil
+
+import pytest
+
+from ecr_ray.cli import main
+from ecr_ray.data.kg import load_kg
+from ecr_ray.data.prepare import POOL, prepared
+from ecr_ray.pipeline import run_stages
+from ecr_ray.rec.stages import METRIC_KEYS, VARIANTS
+from ecr_ray.rundir import RunDir
+
+from .conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config
+
+DDP = ["rec.num_workers=2", "rec.cpus_per_worker=0.5"]
+
+
+def _cli(command, run_dir, *extra):
+    sets = [f"data.max_dialogues={TINY_DIALOGUES}", *FAST_EMOTION, *DDP]
+    return main([command, "--config", "tiny", "--run-dir", run_dir.root, *[a for s in sets for a in ("--set", s)], *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(labelled_run, ray_local, tmp_path_factory):
+    run_dir = RunDir(tmp_path_factory.mktemp("rec"))
+    shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
+    cfg = fast_config(*DDP)
+    return cfg, run_dir, run_stages(cfg, run_dir, only=["rec"])
+
+
+def test_train_and_evaluate_on_dev(trained):
+    cfg, run_dir, summaries = trained
+    assert list(summaries) == ["rec-context-pool", "rec-cooccurrence", "rec-train", "rec-eval-pool"]  # ablations only on request
+    items = load_kg(cfg.data.path(cfg.data.kg_dir)).item_set
+    turns = run_dir.read_table(prepared(POOL, "rec_turns")).to_pylist()
+    with_target = [t for t in turns if any(i in items for i in t["target_items"])]
+    assert summaries["rec-context-pool"] == {**summaries["rec-context-pool"], "contexts": len(with_target), "dim": 384}
+    dev = sum(i in items for t in turns if t["split"] == "dev" for i in t["target_items"])
+
+    report = run_dir.read_json("reports/eval-dev.json")
+    assert report["examples"] == dev == report["liked"] + report["disliked"] + report["not_said"]
+    assert report["counts"]["targets_outside_kg"] == sum(i == -1 for t in turns for i in t["target_items"])
+    assert all(0 <= report[k] <= 1 for k in METRIC_KEYS)
+    assert report["recall@1"] <= report["recall@10"] <= report["recall@50"]
+    assert report["recall@50"] > 5 * 50 / len(items)  # a random ranking finds 0.8% at 50
+    trained_with = run_dir.read_json("reports/recommender.json")
+    assert trained_with["train_examples"] + trained_with["dev_examples"] == trained_with["examples"]["examples"]
+    assert trained_with["training"]["epochs_run"] <= cfg.rec.epochs
+
+    again = run_stages(cfg, run_dir, only=["rec"])
+    assert all(s.get("skipped") for s in again.values())
+
+
+def test_evaluate_a_raw_redial_file_and_refuse_another_config(trained, data_root, tmp_path, capsys):
+    cfg, run_dir, _ = trained
+    lines = (data_root / cfg.data.pool_file).read_text().splitlines()
+    last = sorted(lines, key=lambda line: int(json.loads(line)["conversationId"]))[-30:]  # not in the tiny pool
+    test_file = tmp_path / "test_data.jsonl"
+    test_file.write_text("\n".join(last) + "\n")
+
+    assert _cli("evaluate", run_dir, "--split-file", f"test={test_file}") == 0
+    report = run_dir.read_json("reports/eval-test.json")
+    assert set(METRIC_KEYS) <= set(report) and {"examples", "liked", "disliked", "counts", "auc_per_batch"} <= set(report)
+    assert report["counts"]["turns"] == run_dir.read_table(prepared("test", "rec_turns")).num_rows > 0
+    assert report["examples"] == report["counts"]["examples"] > 0
+    assert run_dir.exists("emotion/utterances/test") and run_dir.exists("rec/context/test")
+
+    with pytest.raises(ValueError, match=r"rec\.hidden: trained 32, config 64"):
+        _cli("evaluate", run_dir, "--split-file", f"test={test_file}", "--set", "rec.hidden=64")
+
+    empty = RunDir(tmp_path / "empty")
+    assert _cli("evaluate", empty, "--split-file", f"test={test_file}") == 2
+    assert "no trained recommender" in capsys.readouterr().err
+
+
+def test_ablations_table_and_chart(trained):
+    _, run_dir, _ = trained
+    assert _cli("ablations", run_dir) == 0
+    results = run_dir.read_json("reports/ablations.json")
+    assert list(results) == ["popularity", *VARIANTS]
+    for name, metrics in results.items():
+        assert all(0 <= metrics[k] <= 1 for k in METRIC_KEYS if metrics[k] is not None), name
+        assert metrics["examples"] == results["popularity"]["examples"]
+    table = run_dir.read_text("reports/ablations.md").splitlines()
+    assert len(table) == 2 + len(results) and table[0].startswith("| variant | recall@1 |")
+    with run_dir.fs.open_input_stream(run_dir.path("reports/ablations.png")) as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert results["popularity"]["recall@50"] > 0.05  # popular films are often the answer in ReDial
