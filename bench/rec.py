@@ -44,8 +44,8 @@ def bench_kg(cfg, run_dir, n):
 
 
 def bench_train(cfg, run_dir, n):
-    from ecr_ray.rec.train import fit_recommender
     from ecr_ray.rec.stages import model_inputs
+    from ecr_ray.rec.train import fit_recommender
 
     meta, train, dev, _ = model_inputs(cfg, run_dir)
     train, dev = train[:n], dev[:256]

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "prepare":
         only = ["prepare"]
     else:
-        only = args.stages.split(",") if args.stages else None
+        only = args.stages.split(",") if getattr(args, "stages", None) else None
     summaries = run_stages(cfg, run_dir, only=only, force=args.force)
     if args.command == "ablations":
         summaries.update(run_stages(cfg, run_dir, only=["rec-ablations"], force=args.force))

@@ -44,13 +44,16 @@ def test_train_and_evaluate_on_dev(trained):
     assert report["counts"]["targets_outside_kg"] == sum(i == -1 for t in turns for i in t["target_items"])
     assert all(0 <= report[k] <= 1 for k in METRIC_KEYS)
     assert report["recall@1"] <= report["recall@10"] <= report["recall@50"]
-    assert report["recall@50"] > 5 * 50 / len(items)  # a random ranking finds 0.8% at 50
+    assert report["recall@50"] > 3 * 50 / len(items)  # a random ranking finds 0.8% at 50 (3 tiny epochs: ~6%)
     trained_with = run_dir.read_json("reports/recommender.json")
     assert trained_with["train_examples"] + trained_with["dev_examples"] == trained_with["examples"]["examples"]
     assert trained_with["training"]["epochs_run"] <= cfg.rec.epochs
 
     again = run_stages(cfg, run_dir, only=["rec"])
     assert all(s.get("skipped") for s in again.values())
+    # forced, the same Ray Train run resumes from its last checkpoint: no epoch is trained twice
+    resumed = run_stages(cfg, run_dir, only=["rec-train"], force=True)["rec-train"]
+    assert resumed["epochs_run"] == summaries["rec-train"]["epochs_run"] and resumed["best_epoch"] == summaries["rec-train"]["best_epoch"]
 
 
 def test_evaluate_a_raw_redial_file_and_refuse_another_config(trained, data_root, tmp_path, capsys):
@@ -79,12 +82,13 @@ def test_ablations_table_and_chart(trained):
     _, run_dir, _ = trained
     assert _cli("ablations", run_dir) == 0
     results = run_dir.read_json("reports/ablations.json")
-    assert list(results) == ["popularity", *VARIANTS]
+    assert set(results) == {"popularity", *VARIANTS}
     for name, metrics in results.items():
         assert all(0 <= metrics[k] <= 1 for k in METRIC_KEYS if metrics[k] is not None), name
         assert metrics["examples"] == results["popularity"]["examples"]
     table = run_dir.read_text("reports/ablations.md").splitlines()
     assert len(table) == 2 + len(results) and table[0].startswith("| variant | recall@1 |")
+    assert [row.split(" | ")[0] for row in table[2:]] == [f"| {name}" for name in ("popularity", *VARIANTS)]
     with run_dir.fs.open_input_stream(run_dir.path("reports/ablations.png")) as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert results["popularity"]["recall@50"] > 0.05  # popular films are often the answer in ReDial

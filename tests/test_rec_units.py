@@ -9,7 +9,12 @@ import torch
 from ecr_ray.config import RecConfig, load_config
 from ecr_ray.data.kg import load_kg
 from ecr_ray.emotion.labels import FEEDBACK_WEIGHTS, LABELS
-from ecr_ray.rec.checkpoint import build_recommender, load_recommender, model_meta, save_recommender
+from ecr_ray.rec.checkpoint import (
+    build_recommender,
+    load_recommender,
+    model_meta,
+    save_recommender,
+)
 from ecr_ray.rec.cooccurrence import emotion_neighbours
 from ecr_ray.rec.features import build_examples, emotion_turn, pad_batch
 from ecr_ray.rec.metrics import auc, rec_metrics, target_ranks
@@ -146,7 +151,7 @@ def test_local_and_global_emotion_change_only_what_they_should(kg, data_root):
 def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root, tmp_path):
     model, meta = _model(kg, data_root)
     save_recommender(model, meta, tmp_path / "rec", {"recall@50": 0.1})
-    loaded, info = load_recommender(tmp_path / "rec", model.cfg)
+    loaded, _ = load_recommender(tmp_path / "rec", model.cfg)
     batch = _batch(kg)
     with torch.no_grad():
         assert torch.allclose(model.eval()(model.inputs(batch)), loaded(loaded.inputs(batch)))

@@ -3,8 +3,8 @@ user's top emotions towards e_i and e_j overlap (plain functions, no Ray)."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from itertools import permutations
-from typing import Iterable
 
 import numpy as np
 

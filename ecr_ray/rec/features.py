@@ -8,7 +8,7 @@ that mentioned it, or, for an entity the recommender brought up, of the seeker's
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

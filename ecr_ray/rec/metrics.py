@@ -59,6 +59,6 @@ def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
         if value is not None:
             batch_aucs.append(value)
     out["auc_per_batch"] = float(np.mean(batch_aucs)) if batch_aucs else None
-    out.update({"examples": int(len(ranks)), "liked": int(liked.sum()), "disliked": int(disliked.sum()),
+    out.update({"examples": len(ranks), "liked": int(liked.sum()), "disliked": int(disliked.sum()),
                 "not_said": int((~liked & ~disliked).sum()), "auc_batches": len(batch_aucs)})
     return out

@@ -7,7 +7,7 @@ combined with a context encoder from a registry. Scores: user . item embeddings 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

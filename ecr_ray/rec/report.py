@@ -6,7 +6,7 @@ import io
 
 def ablation_table(results: dict[str, dict], metrics: list[str]) -> str:
     head = "| variant | " + " | ".join(metrics) + " |\n|---|" + "---:|" * len(metrics) + "\n"
-    cell = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    cell = lambda v: "n/a" if v is None else f"{v:.4f}"
     return head + "".join(f"| {name} | " + " | ".join(cell(m.get(k)) for k in metrics) + " |\n" for name, m in results.items())
 
 

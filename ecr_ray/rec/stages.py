@@ -163,7 +163,7 @@ def train_recommender(cfg: Config, run_dir: RunDir) -> dict:
 def evaluate_rows(model, rows: list[dict], rcfg: RecConfig) -> dict:
     from ecr_ray.rec.train import evaluate
 
-    columns = lambda part: {k: [r[k] for r in part] for k in part[0]}  # noqa: E731
+    columns = lambda part: {k: [r[k] for r in part] for k in part[0]}
     batches = (columns(rows[i : i + rcfg.eval_batch_size]) for i in range(0, len(rows), rcfg.eval_batch_size))
     return evaluate(model, batches, rcfg.auc_batch_size)
 

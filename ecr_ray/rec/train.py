@@ -27,7 +27,7 @@ def evaluate(model, batches, auc_batch_size: int, entity_embeds=None) -> dict:
         for batch in batches:
             r, p = target_ranks(model(model.inputs(batch), embeds), batch["item"])
             ranks.append(r), probs.append(p), feedback.append(np.asarray(batch["feedback"]))
-    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)
     return rec_metrics(cat(ranks), cat(probs), cat(feedback), auc_batch_size)
 
 
@@ -107,8 +107,8 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, meta: dict, train_r
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ecr_ray.rec.checkpoint import build_recommender, save_recommender
     from ecr_ray.ray_session import ensure_ray
+    from ecr_ray.rec.checkpoint import build_recommender, save_recommender
 
     ensure_ray(cfg.ray)
     if not train_rows or not dev_rows:
@@ -133,8 +133,9 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, meta: dict, train_r
         state = torch.load(Path(folder) / "state.pt", weights_only=False)
     model = build_recommender(rcfg, meta, cfg.models.allow_download)
     model.load_state_dict(state["best"] if state["best"] is not None else state["model"])
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    metrics["epochs_run"] = state["epoch"] + 1
+    # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_dev_metric=state["best_metric"])
     with tempfile.TemporaryDirectory() as local:
         save_recommender(model, meta, local, metrics)
         run_dir.upload(local, f"models/{name}")
