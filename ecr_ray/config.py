@@ -157,6 +157,7 @@ class RecConfig:
     context_model: str = _knob("minilm-l6", "sentence encoder of the minilm context path: a packaged name, folder or hub name")
     context_max_length: int = _knob(128, "context tokens given to the sentence encoder (the most recent are kept)")
     context_actors: int = _knob(1, "Ray Data actors embedding contexts")
+    context_actor_cpus: float = _knob(0.5, "CPUs per context-embedding actor (below 1 so reads and writes still schedule on 2 cores)")
     context_batch_size: int = _knob(32, "contexts per embedding batch")
     hidden: int = _knob(128, "entity / user representation size")
     num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")

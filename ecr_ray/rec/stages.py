@@ -36,7 +36,7 @@ VARIANTS = {
     "+local +global": {"local_emotion": True, "global_emotion": True, "reweight": False},
     "full ECR": {"local_emotion": True, "global_emotion": True, "reweight": True},
 }
-_RUNTIME_ONLY = ("context_actors", "context_batch_size", "eval_batch_size")  # change speed, not results
+_RUNTIME_ONLY = ("context_actors", "context_actor_cpus", "context_batch_size", "eval_batch_size")  # change speed, not results
 
 
 def eval_report(group: str) -> str:
@@ -87,7 +87,7 @@ def embed_contexts(cfg: Config, run_dir: RunDir, group: str) -> dict:
      .map_batches(ContextEmbedder, batch_format="pyarrow", batch_size=r.context_batch_size,
                   fn_constructor_kwargs={"model": r.context_model, "max_length": r.context_max_length,
                                          "batch_size": r.context_batch_size, "allow_download": cfg.models.allow_download},
-                  compute=ray.data.ActorPoolStrategy(size=r.context_actors), num_cpus=cfg.emotion.actor_cpus)
+                  compute=ray.data.ActorPoolStrategy(size=r.context_actors), num_cpus=r.context_actor_cpus)
      .write_parquet(run_dir.location(out)))
     table = run_dir.read_table(out, columns=["context_vec"])
     return {"contexts": table.num_rows, "dim": len(table.column("context_vec")[0]) if table.num_rows else 0}
