@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
     print(f"ecr-ray {args.command}: preset {cfg.name}, run directory {run_dir.uri}", flush=True)
     if args.command == "evaluate":
-        if not run_dir.exists("models/recommender/recommender.json"):
+        from ecr_ray.rec.checkpoint import META_FILE
+        from ecr_ray.rec.stages import MODEL
+
+        if not run_dir.exists(f"models/{MODEL}/{META_FILE}"):
             print(f"ecr-ray: no trained recommender in {run_dir.uri}; train it first with "
                   f"`ecr-ray run --config {args.config} --run-dir {run_dir.uri}`", file=sys.stderr)
             return 2

@@ -59,7 +59,7 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
         hashes[stage.name] = digest
         # an optional stage is selected by its full name only, never by a prefix such as "rec"
         selected = any(n == stage.name if stage.optional else _matches(n, stage.name) for n in only or ())
-        if (only and not selected) or (stage.optional and not selected):
+        if not selected and (only or stage.optional):
             continue
         manifest = f"_stages/{stage.name}.json"
         if not force and run_dir.exists(manifest):

@@ -58,9 +58,11 @@ class RunDir:
 
         return pads.dataset(self.path(relative), filesystem=self.fs, format="parquet").to_table(columns=columns)
 
+    def _make_parent(self, relative: str) -> None:
+        self.fs.create_dir(self.path(relative).rsplit("/", 1)[0], recursive=True)
+
     def write_bytes(self, relative: str, data: bytes) -> None:
-        parent = self.path(relative).rsplit("/", 1)[0]
-        self.fs.create_dir(parent, recursive=True)
+        self._make_parent(relative)
         with self.fs.open_output_stream(self.path(relative)) as f:
             f.write(data)
 
@@ -70,7 +72,7 @@ class RunDir:
     def write_parquet(self, relative: str, table) -> None:
         import pyarrow.parquet as pq
 
-        self.fs.create_dir(self.path(relative).rsplit("/", 1)[0], recursive=True)
+        self._make_parent(relative)
         pq.write_table(table, self.path(relative), filesystem=self.fs)
 
     def read_text(self, relative: str) -> str:

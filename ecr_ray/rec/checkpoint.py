@@ -81,9 +81,8 @@ def load_recommender(folder: str | Path, cfg: RecConfig | None = None, allow_dow
     if cfg is not None:
         check_compatible(info, cfg, str(folder))
     state = load_file(folder / "model.safetensors")
-    n = state["neighbour_ids"].shape[1]
-    meta = {"kg_dir": info["kg_dir"], "context_dim": info["context_dim"],
-            "neighbour_ids": np.zeros((info["num_entities"], n), np.int64), "neighbour_weights": np.zeros((info["num_entities"], n), np.float32)}
+    shape = tuple(state["neighbour_ids"].shape)  # placeholders: the saved buffers replace them below
+    meta = model_meta(info["kg_dir"], info["context_dim"], np.zeros(shape, np.int64), np.zeros(shape, np.float32))
     model = build_recommender(rec_config(info["rec"]), meta, allow_download)
     if model.kg.nodes.shape[0] != info["num_entities"]:
         raise ValueError(f"the recommender in {folder} was trained on a KG of {info['num_entities']} entities, "

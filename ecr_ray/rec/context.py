@@ -35,14 +35,14 @@ class ContextEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        from ecr_ray.emotion.classifier import mean_pool
+
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
                 enc = self.tokenizer([t or "." for t in texts[i : i + self.batch_size]], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
-                hidden = self.model(**enc).last_hidden_state
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                pooled = mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"])
                 out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
 

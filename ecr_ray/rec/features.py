@@ -12,10 +12,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ecr_ray.data.redial import SEEKER
+from ecr_ray.data.redial import RECOMMENDER, SEEKER
 from ecr_ray.emotion.labels import LABELS
 
-ROLE_NAMES = {SEEKER: "User", "recommender": "Recommender"}
+ROLE_NAMES = {SEEKER: "User", RECOMMENDER: "Recommender"}
 NO_EMOTION = [0.0] * len(LABELS)
 
 

@@ -137,7 +137,7 @@ def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict],
     return rows, counts
 
 
-def model_inputs(cfg: Config, run_dir: RunDir, rcfg: RecConfig | None = None):
+def model_inputs(cfg: Config, run_dir: RunDir):
     """(meta for build_recommender, train rows, dev rows, example counts) of the pool."""
     from ecr_ray.rec.checkpoint import model_meta
 
@@ -194,6 +194,7 @@ def popularity_metrics(train: list[dict], dev: list[dict], num_items: int, rcfg:
 
 def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.rec.checkpoint import load_recommender
+    from ecr_ray.rec.report import ablation_chart, ablation_table
     from ecr_ray.rec.train import fit_recommender
 
     meta, train, dev, _ = model_inputs(cfg, run_dir)
@@ -207,8 +208,6 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
             fit_recommender(cfg, rcfg, folder, meta, train, dev, run_dir)
         model, _ = load_recommender(run_dir.local_copy(f"models/{folder}"), rcfg)
         results[name] = evaluate_rows(model, dev, rcfg)
-    from ecr_ray.rec.report import ablation_chart, ablation_table
-
     run_dir.write_json("reports/ablations.json", results)
     table = ablation_table(results, METRIC_KEYS)
     run_dir.write_text("reports/ablations.md", table)
