@@ -17,22 +17,12 @@ from collections import Counter
 from functools import partial
 
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from ecr_ray.config import Config, ConfigError
 from ecr_ray.data.prepare import POOL, prepared
-from ecr_ray.emotion.annotate import (
-    ERROR,
-    FAILED,
-    OK,
-    PROMPT_VERSION,
-    RESULT_SCHEMA,
-    LLMAnnotator,
-    cache_key,
-    probe_endpoint,
-)
+from ecr_ray.emotion.annotate import PROMPT_VERSION, RESULT_SCHEMA, LLMAnnotator, cache_key
 from ecr_ray.emotion.labels import LABELS, read_goemotions, top_labels
+from ecr_ray.llm_client import ERROR, FAILED, OK, best_results, probe_endpoint, read_cache
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
@@ -166,7 +156,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
     from ecr_ray.serving.llm import start_llm_server, stop_llm_server
 
     e = cfg.emotion
-    cached = best_results(_cache_rows(run_dir))
+    cached = best_results(read_cache(run_dir, CACHE, RESULT_SCHEMA))
     pending = [s for s in sample if s["key"] not in cached]
     run_id = uuid.uuid4().hex
     started_server = False
@@ -188,7 +178,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
         finally:
             if started_server:
                 stop_llm_server()
-    rows = _cache_rows(run_dir)
+    rows = read_cache(run_dir, CACHE, RESULT_SCHEMA)
     this_run = [r for r in rows if r["run"] == run_id]
     unanswered = sum(r["status"] == ERROR for r in this_run)
     if pending and unanswered / len(pending) > e.llm.max_failed_fraction:
@@ -199,29 +189,6 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
     totals = {k: sum(r[k] for r in this_run) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
     return results, {"source": f"llm:{e.llm.model}", "reused_from_cache": len(sample) - len(pending),
                      "corrective_retries": sum(r["corrected"] for r in this_run), **totals}
-
-
-def _cache_rows(run_dir: RunDir) -> list[dict]:
-    """Every readable cache part; a part cut short by a crash is skipped (its rows are asked again)."""
-    if not run_dir.exists(CACHE):
-        return []
-    rows = []
-    for info in run_dir.fs.get_file_info(pafs.FileSelector(run_dir.path(CACHE))):
-        try:
-            rows += pq.read_table(info.path, filesystem=run_dir.fs, schema=RESULT_SCHEMA).to_pylist()
-        except (pa.ArrowInvalid, OSError):
-            continue
-    return rows
-
-
-def best_results(rows: list[dict], keep_errors: bool = False) -> dict[str, dict]:
-    """key -> the final result (an answer, or a recorded failure); unanswered rows only with keep_errors."""
-    best: dict[str, dict] = {}
-    rank = {OK: 2, FAILED: 1, ERROR: 0}
-    for row in rows:
-        if (row["status"] != ERROR or keep_errors) and rank[row["status"]] >= rank[best.get(row["key"], {"status": ERROR})["status"]]:
-            best[row["key"]] = row
-    return best
 
 
 def train_classifier(cfg: Config, run_dir: RunDir) -> dict:

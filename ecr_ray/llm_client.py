@@ -1,0 +1,150 @@
+"""Talking to an OpenAI-compatible endpoint with one discipline for every stage that does.
+
+Transient errors (429, 5xx, timeouts, connection errors) are retried with exponential backoff and
+counted; an answer that fails validation gets one corrective request naming the reason, then is
+recorded as failed with its raw text; requests are bounded in rate. Answers are cached in parquet
+parts by key, so a re-run or a crash resumes without asking again. Used by the emotion annotation
+and the generation scorer.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from typing import Callable
+
+OK, FAILED, ERROR = "ok", "failed", "error"  # answered; answered invalidly twice; no answer after retries
+
+
+class InvalidAnswer(ValueError):
+    pass
+
+
+def openai_client(base_url: str, api_key_env: str, timeout_s: float):
+    """The official client; retries are ours (counted), so its own are off."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "unused", max_retries=0, timeout=timeout_s)
+
+
+def transient_errors() -> tuple:
+    """429, 5xx, timeouts and connection errors: worth retrying with backoff."""
+    import openai
+
+    return (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+
+
+def probe_endpoint(base_url: str, llm: dict) -> None:
+    """GET /models with the same retries; a clear error naming the URL when it is down."""
+    import openai
+
+    client = openai_client(base_url, llm["api_key_env"], llm["timeout_s"])
+    for retry in range(llm["max_retries"] + 1):
+        try:
+            client.models.list()
+            return
+        except openai.NotFoundError:
+            return  # a server without /models can still answer chat completions
+        except transient_errors() as err:
+            if retry == llm["max_retries"]:
+                raise RuntimeError(f"the LLM endpoint {base_url} is not reachable after {llm['max_retries']} retries: {err}") from None
+            time.sleep(llm["backoff_s"] * 2**retry)
+
+
+class RateLimiter:
+    """At most `qps` starts per second (shared by the threads of one actor)."""
+
+    def __init__(self, qps: float):
+        self._interval = 1.0 / qps if qps > 0 else 0.0
+        self._next = time.monotonic()
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        time.sleep(max(0.0, start - now))
+
+
+class ValidatedChat:
+    """Chat requests with retries, a rate bound and one corrective retry of an invalid answer.
+
+    `ask` fills a result record: status, the parsed value, raw answer, error and request counts.
+    """
+
+    def __init__(self, llm: dict, qps: float):
+        self.llm = llm
+        self.client = openai_client(llm["base_url"], llm["api_key_env"], llm["timeout_s"])
+        self.transient = transient_errors()
+        self.limiter = RateLimiter(qps)
+
+    @staticmethod
+    def record(**fields) -> dict:
+        return {"raw": None, "error": None, "requests": 0, "retries": 0, "corrected": False, "prompt_tokens": 0,
+                "completion_tokens": 0, **fields}
+
+    def ask(self, messages: list[dict], parse: Callable[[str], object], out: dict) -> tuple[dict, object]:
+        """(the record with its status, the parsed value or None)."""
+        for attempt in range(2):  # the answer, then one corrective retry
+            try:
+                answer = self._complete(messages, out)
+            except self.transient as err:
+                return {**out, "status": ERROR, "error": f"{type(err).__name__} from {self.llm['base_url']} after {out['retries']} retries"}, None
+            out["raw"] = answer
+            try:
+                return {**out, "status": OK, "error": None}, parse(answer)
+            except InvalidAnswer as err:
+                out["error"] = str(err)
+            if attempt == 0:
+                out["corrected"] = True
+                messages = messages + [{"role": "assistant", "content": answer or ""},
+                                       {"role": "user", "content": f"That answer is invalid: {out['error']}. Answer again with JSON only."}]
+        return {**out, "status": FAILED}, None
+
+    def _complete(self, messages: list[dict], out: dict) -> str:
+        for retry in range(self.llm["max_retries"] + 1):
+            self.limiter.wait()
+            out["requests"] += 1
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.llm["model"], messages=messages, temperature=self.llm["temperature"], max_tokens=self.llm["max_tokens"])
+            except self.transient:
+                if retry == self.llm["max_retries"]:
+                    raise
+                out["retries"] += 1
+                time.sleep(self.llm["backoff_s"] * 2**retry * (0.5 + random.random()))
+                continue
+            if response.usage:
+                out["prompt_tokens"] += response.usage.prompt_tokens
+                out["completion_tokens"] += response.usage.completion_tokens
+            return response.choices[0].message.content or ""
+        raise AssertionError("unreachable")
+
+
+def read_cache(run_dir, folder: str, schema) -> list[dict]:
+    """Every readable cache part; a part cut short by a crash is skipped (its rows are asked again)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    if not run_dir.exists(folder):
+        return []
+    rows = []
+    for info in run_dir.fs.get_file_info(pafs.FileSelector(run_dir.path(folder))):
+        try:
+            rows += pq.read_table(info.path, filesystem=run_dir.fs, schema=schema).to_pylist()
+        except (pa.ArrowInvalid, OSError):
+            continue
+    return rows
+
+
+def best_results(rows: list[dict], keep_errors: bool = False) -> dict[str, dict]:
+    """key -> the final result (an answer, or a recorded failure); unanswered rows only with keep_errors."""
+    best: dict[str, dict] = {}
+    rank = {OK: 2, FAILED: 1, ERROR: 0}
+    for row in rows:
+        if (row["status"] != ERROR or keep_errors) and rank[row["status"]] >= rank[best.get(row["key"], {"status": ERROR})["status"]]:
+            best[row["key"]] = row
+    return best
