@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|evaluate|ablations|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|compare|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("evaluate", parents=[common],
                    help="prepare, link, label emotions and score the trained recommender on each --split-file (reports/eval-NAME.json)")
     sub.add_parser("ablations", parents=[common], help="run every stage, then the recommender ablations (reports/ablations.md/.png)")
+    sub.add_parser("compare", parents=[common],
+                   help="run every stage, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
     cfg = sub.add_parser("config", parents=[common], help="print the resolved config (or --describe every knob)")
     cfg.add_argument("--describe", action="store_true")
     return parser
@@ -72,15 +74,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"`ecr-ray run --config {args.config} --run-dir {run_dir.uri}`", file=sys.stderr)
             return 2
         known = {s.name for s in stage_graph(cfg)}
-        only = [f"{stage}-{name}" for name in cfg.data.split_files for stage in ("prepare", "emotion-infer", "rec-context", "rec-eval")
-                if f"{stage}-{name}" in known]
+        stages = ["prepare", "emotion-infer", "rec-context", "rec-eval"]
+        if run_dir.exists("models/generator/generator.json"):  # responses too, once a generator is trained
+            stages += ["gen-respond", "gen-eval"]
+        only = [f"{stage}-{name}" for name in cfg.data.split_files for stage in stages if f"{stage}-{name}" in known]
     elif args.command == "prepare":
         only = ["prepare"]
     else:
         only = args.stages.split(",") if getattr(args, "stages", None) else None
     summaries = run_stages(cfg, run_dir, only=only, force=args.force)
-    if args.command == "ablations":
-        summaries.update(run_stages(cfg, run_dir, only=["rec-ablations"], force=args.force))
+    extra = {"ablations": "rec-ablations", "compare": "gen-compare"}.get(args.command)
+    if extra:
+        summaries.update(run_stages(cfg, run_dir, only=[extra], force=args.force))
     run_dir.write_json("reports/summary.json", summaries)
     print(f"summary: {run_dir.location('reports/summary.json')}")
     return 0

@@ -186,6 +186,61 @@ class RecConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    method: str = _knob("lora", "lora (Llama architecture + peft LoRA adapters) | full (GPT-2 architecture, every weight trained)")
+    model: str | None = _knob("smollm2-135m-instruct", "base model: a packaged name, folder or (with models.allow_download) hub name; None with method=full: a random GPT-2 of the sizes below with GPT-2's real tokenizer")
+    gpt2_layers: int = _knob(2, "GPT-2 layers when randomly initialised")
+    gpt2_hidden: int = _knob(128, "GPT-2 hidden size when randomly initialised")
+    gpt2_heads: int = _knob(2, "GPT-2 attention heads when randomly initialised")
+    lora_r: int = _knob(8, "LoRA rank")
+    lora_alpha: int = _knob(16, "LoRA scaling numerator")
+    lora_dropout: float = _knob(0.05, "dropout on the LoRA path")
+    lora_targets: str = _knob("q_proj,v_proj", "comma-separated module names that get adapters")
+    max_length: int = _knob(384, "tokens per training example (prompt + response); longer prompts lose their oldest context tokens")
+    response_tokens: int = _knob(160, "training responses are cut to this many tokens")
+    epochs: int = _knob(1, "training epochs")
+    lr: float = _knob(1e-4, "AdamW learning rate (the paper: 5e-5 for Llama-2 LoRA, 1e-4 for DialoGPT)")
+    batch_size: int = _knob(8, "examples per step per worker")
+    max_examples: int | None = _knob(None, "train on at most this many review examples (None: all)")
+    holdout_fraction: float = _knob(0.05, "share of review examples held out for the validation loss")
+    num_workers: int = _knob(1, "Ray Train workers (DDP)")
+    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker")
+    use_gpu: bool = _knob(False, "train on GPUs")
+    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint")
+    seed: int = _knob(0, "initialisation and shuffling seed")
+
+
+@dataclass
+class GenConfig:
+    train_reviews_file: str = _knob("redial/reviews/ecr_llama_train_converted.jsonl", "ECR's review training rows {context, resp, rec} (relative to data_dir)")
+    extra_reviews_file: str | None = _knob("redial/reviews/ecr_ma_movie_reviews_processed_valid.json", "more reviews {movie_name, content} for the retrieval base only")
+    max_reviews: int | None = _knob(None, "process only the first N reviews of each file (None: all)")
+    min_sentence_words: int = _knob(4, "shorter sentences are dropped")
+    emotion_threshold: float = _knob(0.5, "a sentence is emotional when a non-neutral emotion reaches this probability")
+    review_actors: int = _knob(1, "Ray Data actors scoring review sentences")
+    review_actor_cpus: float = _knob(0.5, "CPUs per review actor")
+    review_batch_size: int = _knob(64, "sentences per emotion batch")
+    max_entities: int = _knob(4, "entities in a prompt (the paper: 4)")
+    max_triples: int = _knob(2, "KG triples in a prompt (the paper: 2)")
+    context_turns: int = _knob(2, "latest dialogue utterances shown in a prompt")
+    sample_size: int = _knob(200, "dialogue turns answered per split (seeded sample of turns with a target item)")
+    sample_seed: int = _knob(0, "seed of that sample")
+    actors: int = _knob(1, "Ray Data actors generating responses")
+    actor_cpus: float = _knob(1.0, "CPUs per generation actor")
+    batch_size: int = _knob(8, "prompts per generation batch (left-padded)")
+    max_new_tokens: int = _knob(150, "response length limit (the paper: 150)")
+    no_repeat_ngram_size: int = _knob(3, "decoding: no repeated n-grams of this size (the paper: 3; 0 off)")
+    do_sample: bool = _knob(False, "decoding: sample (with temperature, top_p) instead of greedy")
+    temperature: float = _knob(0.7, "sampling temperature")
+    top_p: float = _knob(0.9, "nucleus sampling mass")
+    score_sample: int = _knob(1000, "responses per variant scored by the LLM scorer (seeded; the paper: 1,000)")
+    score_seed: int = _knob(0, "seed of the scored sample")
+    scorer_actors: int = _knob(1, "Ray Data actors sending scoring requests")
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    scorer: LLMConfig = field(default_factory=lambda: LLMConfig(max_tokens=80))
+
+
+@dataclass
 class Config:
     name: str = _knob("custom", "preset name, used for the default run directory")
     data: DataConfig = field(default_factory=DataConfig)
@@ -193,6 +248,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
     rec: RecConfig = field(default_factory=RecConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

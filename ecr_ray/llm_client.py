@@ -21,6 +21,15 @@ class InvalidAnswer(ValueError):
     pass
 
 
+def require_api_key(llm, user: str, section: str) -> None:
+    """A remote endpoint needs its key: fail before any work starts, naming the variable."""
+    from ecr_ray.config import ConfigError
+
+    if llm.base_url and not os.environ.get(llm.api_key_env):
+        raise ConfigError(f"{user} with endpoint {llm.base_url} needs an API key in ${llm.api_key_env} "
+                          f"(or set {section}.api_key_env to the variable that holds it)")
+
+
 def openai_client(base_url: str, api_key_env: str, timeout_s: float):
     """The official client; retries are ours (counted), so its own are off."""
     import openai

@@ -40,9 +40,10 @@ def stage_graph(cfg: Config) -> list[Stage]:
     """Every stage that exists, in dependency order (later issues append theirs)."""
     from ecr_ray.data.prepare import prepare_stages
     from ecr_ray.emotion.stages import emotion_stages
+    from ecr_ray.gen.stages import gen_stages
     from ecr_ray.rec.stages import rec_stages
 
-    return prepare_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg)
+    return prepare_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg) + gen_stages(cfg)
 
 
 def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, force: bool = False) -> dict[str, dict]:

@@ -22,7 +22,7 @@ from ecr_ray.config import Config, ConfigError
 from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.emotion.annotate import PROMPT_VERSION, RESULT_SCHEMA, LLMAnnotator, cache_key
 from ecr_ray.emotion.labels import LABELS, read_goemotions, top_labels
-from ecr_ray.llm_client import ERROR, FAILED, OK, best_results, probe_endpoint, read_cache
+from ecr_ray.llm_client import ERROR, FAILED, OK, best_results, probe_endpoint, read_cache, require_api_key
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
@@ -61,13 +61,7 @@ def emotion_stages(cfg: Config) -> list[Stage]:
 
 
 def check_api_key(cfg: Config) -> None:
-    """A remote endpoint needs its key: fail before any work starts, naming the variable."""
-    import os
-
-    llm = cfg.emotion.llm
-    if llm.base_url and not os.environ.get(llm.api_key_env):
-        raise ConfigError(f"emotion.source=llm with endpoint {llm.base_url} needs an API key in ${llm.api_key_env} "
-                          f"(or set emotion.llm.api_key_env to the variable that holds it)")
+    require_api_key(cfg.emotion.llm, "emotion.source=llm", "emotion.llm")
 
 
 def _goemotions_key(cfg: Config) -> dict:

@@ -168,6 +168,23 @@ def evaluate_rows(model, rows: list[dict], rcfg: RecConfig) -> dict:
     return evaluate(model, batches, rcfg.auc_batch_size)
 
 
+def recommend_rows(model, rows: list[dict], rcfg: RecConfig, item_index: dict[int, int]) -> list[int]:
+    """The top item (an index into the KG's items) per example row, leaving out items its context mentions."""
+    import torch
+
+    model.eval()
+    top = []
+    with torch.no_grad():
+        embeds = model.kg()
+        for i in range(0, len(rows), rcfg.eval_batch_size):
+            part = rows[i : i + rcfg.eval_batch_size]
+            logits = model(model.inputs({k: [r[k] for r in part] for k in part[0]}), embeds)
+            for j, row in enumerate(part):
+                logits[j, [item_index[e] for e in row["entities"] if e in item_index]] = float("-inf")
+            top += logits.argmax(1).tolist()
+    return top
+
+
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     from ecr_ray.rec.checkpoint import load_recommender
 
@@ -194,7 +211,7 @@ def popularity_metrics(train: list[dict], dev: list[dict], num_items: int, rcfg:
 
 def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.rec.checkpoint import load_recommender
-    from ecr_ray.rec.report import ablation_chart, ablation_table
+    from ecr_ray.report import comparison_chart, comparison_table
     from ecr_ray.rec.train import fit_recommender
 
     meta, train, dev, _ = model_inputs(cfg, run_dir)
@@ -209,8 +226,8 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
         model, _ = load_recommender(run_dir.local_copy(f"models/{folder}"), rcfg)
         results[name] = evaluate_rows(model, dev, rcfg)
     run_dir.write_json("reports/ablations.json", results)
-    table = ablation_table(results, METRIC_KEYS)
+    table = comparison_table(results, METRIC_KEYS)
     run_dir.write_text("reports/ablations.md", table)
-    run_dir.write_bytes("reports/ablations.png", ablation_chart(results, METRIC_KEYS))
+    run_dir.write_bytes("reports/ablations.png", comparison_chart(results, [("Recommender ablations (dev split)", METRIC_KEYS)]))
     print(table, flush=True)
     return {name: {k: results[name][k] for k in ("recall@50", "recall_true@50", "auc")} for name in results}

@@ -134,17 +134,18 @@ def build_app(args: dict):
         args.get("model", "smollm2-135m-instruct"), str(args.get("allow_download", "")).lower() == "true")
 
 
-def start_llm_server(cfg) -> str:
-    """Deploy the server on the connected Ray cluster; returns its OpenAI base URL."""
+def start_llm_server(cfg, model: str | None = None) -> str:
+    """Deploy the server (emotion.llm.model, or `model`) on the connected Ray cluster; returns its OpenAI base URL."""
     import urllib.request
 
     from ecr_ray.models import resolve_model
 
     emotion = cfg.emotion
-    resolve_model(emotion.llm.model, cfg.models.allow_download)  # build or fail here, not inside a replica
+    model = model or emotion.llm.model
+    resolve_model(model, cfg.models.allow_download)  # build or fail here, not inside a replica
     serve.start(http_options={"host": emotion.server.host, "port": emotion.server.port})
     app = ChatLLM.options(num_replicas=emotion.server.replicas, ray_actor_options={"num_cpus": emotion.server.replica_cpus}).bind(
-        emotion.llm.model, cfg.models.allow_download)
+        model, cfg.models.allow_download)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     base = f"http://{emotion.server.host}:{emotion.server.port}"
     deadline = time.time() + 300

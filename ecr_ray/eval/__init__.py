@@ -1,0 +1,1 @@
+"""Generation metrics: text statistics, grounding and the LLM scorer."""

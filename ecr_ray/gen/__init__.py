@@ -1,0 +1,1 @@
+"""ECR step 3: emotion-aligned response generation."""

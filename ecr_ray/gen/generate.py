@@ -1,0 +1,58 @@
+"""Batch generation: prompts (context, item, knowledge) -> responses, left-padded batches.
+
+`ResponseGenerator` is the Ray Data UDF (the model loads once per actor); `respond` serves plain
+loops and, later, the Serve deployment.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+
+class ResponseGenerator:
+    def __init__(self, model_dir: str | None, generator: dict, decoding: dict, retrieval: bool, allow_download: bool = False,
+                 threads: int = 1):
+        import torch
+
+        from ecr_ray.gen.model import load_base, load_generator
+        from ecr_ray.gen.prompts import PromptBuilder
+
+        torch.set_num_threads(threads)
+        if model_dir is None:  # the base model without fine-tuning
+            self.model, self.tokenizer = load_base(generator, allow_download)
+            self.model.eval()
+        else:
+            self.model, self.tokenizer, meta = load_generator(model_dir, allow_download)
+            generator = meta["generator"]
+        self.tokenizer.padding_side = "left"
+        self.prompts = PromptBuilder(self.tokenizer, generator["max_length"], generator["response_tokens"], retrieval)
+        self.decoding = decoding
+
+    def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
+        """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
+        import torch
+
+        ids, truncated = [], []
+        for r in rows:
+            before = self.prompts.truncated
+            ids.append(self.prompts.prompt(r["context"], r["title"], r["knowledge"]))
+            truncated.append(self.prompts.truncated > before)
+        width = max(map(len, ids))
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        d = self.decoding
+        kwargs = {"max_new_tokens": d["max_new_tokens"], "do_sample": d["do_sample"], "pad_token_id": pad,
+                  "eos_token_id": self.tokenizer.eos_token_id}
+        if d["no_repeat_ngram_size"]:
+            kwargs["no_repeat_ngram_size"] = d["no_repeat_ngram_size"]
+        if d["do_sample"]:
+            kwargs.update(temperature=d["temperature"], top_p=d["top_p"])
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        return [self.tokenizer.decode(o[width:], skip_special_tokens=True).strip() for o in out], truncated
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [{**r, "knowledge": {"entities": r["entities"], "triples": r["triples"]}} for r in batch.to_pylist()]
+        responses, truncated = self.respond(rows)
+        batch = batch.append_column("response", pa.array(responses, pa.string()))
+        return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))

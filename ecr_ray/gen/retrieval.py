@@ -1,0 +1,43 @@
+"""Knowledge for a prompt: an item's review entities and KG triples, by name.
+
+An item with reviews gets its reviews' entities (most frequent first) and the triples that join it
+to them; an item without reviews, or without enough triples, falls back to its own KG triples.
+"""
+from __future__ import annotations
+
+from ecr_ray.data.kg import KnowledgeGraph, split_qualifier
+from ecr_ray.gen.reviews import item_neighbours
+
+
+def relation_name(uri: str) -> str:
+    return uri.rstrip(">").rsplit("/", 1)[-1]
+
+
+def item_title(kg: KnowledgeGraph, item: int) -> str:
+    """'Scarface (1983 film)' -> 'Scarface'."""
+    return split_qualifier(kg.names[item])[0]
+
+
+class Retriever:
+    def __init__(self, kg: KnowledgeGraph, base_rows: list[dict]):
+        self.kg = kg
+        self.base = {r["item"]: r for r in base_rows}
+        self.neighbours = item_neighbours(kg)
+
+    def knowledge(self, item: int, max_entities: int, max_triples: int, entities: list[int] | None = None,
+                  triples: list[list[int]] | None = None) -> dict:
+        """{entities, triples} as ids and names; explicit entities/triples (a training review's own) win."""
+        row = self.base.get(item, {})
+        entities = list(row.get("entities", []) if entities is None else entities)[:max_entities]
+        triples = [tuple(t) for t in (row.get("triples", []) if triples is None else triples)][:max_triples]
+        for r, e in self.neighbours.get(item, ()):  # fallback: the item's own KG facts
+            if len(triples) >= max_triples:
+                break
+            if (item, r, e) not in triples:
+                triples.append((item, r, e))
+        return {"entity_ids": entities, "entities": [self.kg.names[e] for e in entities],
+                "triple_ids": [list(t) for t in triples],
+                "triples": [[item_title(self.kg, h), relation_name(self.kg.relations[r]), self.kg.names[t]] for h, r, t in triples]}
+
+    def one_hop(self, item: int) -> set[int]:
+        return {e for _, e in self.neighbours.get(item, ())}

@@ -1,0 +1,35 @@
+"""Comparison tables (markdown) and charts (PNG) from {variant: metrics}: the recommender's
+ablations and the generator's comparison."""
+from __future__ import annotations
+
+import io
+
+
+def comparison_table(results: dict[str, dict], metrics: list[str]) -> str:
+    head = "| variant | " + " | ".join(metrics) + " |\n|---|" + "---:|" * len(metrics) + "\n"
+    cell = lambda v: "n/a" if v is None else f"{v:.4f}"
+    return head + "".join(f"| {name} | " + " | ".join(cell(m.get(k)) for k in metrics) + " |\n" for name, m in results.items())
+
+
+def comparison_chart(results: dict[str, dict], panels: list[tuple[str, list[str]]]) -> bytes:
+    """One bar group per metric, one bar per variant; a panel per (title, metrics) sharing a scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(11 * len(panels) ** 0.5, 4.5), squeeze=False)
+    width = 0.8 / len(results)
+    for ax, (title, metrics) in zip(axes[0], panels, strict=True):
+        x = np.arange(len(metrics))
+        for i, (name, m) in enumerate(results.items()):
+            ax.bar(x + i * width - 0.4 + width / 2, [m.get(k) or 0.0 for k in metrics], width, label=name)
+        ax.set_xticks(x, metrics, rotation=20, ha="right", fontsize=8)
+        ax.set_title(title)
+    axes[0][0].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=120)
+    plt.close(fig)
+    return out.getvalue()

@@ -1,0 +1,131 @@
+"""The generation stages for real on the tiny preset: reviews on Ray Data, a generator trained on
+Ray Train, responses from an actor pool for the recommender's items, metrics, and the LLM scorer
+against the local OpenAI-compatible server (SmolLM2 on Ray Serve)."""
+import json
+import math
+import shutil
+
+import pytest
+
+from tests.conftest import fast_config
+
+REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
+GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
+TINY_GEN = ["gen.scorer.max_tokens=60"]
+
+
+@pytest.fixture(scope="module")
+def gen_run(labelled_run, tmp_path_factory):
+    from ecr_ray.pipeline import run_stages
+    from ecr_ray.rundir import RunDir
+
+    run_dir = RunDir(tmp_path_factory.mktemp("gen"))
+    shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
+    cfg = fast_config(*TINY_GEN)
+    return cfg, run_dir, run_stages(cfg, run_dir, only=REC + GEN)
+
+
+def test_review_funnel_and_retrieval_base(gen_run):
+    from ecr_ray.data.kg import load_kg
+
+    cfg, run_dir, summaries = gen_run
+    f = run_dir.read_json("reports/reviews.json")
+    assert f["reviews_read"] == 2 * cfg.gen.max_reviews
+    assert f["reviews_read"] >= f["reviews_linked_to_item"] >= f["reviews_with_sentences"] >= f["reviews_kept"] > 0
+    assert f["sentences"] >= f["emotional_sentences"] > 0 and f["sentences"] >= f["sentences_with_entities"] > 0
+    assert 0 < f["training_reviews"] <= cfg.gen.max_reviews and f["items"] > 0
+    sentences = run_dir.read_table("gen/sentences").num_rows
+    assert sentences == f["sentences"]
+    base = run_dir.read_table("gen/retrieval").to_pylist()
+    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
+    triples = {tuple(t) for t in kg.triples.tolist()}
+    assert len(base) == f["items"] and all(b["item"] in kg.item_set for b in base)
+    assert sum(len(b["triples"]) for b in base) <= f["triples"]
+    for b in base:
+        for h, r, t in b["triples"]:
+            assert (h, r, t) in triples or (t, r, h) in triples  # every retrieved triple is a KG edge of the item
+            assert t in b["entities"]
+
+
+def test_generator_trained_on_ray_train(gen_run):
+    _, run_dir, summaries = gen_run
+    s = summaries["gen-train"]
+    assert s["train_examples"] > 0 and s["val_examples"] > 0 and s["epochs_run"] == 2
+    assert math.isfinite(s["train_loss"]) and math.isfinite(s["val_loss"])
+    meta = json.loads(open(run_dir.path("models/generator/generator.json")).read())
+    assert meta["generator"]["method"] == "full" and meta["base"]["architecture"] == "gpt2" and meta["retrieval"] is True
+    assert run_dir.exists("models/generator/model.safetensors")
+
+
+def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
+    from ecr_ray.data.kg import load_kg
+
+    cfg, run_dir, summaries = gen_run
+    rows = run_dir.read_table("gen/responses/ecr/pool").to_pylist()
+    assert len(rows) == summaries["gen-respond-pool"]["responses"] == cfg.gen.sample_size
+    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
+    dev = {(t["conversation_id"], t["turn"]) for t in run_dir.read_table("prepared/pool/rec_turns").to_pylist() if t["split"] == "dev"}
+    for r in rows:
+        assert (r["conversation_id"], r["turn"]) in dev and r["item"] in kg.item_set and r["reference"]
+        assert isinstance(r["response"], str) and len(r["triples"]) <= cfg.gen.max_triples and len(r["entities"]) <= cfg.gen.max_entities
+    report = run_dir.read_json("reports/gen-eval-dev.json")
+    assert report["responses"] == len(rows)
+    for key in ("dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["dist-1"] > 0 and report["bleu-1"] > 0
+    # the scorer: every sampled response ends answered, failed (with its raw answer) or unanswered
+    assert report["scored"] == cfg.gen.score_sample == report["ok"] + report["failed"] + report["unanswered"]
+    assert report["unanswered"] == 0
+    for c in ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness"):
+        value = report[f"llm_{c}"]
+        assert value is None if report["ok"] == 0 else 0 <= value <= 9
+
+
+def test_scores_are_cached_and_the_comparison_is_written(gen_run):
+    from ecr_ray.pipeline import run_stages
+
+    cfg, run_dir, _ = gen_run
+    again = run_stages(cfg, run_dir, only=["gen-eval-pool"], force=True)["gen-eval-pool"]
+    assert again["requests_this_run"] == 0  # every score came from cache/scores
+    assert {k: again[k] for k in ("ok", "failed")} == {k: run_dir.read_json("reports/gen-eval-dev.json")[k] for k in ("ok", "failed")}
+
+    run_stages(cfg, run_dir, only=["gen-compare"])
+    results = run_dir.read_json("reports/generation.json")
+    assert list(results) == ["base model (no fine-tuning)", "fine-tuned, no retrieval", "ECR: fine-tuned + retrieval"]
+    assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.gen.score_sample for m in results.values())
+    table = run_dir.read_text("reports/generation.md")
+    assert all(f"| {name} |" in table for name in results)
+    assert open(run_dir.path("reports/generation.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert run_dir.read_text("reports/generation-examples.md").count("### Example") == 3
+    no_retrieval = run_dir.read_json("reports/generator-no-retrieval.json")
+    assert no_retrieval["retrieval"] is False and no_retrieval["train_examples"] == run_dir.read_json("reports/generator.json")["train_examples"]
+
+
+def test_lora_generator_on_two_workers_resumes_and_generates(gen_run, tmp_path):
+    """The offline default: LoRA on SmolLM2-135M-Instruct, DDP over two Ray Train workers."""
+    import dataclasses
+
+    from ecr_ray.gen.generate import ResponseGenerator
+    from ecr_ray.gen.stages import training_examples
+    from ecr_ray.gen.train import fit_generator
+    from ecr_ray.rundir import RunDir
+
+    cfg, run_dir, _ = gen_run
+    lora = fast_config(*TINY_GEN, "gen.generator.method=lora", "gen.generator.model=smollm2-135m-instruct",
+                       "gen.generator.max_length=96", "gen.generator.response_tokens=32", "gen.generator.max_examples=8",
+                       "gen.generator.epochs=1", "gen.generator.batch_size=2", "gen.generator.num_workers=2",
+                       "gen.generator.cpus_per_worker=0.5", "gen.generator.lr=1e-3")
+    train, val, _ = training_examples(lora, run_dir, retrieval=True)
+    assert len(train) == 8
+    out = RunDir(tmp_path)
+    g = dataclasses.asdict(lora.gen.generator)
+    first = fit_generator(lora, g, "lora", train, val[:2], out, {"retrieval": True})
+    assert first["epochs_run"] == 1 and first["steps"] == 2  # 8 examples, 2 workers, batches of 2
+    assert out.exists("models/lora/adapter_model.safetensors") and not out.exists("models/lora/model.safetensors")
+    again = fit_generator(lora, g, "lora", train, val[:2], out, {"retrieval": True})  # the same run: resumed, nothing left to train
+    assert again["epochs_run"] == 1 and len(list((tmp_path / "train").iterdir())) == 1
+    generator = ResponseGenerator(out.path("models/lora"), g, {"max_new_tokens": 8, "no_repeat_ngram_size": 3, "do_sample": False,
+                                                                "temperature": 1.0, "top_p": 1.0}, retrieval=True)
+    responses, truncated = generator.respond([{"context": "User: I love space adventures", "title": "Star Wars",
+                                               "knowledge": {"entities": ["Harrison Ford"], "triples": [["Star Wars", "starring", "Harrison Ford"]]}}])
+    assert len(responses) == 1 and responses[0].strip() and truncated == [False]

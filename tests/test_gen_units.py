@@ -1,0 +1,143 @@
+"""Generation pieces without Ray: reviews, retrieval, prompts, text metrics, scorer validation, models."""
+import math
+
+import numpy as np
+import pytest
+
+from ecr_ray.config import load_config
+from ecr_ray.data.kg import load_kg
+from ecr_ray.emotion.labels import LABELS
+from ecr_ray.eval.scorer import CRITERIA, parse_scores
+from ecr_ray.eval.text_metrics import bleu, distinct, emotion_intensity, hallucinated, mentions
+from ecr_ray.gen.reviews import item_neighbours, read_reviews, retrieval_base, review_knowledge, split_sentences
+from ecr_ray.gen.retrieval import Retriever, item_title
+from ecr_ray.llm_client import InvalidAnswer
+
+
+@pytest.fixture(scope="module")
+def kg():
+    return load_kg(load_config("tiny").data.path("redial/kg/kgA"))
+
+
+def _probs(label: str, p: float) -> list[float]:
+    out = [0.05] * len(LABELS)
+    out[LABELS.index(label)] = p
+    return out
+
+
+def test_sentences_split_on_ends_and_glued_capitals():
+    text = "Loved it.The cast is superb! Is it long? Ok\nA quiet, sad and lovely ending."
+    assert split_sentences(text, 2) == ["Loved it.", "The cast is superb!", "Is it long?", "A quiet, sad and lovely ending."]
+    assert split_sentences(text, 5) == ["A quiet, sad and lovely ending."]
+
+
+def test_read_reviews_keeps_contexts_and_extra_reviews(data_root):
+    rows = read_reviews(data_root / "redial/reviews/ecr_llama_train_converted.jsonl",
+                        data_root / "redial/reviews/ecr_ma_movie_reviews_processed_valid.json", 5)
+    assert len(rows) == 10 and len({r["review_id"] for r in rows}) == 10
+    assert all(r["context"].startswith("User: ") for r in rows[:5]) and all(r["context"] == "" for r in rows[5:])
+    assert rows[0]["title"] == "The Man Who Knew Infinity (2015)" and rows[5]["title"] == "13 Assassins (2010)"
+
+
+def test_review_knowledge_keeps_emotional_sentences_and_item_triples(kg):
+    neighbours = item_neighbours(kg)
+    item = next(i for i in kg.item_ids.tolist() if len(neighbours[i]) >= 2)
+    (r0, linked), other = neighbours[item][0], next(e for e in range(kg.num_entities) if e not in {x for _, x in neighbours[item]} and e != item)
+    sentences = [
+        {"review_id": "a", "source": "train", "item": item, "position": 0, "text": "So happy", "entities": [linked], "probs": _probs("happy", 0.9)},
+        {"review_id": "a", "source": "train", "item": item, "position": 1, "text": "Flat fact", "entities": [other], "probs": _probs("neutral", 0.9)},
+        {"review_id": "a", "source": "train", "item": item, "position": 2, "text": "Loved it", "entities": [other], "probs": _probs("like", 0.6)},
+        {"review_id": "b", "source": "extra", "item": item, "position": 0, "text": "No names", "entities": [], "probs": _probs("like", 0.7)},
+        {"review_id": "c", "source": "extra", "item": item, "position": 0, "text": "Meh", "entities": [], "probs": _probs("neutral", 0.9)},
+    ]
+    reviews, funnel = review_knowledge(sentences, neighbours, threshold=0.5)
+    by_id = {r["review_id"]: r for r in reviews}
+    assert set(by_id) == {"a", "b"}  # c has no emotional sentence
+    assert by_id["a"]["sentences"] == ["So happy", "Loved it"] and by_id["a"]["entities"] == [linked, other]
+    assert by_id["a"]["triples"] == [(item, r0, linked)]  # only entities one hop from the item give triples
+    assert by_id["b"]["entities"] == [] and by_id["b"]["triples"] == []  # a review with no linkable entity still counts
+    assert funnel == {"sentences": 5, "sentences_with_entities": 3, "emotional_sentences": 3, "reviews_without_entities": 2,
+                      "reviews_with_sentences": 3, "reviews_kept": 2, "triples": 1}
+    base = retrieval_base(reviews)
+    assert base == [{"item": item, "reviews": 2, "entities": [linked, other], "triples": [[item, r0, linked]],
+                     "sentences": ["So happy", "Loved it", "No names"]}]
+
+
+def test_retrieval_falls_back_to_kg_triples_for_an_item_without_reviews(kg):
+    retriever = Retriever(kg, [])
+    item = next(i for i in kg.item_ids.tolist() if len(retriever.neighbours[i]) >= 3)
+    k = retriever.knowledge(item, max_entities=4, max_triples=2)
+    assert k["entities"] == [] and len(k["triples"]) == 2
+    assert all(t[0] == item_title(kg, item) and h == item for t, (h, _, _) in zip(k["triples"], k["triple_ids"], strict=True))
+    assert {e for _, _, e in k["triple_ids"]} <= retriever.one_hop(item)
+
+
+def test_prompts_truncate_context_first_and_mask_the_prompt_in_labels():
+    from ecr_ray.gen.model import load_tokenizer
+    from ecr_ray.gen.prompts import SYSTEM_PROMPT, PromptBuilder
+
+    tokenizer = load_tokenizer({"model": None, "method": "full"})
+    knowledge = {"entities": ["Tom Hanks", "Drama film"], "triples": [["Big", "starring", "Tom Hanks"]]}
+    builder = PromptBuilder(tokenizer, max_length=160, response_tokens=40, retrieval=True)
+    short = tokenizer.decode(builder.prompt("User: any comedy?", "Big", knowledge))
+    assert builder.truncated == 0 and short.startswith(f"system: {SYSTEM_PROMPT}") and "Tom Hanks" in short and "Big | starring" in short
+    long_context = "User: " + " ".join(f"word{i}" for i in range(400)) + " the very latest words"
+    ids = builder.prompt(long_context, "Big", knowledge)
+    text = tokenizer.decode(ids)
+    assert builder.truncated == 1 and len(ids) <= 120
+    assert text.startswith("system:") and "the very latest words" in text and "word0 " not in text and "Movie to recommend: Big" in text
+    example = builder.example(long_context, "Big", knowledge, "A warm and funny film. " * 30)
+    n_prompt = sum(x == -100 for x in example["labels"])
+    assert len(example["input_ids"]) <= 160 and example["labels"][n_prompt:] == example["input_ids"][n_prompt:]
+    assert len(example["input_ids"]) - n_prompt == 40  # the response was cut to response_tokens
+    plain = PromptBuilder(tokenizer, 160, 40, retrieval=False)
+    assert "Related entities" not in tokenizer.decode(plain.prompt("User: hi", "Big", knowledge))
+
+
+def test_text_metrics_values():
+    assert distinct(["a b a b", "a c"], 1) == pytest.approx(3 / 6)
+    assert distinct(["a b a b", "a c"], 2) == pytest.approx(3 / 4)
+    assert bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(1.0)
+    assert bleu(["the cat sat"], ["the cat sat on the mat"], 1) == pytest.approx(math.exp(1 - 6 / 3))  # precision 1, brevity penalty
+    assert bleu(["dogs run fast"], ["the cat sat"], 2) < 0.05
+    assert mentions("You will love Toy Story, trust me", "Toy Story") and not mentions("A story of toys", "Toy Story")
+    assert hallucinated([1, 2, 3], {1, 3}) == [2]
+    probs = np.array([_probs("neutral", 0.9), _probs("happy", 0.8)])
+    assert emotion_intensity(probs) == pytest.approx((0.05 + 0.8) / 2)
+
+
+def test_scorer_answers_are_validated():
+    good = {c: i for i, c in enumerate(CRITERIA)}
+    assert parse_scores('Scores: {"emotional_intensity": 0, "emotional_persuasiveness": 1, "logic_persuasiveness": 2, '
+                        '"informativeness": 3, "lifelikeness": 4} done') == good
+    for bad, reason in [("no json here", "no JSON"), ('{"emotional_intensity": 5}', "missing criteria"),
+                        ('{"emotional_intensity": 10' + "".join(f', "{c}": 1' for c in CRITERIA[1:]) + "}", "integers from 0 to 9"),
+                        ('{"emotional_intensity": 5.5' + "".join(f', "{c}": 1' for c in CRITERIA[1:]) + "}", "integers from 0 to 9"),
+                        ('{"emotional_intensity": true' + "".join(f', "{c}": 1' for c in CRITERIA[1:]) + "}", "integers from 0 to 9")]:
+        with pytest.raises(InvalidAnswer, match=reason):
+            parse_scores(bad)
+
+
+GPT2 = {"method": "full", "model": None, "gpt2_layers": 1, "gpt2_hidden": 32, "gpt2_heads": 2, "max_length": 128, "seed": 0,
+        "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "lora_targets": "q_proj,v_proj"}
+
+
+def test_full_model_round_trip_and_adapter_mismatch(tmp_path):
+    import torch
+
+    from ecr_ray.gen.model import GeneratorMismatch, build_generator, load_generator, save_generator
+
+    model, tokenizer = build_generator(GPT2)
+    save_generator(model, tokenizer, GPT2, tmp_path / "gpt2", {"retrieval": True})
+    assert (tmp_path / "gpt2" / "model.safetensors").exists()
+    loaded, tok, meta = load_generator(tmp_path / "gpt2")
+    x = torch.tensor([tokenizer("hello there")["input_ids"]])
+    assert torch.allclose(loaded(x).logits, model.eval()(x).logits) and meta["retrieval"] is True and tok.chat_template
+
+    lora = {**GPT2, "method": "lora", "model": "smollm2-135m-instruct"}
+    adapter, tokenizer = build_generator(lora)
+    save_generator(adapter, tokenizer, lora, tmp_path / "lora", {"retrieval": True})
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists() and not (tmp_path / "lora" / "model.safetensors").exists()
+    assert load_generator(tmp_path / "lora")[2]["base"]["architecture"] == "llama"
+    with pytest.raises(GeneratorMismatch, match="trained on smollm2-135m-instruct .*the base model .*gpt2.* is .*'gpt2'"):
+        load_generator(tmp_path / "lora", base_model=str(tmp_path / "gpt2"))
