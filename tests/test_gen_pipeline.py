@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from tests.conftest import fast_config
+from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config, free_port
 
 REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
 GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
-TINY_GEN = ["gen.scorer.max_tokens=60"]
+TINY_GEN = ["gen.scorer.max_tokens=60", f"emotion.server.port={free_port()}"]  # the scorer's local server, on a port of its own
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_review_funnel_and_retrieval_base(gen_run):
     assert f["reviews_read"] == 2 * cfg.gen.max_reviews
     assert f["reviews_read"] >= f["reviews_linked_to_item"] >= f["reviews_with_sentences"] >= f["reviews_kept"] > 0
     assert f["sentences"] >= f["emotional_sentences"] > 0 and f["sentences"] >= f["sentences_with_entities"] > 0
-    assert 0 < f["training_reviews"] <= cfg.gen.max_reviews and f["items"] > 0
+    assert cfg.gen.generator.max_examples < f["training_reviews"] <= cfg.gen.max_reviews and f["items_with_triples"] > 0
     sentences = run_dir.read_table("gen/sentences").num_rows
     assert sentences == f["sentences"]
     base = run_dir.read_table("gen/retrieval").to_pylist()
@@ -43,8 +43,7 @@ def test_review_funnel_and_retrieval_base(gen_run):
     assert sum(len(b["triples"]) for b in base) <= f["triples"]
     for b in base:
         for h, r, t in b["triples"]:
-            assert (h, r, t) in triples or (t, r, h) in triples  # every retrieved triple is a KG edge of the item
-            assert t in b["entities"]
+            assert h == b["item"] and ((h, r, t) in triples or (t, r, h) in triples)  # a KG edge of the item
 
 
 def test_generator_trained_on_ray_train(gen_run):
@@ -91,7 +90,7 @@ def test_scores_are_cached_and_the_comparison_is_written(gen_run):
 
     run_stages(cfg, run_dir, only=["gen-compare"])
     results = run_dir.read_json("reports/generation.json")
-    assert list(results) == ["base model (no fine-tuning)", "fine-tuned, no retrieval", "ECR: fine-tuned + retrieval"]
+    assert set(results) == {"base model (no fine-tuning)", "fine-tuned, no retrieval", "ECR: fine-tuned + retrieval"}
     assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.gen.score_sample for m in results.values())
     table = run_dir.read_text("reports/generation.md")
     assert all(f"| {name} |" in table for name in results)
@@ -129,3 +128,21 @@ def test_lora_generator_on_two_workers_resumes_and_generates(gen_run, tmp_path):
     responses, truncated = generator.respond([{"context": "User: I love space adventures", "title": "Star Wars",
                                                "knowledge": {"entities": ["Harrison Ford"], "triples": [["Star Wars", "starring", "Harrison Ford"]]}}])
     assert len(responses) == 1 and responses[0].strip() and truncated == [False]
+
+
+def test_evaluate_generates_for_a_raw_redial_file(gen_run, data_root, tmp_path):
+    from ecr_ray.cli import main
+
+    cfg, run_dir, _ = gen_run
+    lines = (data_root / cfg.data.pool_file).read_text().splitlines()
+    last = sorted(lines, key=lambda line: int(json.loads(line)["conversationId"]))[-20:]  # not in the tiny pool
+    test_file = tmp_path / "test_data.jsonl"
+    test_file.write_text("\n".join(last) + "\n")
+    sets = [f"data.max_dialogues={TINY_DIALOGUES}", *FAST_EMOTION, *TINY_GEN]
+    assert main(["evaluate", "--config", "tiny", "--run-dir", run_dir.root, *[a for s in sets for a in ("--set", s)],
+                 "--split-file", f"test={test_file}"]) == 0
+    responses = run_dir.read_table("gen/responses/ecr/test").to_pylist()
+    turns = {(t["conversation_id"], t["turn"]) for t in run_dir.read_table("prepared/test/rec_turns").to_pylist()}
+    assert 0 < len(responses) <= cfg.gen.sample_size and all((r["conversation_id"], r["turn"]) in turns for r in responses)
+    report = run_dir.read_json("reports/gen-eval-test.json")
+    assert report["responses"] == len(responses) and report["scored"] == min(cfg.gen.score_sample, len(responses))

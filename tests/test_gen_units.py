@@ -133,6 +133,8 @@ def test_full_model_round_trip_and_adapter_mismatch(tmp_path):
     loaded, tok, meta = load_generator(tmp_path / "gpt2")
     x = torch.tensor([tokenizer("hello there")["input_ids"]])
     assert torch.allclose(loaded(x).logits, model.eval()(x).logits) and meta["retrieval"] is True and tok.chat_template
+    with pytest.raises(ValueError, match="max_length=4096 exceeds the 1024-token context"):
+        build_generator({**GPT2, "model": str(tmp_path / "gpt2"), "max_length": 4096})
 
     lora = {**GPT2, "method": "lora", "model": "smollm2-135m-instruct"}
     adapter, tokenizer = build_generator(lora)

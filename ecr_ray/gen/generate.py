@@ -13,7 +13,7 @@ class ResponseGenerator:
                  threads: int = 1):
         import torch
 
-        from ecr_ray.gen.model import load_base, load_generator
+        from ecr_ray.gen.model import context_limit, load_base, load_generator
         from ecr_ray.gen.prompts import PromptBuilder
 
         torch.set_num_threads(threads)
@@ -26,6 +26,9 @@ class ResponseGenerator:
         self.tokenizer.padding_side = "left"
         self.prompts = PromptBuilder(self.tokenizer, generator["max_length"], generator["response_tokens"], retrieval)
         self.decoding = decoding
+        # a prompt leaves room for the response within the model's context
+        self.budget = min(generator["max_length"] - generator["response_tokens"],
+                          (context_limit(self.model) or 1 << 30) - decoding["max_new_tokens"])
 
     def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
@@ -34,7 +37,7 @@ class ResponseGenerator:
         ids, truncated = [], []
         for r in rows:
             before = self.prompts.truncated
-            ids.append(self.prompts.prompt(r["context"], r["title"], r["knowledge"]))
+            ids.append(self.prompts.prompt(r["context"], r["title"], r["knowledge"], self.budget))
             truncated.append(self.prompts.truncated > before)
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id

@@ -67,8 +67,17 @@ def trainable(base, gcfg: dict):
                                            target_modules=targets, task_type="CAUSAL_LM"))
 
 
+def context_limit(model) -> int | None:
+    """The model's position limit (None when it has none)."""
+    c = model.config
+    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+
+
 def build_generator(gcfg: dict, allow_download: bool = False):
     base, tokenizer = load_base(gcfg, allow_download)
+    limit = context_limit(base)
+    if limit and gcfg["max_length"] > limit:
+        raise ValueError(f"gen.generator.max_length={gcfg['max_length']} exceeds the {limit}-token context of {gcfg['model'] or 'the GPT-2'}")
     return trainable(base, gcfg), tokenizer
 
 

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def collate(batch: dict, pad_id: int):
     labels = torch.full_like(ids, -100)
     mask = torch.zeros_like(ids)
     for i, (x, y) in enumerate(zip(batch["input_ids"], batch["labels"], strict=True)):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.as_tensor(x), torch.as_tensor(y), 1
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(np.asarray(x)), torch.tensor(np.asarray(y)), 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -72,9 +73,10 @@ def train_loop(config: dict) -> None:
     ddp = prepare_model(model)
     device = next(model.parameters()).device
     rank = ray.train.get_context().get_world_rank()
+    steps, every = config["steps_per_epoch"], max(1, config["steps_per_epoch"] // 20)
     for epoch in range(start, g["epochs"]):
         ddp.train()
-        losses = []
+        losses, began = [], time.perf_counter()
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=g["batch_size"], batch_format="numpy", local_shuffle_buffer_size=4 * g["batch_size"],
                 local_shuffle_seed=g["seed"] + epoch):
@@ -83,6 +85,10 @@ def train_loop(config: dict) -> None:
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if rank == 0 and len(losses) % every == 0:  # progress: epochs of a 7B model on CPUs are long
+                pace = (time.perf_counter() - began) / len(losses)
+                print(f"[generator] epoch {epoch + 1}/{g['epochs']} step {len(losses)}/{steps} loss {np.mean(losses[-every:]):.3f} "
+                      f"({pace:.1f} s/step, ~{pace * (steps - len(losses)) / 60:.0f} min left in the epoch)", flush=True)
         val = mean_loss(model, ray.train.get_dataset_shard("val").iter_batches(batch_size=g["batch_size"], batch_format="numpy"),
                         tokenizer.pad_token_id, device)
         metrics = {"epoch": epoch, "resumed_from": start, "steps": len(losses),
@@ -113,7 +119,8 @@ def fit_generator(cfg: Config, gcfg: dict, name: str, train_rows: list[dict], va
     digest = hashlib.sha256(json.dumps([gcfg, train_rows, val_rows], sort_keys=True).encode()).hexdigest()[:12]
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"generator": gcfg, "allow_download": cfg.models.allow_download},
+        train_loop_config={"generator": gcfg, "allow_download": cfg.models.allow_download,
+                           "steps_per_epoch": math.ceil(len(train_rows) / (gcfg["batch_size"] * gcfg["num_workers"]))},
         scaling_config=ScalingConfig(num_workers=gcfg["num_workers"], use_gpu=gcfg["use_gpu"],
                                      resources_per_worker={"CPU": gcfg["cpus_per_worker"], **({"GPU": 1} if gcfg["use_gpu"] else {})}),
         run_config=RunConfig(name=f"{name}-{digest}", storage_path=run_dir.location("train"),
