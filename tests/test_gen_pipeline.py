@@ -113,7 +113,7 @@ def test_lora_generator_on_two_workers_resumes_and_generates(gen_run, tmp_path):
     lora = fast_config(*TINY_GEN, "gen.generator.method=lora", "gen.generator.model=smollm2-135m-instruct",
                        "gen.generator.max_length=96", "gen.generator.response_tokens=32", "gen.generator.max_examples=8",
                        "gen.generator.epochs=1", "gen.generator.batch_size=2", "gen.generator.num_workers=2",
-                       "gen.generator.cpus_per_worker=0.5", "gen.generator.lr=1e-3")
+                       "gen.generator.cpus_per_worker=0.5", "gen.generator.lr=1.0e-3")
     train, val, _ = training_examples(lora, run_dir, retrieval=True)
     assert len(train) == 8
     out = RunDir(tmp_path)
@@ -127,7 +127,8 @@ def test_lora_generator_on_two_workers_resumes_and_generates(gen_run, tmp_path):
                                                                 "temperature": 1.0, "top_p": 1.0}, retrieval=True)
     responses, truncated = generator.respond([{"context": "User: I love space adventures", "title": "Star Wars",
                                                "knowledge": {"entities": ["Harrison Ford"], "triples": [["Star Wars", "starring", "Harrison Ford"]]}}])
-    assert len(responses) == 1 and responses[0].strip() and truncated == [False]
+    assert len(responses) == 1 and responses[0].strip()
+    assert truncated == [True]  # a 64-token prompt budget is below this prompt's length: cut by rule, and reported
 
 
 def test_evaluate_generates_for_a_raw_redial_file(gen_run, data_root, tmp_path):
