@@ -158,7 +158,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
         ensure_ray(cfg.ray)
         base_url = e.llm.base_url
         if base_url is None:
-            base_url, started_server = start_llm_server(cfg), True
+            base_url, started_server = start_llm_server(cfg, client_cpus=e.annotate_actors * e.actor_cpus), True
         try:
             probe_endpoint(base_url, dataclasses.asdict(e.llm))
             columns = ["key", "utterance_id", "text", "context", "context_roles"]

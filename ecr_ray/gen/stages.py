@@ -33,6 +33,7 @@ TRAIN, COMPARE = "gen-train", "gen-compare"
 # variant -> (model folder under models/ or None for the untuned base, retrieval in the prompt)
 VARIANTS = {"base": (None, True), "no-retrieval": ("generator-no-retrieval", False), "ecr": ("generator", True)}
 VARIANT_NAMES = {"base": "base model (no fine-tuning)", "no-retrieval": "fine-tuned, no retrieval", "ecr": "ECR: fine-tuned + retrieval"}
+SCORER_CPUS = 0.25  # a scoring actor only waits on the endpoint
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
 _RUNTIME_ONLY = ("review_actors", "review_actor_cpus", "review_batch_size", "actors", "actor_cpus", "batch_size", "scorer_actors")
 
@@ -289,13 +290,13 @@ def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) 
         ensure_ray(cfg.ray)
         base_url = s.base_url
         if base_url is None:
-            base_url, started = start_llm_server(cfg, model=s.model), True
+            base_url, started = start_llm_server(cfg, model=s.model, client_cpus=g.scorer_actors * SCORER_CPUS), True
         try:
             probe_endpoint(base_url, dataclasses.asdict(s))
             (ray.data.from_items(pending, override_num_blocks=max(1, -(-len(pending) // 8)))
              .map_batches(ResponseScorer, batch_format="pyarrow", batch_size=8,
                           fn_constructor_kwargs={"llm": {**dataclasses.asdict(s), "base_url": base_url}, "actors": g.scorer_actors, "run": run_id},
-                          compute=ray.data.ActorPoolStrategy(size=g.scorer_actors), num_cpus=0.25)
+                          compute=ray.data.ActorPoolStrategy(size=g.scorer_actors), num_cpus=SCORER_CPUS)
              .write_parquet(run_dir.location(SCORES)))
         finally:
             if started:

@@ -134,13 +134,23 @@ def build_app(args: dict):
         args.get("model", "smollm2-135m-instruct"), str(args.get("allow_download", "")).lower() == "true")
 
 
-def start_llm_server(cfg, model: str | None = None) -> str:
-    """Deploy the server (emotion.llm.model, or `model`) on the connected Ray cluster; returns its OpenAI base URL."""
+def start_llm_server(cfg, model: str | None = None, client_cpus: float = 0.0) -> str:
+    """Deploy the server (emotion.llm.model, or `model`) on the connected Ray cluster; returns its OpenAI base URL.
+
+    `client_cpus`: what the actors that will call it need; replicas that leave them no CPU would hang the run.
+    """
     import urllib.request
+
+    import ray
 
     from ecr_ray.models import resolve_model
 
     emotion = cfg.emotion
+    need, total = emotion.server.replicas * emotion.server.replica_cpus, ray.cluster_resources().get("CPU", 0)
+    if need + client_cpus > total:
+        raise RuntimeError(f"the local LLM server needs {need:g} CPUs (emotion.server.replicas={emotion.server.replicas} x "
+                           f"replica_cpus={emotion.server.replica_cpus:g}) and its callers {client_cpus:g}, but the Ray cluster has "
+                           f"{total:g}: lower emotion.server.replicas or emotion.server.replica_cpus")
     model = model or emotion.llm.model
     resolve_model(model, cfg.models.allow_download)  # build or fail here, not inside a replica
     serve.start(http_options={"host": emotion.server.host, "port": emotion.server.port})
