@@ -158,7 +158,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
         ensure_ray(cfg.ray)
         base_url = e.llm.base_url
         if base_url is None:
-            base_url, started_server = start_llm_server(cfg, client_cpus=e.annotate_actors * e.actor_cpus), True
+            base_url, started_server = start_llm_server(cfg, client_cpus=(e.annotate_actors + 1) * e.actor_cpus), True  # + the write
         try:
             probe_endpoint(base_url, dataclasses.asdict(e.llm))
             columns = ["key", "utterance_id", "text", "context", "context_roles"]
@@ -168,7 +168,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
                           fn_constructor_kwargs={"llm": {**dataclasses.asdict(e.llm), "base_url": base_url}, "actors": e.annotate_actors,
                                                  "context_turns": e.context_turns, "max_chars": e.max_chars, "run": run_id},
                           compute=ray.data.ActorPoolStrategy(size=e.annotate_actors), num_cpus=e.actor_cpus)
-             .write_parquet(run_dir.location(CACHE)))
+             .write_parquet(run_dir.location(CACHE), ray_remote_args={"num_cpus": e.actor_cpus}))
         finally:
             if started_server:
                 stop_llm_server()

@@ -290,14 +290,14 @@ def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) 
         ensure_ray(cfg.ray)
         base_url = s.base_url
         if base_url is None:
-            base_url, started = start_llm_server(cfg, model=s.model, client_cpus=g.scorer_actors * SCORER_CPUS), True
+            base_url, started = start_llm_server(cfg, model=s.model, client_cpus=(g.scorer_actors + 1) * SCORER_CPUS), True  # + the write
         try:
             probe_endpoint(base_url, dataclasses.asdict(s))
             (ray.data.from_items(pending, override_num_blocks=max(1, -(-len(pending) // 8)))
              .map_batches(ResponseScorer, batch_format="pyarrow", batch_size=8,
                           fn_constructor_kwargs={"llm": {**dataclasses.asdict(s), "base_url": base_url}, "actors": g.scorer_actors, "run": run_id},
                           compute=ray.data.ActorPoolStrategy(size=g.scorer_actors), num_cpus=SCORER_CPUS)
-             .write_parquet(run_dir.location(SCORES)))
+             .write_parquet(run_dir.location(SCORES), ray_remote_args={"num_cpus": SCORER_CPUS}))
         finally:
             if started:
                 stop_llm_server()
