@@ -83,3 +83,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# Serve's HTTP proxy keeps the port it first started on for the whole Ray session: every test's local
+# LLM server uses this one
+SERVE_PORT = free_port()

@@ -14,7 +14,7 @@ from ecr_ray.emotion.stages import (
 )
 from ecr_ray.pipeline import run_stages
 
-from .conftest import TINY_DIALOGUES, free_port
+from .conftest import SERVE_PORT, TINY_DIALOGUES, free_port
 from .fault_server import FaultServer
 
 
@@ -58,7 +58,7 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
 
     from ecr_ray.serving.llm import start_llm_server, stop_llm_server
 
-    cfg = _cfg(f"emotion.server.port={free_port()}", "emotion.sample_size=6", "emotion.llm.max_tokens=24")
+    cfg = _cfg(f"emotion.server.port={SERVE_PORT}", "emotion.sample_size=6", "emotion.llm.max_tokens=24")
     base_url = start_llm_server(cfg)
     try:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)

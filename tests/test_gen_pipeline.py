@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config, free_port
+from tests.conftest import FAST_EMOTION, SERVE_PORT, TINY_DIALOGUES, fast_config
 
 REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
 GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
-TINY_GEN = ["gen.scorer.max_tokens=60", f"emotion.server.port={free_port()}"]  # the scorer's local server, on a port of its own
+TINY_GEN = ["gen.scorer.max_tokens=60", f"emotion.server.port={SERVE_PORT}"]  # the scorer's local server
 
 
 @pytest.fixture(scope="module")

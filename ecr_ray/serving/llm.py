@@ -165,7 +165,9 @@ def start_llm_server(cfg, model: str | None = None, client_cpus: float = 0.0) ->
             return f"{base}/v1"
         except OSError:
             if time.time() > deadline:
-                raise RuntimeError(f"the local LLM server did not answer at {base}/v1/models within 300 s") from None
+                stop_llm_server()  # never leave a replica holding CPUs behind
+                raise RuntimeError(f"the local LLM server did not answer at {base}/v1/models within 300 s (Ray Serve keeps "
+                                   "the HTTP port it first started on in a Ray session)") from None
             time.sleep(1)
 
 
