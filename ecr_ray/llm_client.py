@@ -21,6 +21,20 @@ class InvalidAnswer(ValueError):
     pass
 
 
+def json_answer(answer: str | None):
+    """The JSON value of the first {...} in an answer, or InvalidAnswer saying what is wrong."""
+    import json
+    import re
+
+    match = re.search(r"\{.*\}", answer or "", re.DOTALL)
+    if not match:
+        raise InvalidAnswer("the answer holds no JSON object")
+    try:
+        return json.loads(match.group(0))
+    except json.JSONDecodeError:
+        raise InvalidAnswer("the answer is not valid JSON") from None
+
+
 def require_api_key(llm, user: str, section: str) -> None:
     """A remote endpoint needs its key: fail before any work starts, naming the variable."""
     from ecr_ray.config import ConfigError

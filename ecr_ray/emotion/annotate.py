@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
 from ecr_ray.emotion.labels import LABELS, MAX_LABELS
-from ecr_ray.llm_client import ERROR, FAILED, OK, InvalidAnswer, ValidatedChat  # noqa: F401 - re-exported for the stages
+from ecr_ray.llm_client import ERROR, FAILED, OK, InvalidAnswer, ValidatedChat, json_answer  # noqa: F401 - re-exported for the stages
 
 PROMPT_VERSION = "v1"
 SYSTEM_PROMPT = (
@@ -46,13 +45,7 @@ def build_messages(context: list[str], roles: list[str], text: str, context_turn
 
 def parse_labels(answer: str | None) -> list[str]:
     """The labels of a valid answer, or InvalidAnswer saying what is wrong."""
-    match = re.search(r"\{.*\}", answer or "", re.DOTALL)
-    if not match:
-        raise InvalidAnswer("the answer holds no JSON object")
-    try:
-        value = json.loads(match.group(0))
-    except json.JSONDecodeError:
-        raise InvalidAnswer("the answer is not valid JSON") from None
+    value = json_answer(answer)
     labels = value.get("emotions") if isinstance(value, dict) else None
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise InvalidAnswer('the JSON has no "emotions" list of strings')

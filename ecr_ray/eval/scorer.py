@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from ecr_ray.llm_client import InvalidAnswer, ValidatedChat
+from ecr_ray.llm_client import InvalidAnswer, ValidatedChat, json_answer
 
 CRITERIA = ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness")
 RUBRIC = (
@@ -45,13 +44,7 @@ def score_messages(context: str, title: str, response: str) -> list[dict]:
 
 
 def parse_scores(answer: str | None) -> dict[str, int]:
-    match = re.search(r"\{.*\}", answer or "", re.DOTALL)
-    if not match:
-        raise InvalidAnswer("the answer holds no JSON object")
-    try:
-        value = json.loads(match.group(0))
-    except json.JSONDecodeError:
-        raise InvalidAnswer("the answer is not valid JSON") from None
+    value = json_answer(answer)
     if not isinstance(value, dict):
         raise InvalidAnswer("the JSON is not an object")
     missing = [c for c in CRITERIA if c not in value]
