@@ -155,8 +155,8 @@ def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[li
 
     g, gen = cfg.gen.generator, cfg.gen
     retriever = _retriever(cfg, run_dir)
-    reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]), key=lambda r: r["review_id"])
-    reviews.sort(key=lambda r: hashlib.sha256(f"{g.seed}:{r['review_id']}".encode()).hexdigest())
+    reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]),
+                     key=lambda r: hashlib.sha256(f"{g.seed}:{r['review_id']}".encode()).hexdigest())  # seeded order
     builder = PromptBuilder(load_tokenizer(dataclasses.asdict(g), cfg.models.allow_download), g.max_length, g.response_tokens, retrieval)
     train, val = [], []
     for r in reviews:
