@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|evaluate|ablations|compare|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|compare|chat|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 from ecr_ray.config import ConfigError, describe, load_config
+
+OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare"}  # commands that run an optional stage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,9 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare", parents=[common], help="validate, link and build turns for the pool and --split-file splits")
     sub.add_parser("evaluate", parents=[common],
                    help="prepare, link, label emotions and score the trained recommender on each --split-file (reports/eval-NAME.json)")
-    sub.add_parser("ablations", parents=[common], help="run every stage, then the recommender ablations (reports/ablations.md/.png)")
+    sub.add_parser("ablations", parents=[common], help="run the stages the recommender ablations need, then them (reports/ablations.md/.png)")
     sub.add_parser("compare", parents=[common],
-                   help="run every stage, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
+                   help="run the stages the comparison needs, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
+    chat = sub.add_parser("chat", parents=[common], help="talk to a trained run in the terminal (its recorded config; --set overrides it)")
+    chat.add_argument("--top-k", type=int, default=None, help="movies shown per reply (default: serve.top_k)")
     cfg = sub.add_parser("config", parents=[common], help="print the resolved config (or --describe every knob)")
     cfg.add_argument("--describe", action="store_true")
     return parser
@@ -38,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "chat":
+        from ecr_ray.serving.terminal import chat
+
+        return chat(args.run_dir or str(Path("runs") / args.config), args.overrides, args.top_k)
     try:
         overrides = list(args.overrides)
         for spec in args.split_file:
@@ -60,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecr-ray: {err}", file=sys.stderr)
         return 2
 
-    from ecr_ray.pipeline import run_stages, stage_graph
+    from ecr_ray.pipeline import run_stages, stage_graph, with_needs
     from ecr_ray.rundir import RunDir
 
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
@@ -80,12 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         only = [f"{stage}-{name}" for name in cfg.data.split_files for stage in stages if f"{stage}-{name}" in known]
     elif args.command == "prepare":
         only = ["prepare"]
+    elif args.command in OPTIONAL:
+        only = with_needs(cfg, OPTIONAL[args.command])
     else:
         only = args.stages.split(",") if getattr(args, "stages", None) else None
     summaries = run_stages(cfg, run_dir, only=only, force=args.force)
-    extra = {"ablations": "rec-ablations", "compare": "gen-compare"}.get(args.command)
-    if extra:
-        summaries.update(run_stages(cfg, run_dir, only=[extra], force=args.force))
     run_dir.write_json("reports/summary.json", summaries)
     print(f"summary: {run_dir.location('reports/summary.json')}")
     return 0

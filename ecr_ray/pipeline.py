@@ -81,6 +81,18 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
     return summaries
 
 
+def with_needs(cfg: Config, name: str) -> list[str]:
+    """`name` and every stage it needs, directly or not, in graph order (what `ecr-ray ablations` runs)."""
+    by_name = {s.name: s for s in stage_graph(cfg)}
+    wanted, todo = set(), [name]
+    while todo:
+        stage = by_name[todo.pop()]
+        if stage.name not in wanted:
+            wanted.add(stage.name)
+            todo.extend(stage.needs)
+    return [n for n in by_name if n in wanted]
+
+
 def _matches(selector: str, name: str) -> bool:
     """'prepare' selects every 'prepare-*' stage; a full name selects itself."""
     return name == selector or name.startswith(selector + "-")
