@@ -20,13 +20,13 @@ from ecr_ray.rundir import RunDir
 def bench_generate(cfg, run_dir, n):
     import ray
 
-    from ecr_ray.gen.generate import ResponseGenerator
+    from ecr_ray.gen.generate import ResponseGenerator, decoding_settings
     from ecr_ray.gen.stages import generate, responses
 
     prompts = [{k: v for k, v in r.items() if k not in ("response", "prompt_truncated", "variant", "retrieval")}
                for r in run_dir.read_table(responses("ecr", "pool")).to_pylist()[:n]]
     g = cfg.gen
-    decoding = {k: getattr(g, k) for k in ("max_new_tokens", "no_repeat_ngram_size", "do_sample", "temperature", "top_p")}
+    decoding = decoding_settings(g)
     start = time.perf_counter()
     local = ResponseGenerator(run_dir.local_copy("models/generator"), dataclasses.asdict(g.generator), decoding, retrieval=True, threads=1)
     loop = []

@@ -5,6 +5,7 @@ values. Unknown keys and wrongly typed values are errors that name the key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -241,6 +242,16 @@ class GenConfig:
 
 
 @dataclass
+class ServeConfig:
+    model_name: str = _knob("ecr-ray", "model id the chat API answers to (GET /v1/models)")
+    top_k: int = _knob(5, "recommended items returned per turn (a request may ask for 1-50 with `top_k`)")
+    max_turns: int = _knob(40, "user and assistant messages a conversation may hold")
+    max_message_chars: int = _knob(2000, "characters a message may hold")
+    request_timeout_s: float = _knob(60.0, "a request that takes longer ends with 504")
+    token_env: str = _knob("ECR_SERVE_TOKEN", "environment variable holding the bearer token the API requires (unset: no token)")
+
+
+@dataclass
 class Config:
     name: str = _knob("custom", "preset name, used for the default run directory")
     data: DataConfig = field(default_factory=DataConfig)
@@ -249,14 +260,16 @@ class Config:
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
     rec: RecConfig = field(default_factory=RecConfig)
     gen: GenConfig = field(default_factory=GenConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def load_config(preset: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """A preset (a path, or a name in configs/) and 'section.key=value' overrides (YAML values)."""
-    values: dict = {}
+def load_config(preset: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> Config:
+    """A preset (a path, or a name in configs/) or a `base` (a recorded Config.to_dict()), and
+    'section.key=value' overrides (YAML values)."""
+    values: dict = copy.deepcopy(base or {})
     if preset:
         path = Path(preset)
         if not path.exists() and (PRESETS_DIR / f"{preset}.yaml").exists():

@@ -88,3 +88,21 @@ def free_port() -> int:
 # Serve's HTTP proxy keeps the port it first started on for the whole Ray session: every test's local
 # LLM server uses this one
 SERVE_PORT = free_port()
+
+REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
+GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
+TINY_GEN = ["gen.scorer.max_tokens=60", f"emotion.server.port={SERVE_PORT}"]  # the scorer's local server
+
+
+@pytest.fixture(scope="session")
+def gen_run(labelled_run, tmp_path_factory):
+    """The tiny pool with a trained recommender and generator (every model the chat needs): (config, RunDir, summaries)."""
+    import shutil
+
+    from ecr_ray.pipeline import run_stages
+    from ecr_ray.rundir import RunDir
+
+    run_dir = RunDir(tmp_path_factory.mktemp("gen"))
+    shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
+    cfg = fast_config(*TINY_GEN)
+    return cfg, run_dir, run_stages(cfg, run_dir, only=REC + GEN)

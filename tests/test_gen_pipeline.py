@@ -3,26 +3,8 @@ Ray Train, responses from an actor pool for the recommender's items, metrics, an
 against the local OpenAI-compatible server (SmolLM2 on Ray Serve)."""
 import json
 import math
-import shutil
 
-import pytest
-
-from tests.conftest import FAST_EMOTION, SERVE_PORT, TINY_DIALOGUES, fast_config
-
-REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
-GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
-TINY_GEN = ["gen.scorer.max_tokens=60", f"emotion.server.port={SERVE_PORT}"]  # the scorer's local server
-
-
-@pytest.fixture(scope="module")
-def gen_run(labelled_run, tmp_path_factory):
-    from ecr_ray.pipeline import run_stages
-    from ecr_ray.rundir import RunDir
-
-    run_dir = RunDir(tmp_path_factory.mktemp("gen"))
-    shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
-    cfg = fast_config(*TINY_GEN)
-    return cfg, run_dir, run_stages(cfg, run_dir, only=REC + GEN)
+from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, TINY_GEN, fast_config
 
 
 def test_review_funnel_and_retrieval_base(gen_run):

@@ -32,26 +32,33 @@ _COMMON_WORDS = frozenset(
 _GENRE_SUFFIXES = (" film", " films", " movie", " movies")
 
 
+def words(text: str) -> list[str]:
+    """The ASCII words of a text, case kept."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9]+", " ", text.replace("'", "")).split()
+
+
 def text_key(text: str) -> str:
     """Lower-case ASCII words separated by single spaces (articles kept: 'The Who' is not 'who')."""
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.replace("'", "")).split())
+    return " ".join(words(text)).lower()
 
 
 class TextEntityLinker:
-    """Greedy longest-match of KG entity names (items excluded: movies come from @mentions).
+    """Greedy longest-match of KG entity names (items excluded unless `items`: in ReDial movies come
+    from @mentions; a chat user types titles).
 
     Aliases: each name without its '(qualifier)'; for genres (tails of the 'genre' relation) also
     the name without 'film' ('Horror film' -> 'horror') and its plural. A one-word alias that is a
     common English word is never matched; when entities share an alias the best connected wins.
+    A one-word movie title matches only when capitalised ('I loved Inception', not the film 'Loved').
     """
 
-    def __init__(self, kg: KnowledgeGraph, max_words: int = 6):
+    def __init__(self, kg: KnowledgeGraph, max_words: int = 6, items: bool = False):
         degree = kg.degree
         genres = set(kg.triples[kg.triples[:, 1] == kg.relation_id("genre"), 2].tolist())
         candidates: dict[str, list[int]] = defaultdict(list)
         for entity, name in enumerate(kg.names):
-            if entity in kg.item_set:
+            if entity in kg.item_set and not items:
                 continue
             base = text_key(split_qualifier(name)[0])
             aliases = {base}
@@ -65,17 +72,20 @@ class TextEntityLinker:
                 if words and len(words) <= max_words and not (len(words) == 1 and (alias in _COMMON_WORDS or len(alias) < 3)):
                     candidates[alias].append(entity)
         self._alias = {a: max(es, key=lambda e: (degree[e], -e)) for a, es in candidates.items()}
+        self._cased = {a for a, e in self._alias.items() if e in kg.item_set and " " not in a}
         self._max_words = max_words
 
     def link(self, text: str) -> list[int]:
         """Entity ids named in the text, in order of appearance (repeats kept once)."""
-        words = text_key(text).split()
+        cased = words(text)
+        keys = [w.lower() for w in cased]
         found: list[int] = []
         i = 0
-        while i < len(words):
-            for n in range(min(self._max_words, len(words) - i), 0, -1):
-                entity = self._alias.get(" ".join(words[i : i + n]))
-                if entity is not None:
+        while i < len(keys):
+            for n in range(min(self._max_words, len(keys) - i), 0, -1):
+                alias = " ".join(keys[i : i + n])
+                entity = self._alias.get(alias)
+                if entity is not None and (alias not in self._cased or cased[i][0].isupper()):
                     if entity not in found:
                         found.append(entity)
                     i += n

@@ -1,11 +1,18 @@
 """Batch generation: prompts (context, item, knowledge) -> responses, left-padded batches.
 
 `ResponseGenerator` is the Ray Data UDF (the model loads once per actor); `respond` serves plain
-loops and, later, the Serve deployment.
+loops and the Serve deployment, `stream` the chat API's streaming.
 """
 from __future__ import annotations
 
 import pyarrow as pa
+
+DECODING_KEYS = ("max_new_tokens", "no_repeat_ngram_size", "do_sample", "temperature", "top_p")
+
+
+def decoding_settings(gen_cfg) -> dict:
+    """The decoding knobs of a GenConfig, as ResponseGenerator takes them."""
+    return {k: getattr(gen_cfg, k) for k in DECODING_KEYS}
 
 
 class ResponseGenerator:
@@ -34,6 +41,39 @@ class ResponseGenerator:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
         import torch
 
+        inputs, width, truncated = self._inputs(rows)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, **self._decoding())
+        return [self.tokenizer.decode(o[width:], skip_special_tokens=True).strip() for o in out], truncated
+
+    def stream(self, row: dict):
+        """One response as it is decoded: text pieces (what a chat server streams)."""
+        import threading
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        inputs, _, _ = self._inputs([row])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        def run():
+            with torch.no_grad():
+                self.model.generate(**inputs, **self._decoding(), streamer=streamer)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        first = True
+        for piece in streamer:
+            if first:  # respond() strips the response: so does the stream
+                piece, first = piece.lstrip(), not piece.strip()
+            if piece:
+                yield piece
+        thread.join()
+
+    def _inputs(self, rows: list[dict]):
+        """Left-padded prompt ids and mask, the padded width, and which prompts were truncated."""
+        import torch
+
         ids, truncated = [], []
         for r in rows:
             before = self.prompts.truncated
@@ -43,16 +83,17 @@ class ResponseGenerator:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        return {"input_ids": input_ids, "attention_mask": mask}, width, truncated
+
+    def _decoding(self) -> dict:
         d = self.decoding
-        kwargs = {"max_new_tokens": d["max_new_tokens"], "do_sample": d["do_sample"], "pad_token_id": pad,
+        kwargs = {"max_new_tokens": d["max_new_tokens"], "do_sample": d["do_sample"], "pad_token_id": self.tokenizer.pad_token_id,
                   "eos_token_id": self.tokenizer.eos_token_id}
         if d["no_repeat_ngram_size"]:
             kwargs["no_repeat_ngram_size"] = d["no_repeat_ngram_size"]
         if d["do_sample"]:
             kwargs.update(temperature=d["temperature"], top_p=d["top_p"])
-        with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
-        return [self.tokenizer.decode(o[width:], skip_special_tokens=True).strip() for o in out], truncated
+        return kwargs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [{**r, "knowledge": {"entities": r["entities"], "triples": r["triples"]}} for r in batch.to_pylist()]

@@ -221,7 +221,7 @@ def generate(cfg: Config, run_dir: RunDir, prompts: list[dict], variant: str, ou
     """Responses of one variant for the prompts (Ray Data actor pool) -> parquet at `out`."""
     import ray
 
-    from ecr_ray.gen.generate import ResponseGenerator
+    from ecr_ray.gen.generate import ResponseGenerator, decoding_settings
     from ecr_ray.ray_session import ensure_ray
 
     ensure_ray(cfg.ray)
@@ -229,12 +229,11 @@ def generate(cfg: Config, run_dir: RunDir, prompts: list[dict], variant: str, ou
     folder, retrieval = VARIANTS[variant]
     if folder and not run_dir.exists(f"models/{folder}"):
         raise RuntimeError(f"no trained generator in {run_dir.location(f'models/{folder}')}")
-    decoding = {k: getattr(g, k) for k in ("max_new_tokens", "no_repeat_ngram_size", "do_sample", "temperature", "top_p")}
     (ray.data.from_items([{**p, "variant": variant, "retrieval": retrieval} for p in prompts],
                          override_num_blocks=max(1, -(-len(prompts) // g.batch_size)))
      .map_batches(ResponseGenerator, batch_format="pyarrow", batch_size=g.batch_size,
                   fn_constructor_kwargs={"model_dir": folder and run_dir.local_copy(f"models/{folder}"),
-                                         "generator": dataclasses.asdict(g.generator), "decoding": decoding, "retrieval": retrieval,
+                                         "generator": dataclasses.asdict(g.generator), "decoding": decoding_settings(g), "retrieval": retrieval,
                                          "allow_download": cfg.models.allow_download, "threads": max(1, int(g.actor_cpus))},
                   compute=ray.data.ActorPoolStrategy(size=g.actors), num_cpus=g.actor_cpus)
      .write_parquet(run_dir.location(out)))

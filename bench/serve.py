@@ -1,0 +1,183 @@
+"""Serving benchmarks over loopback, each against its baseline in the same run.
+
+Needs a trained run directory (`ecr-ray run --config cpu --run-dir DIR`). Conversations are real
+ReDial dialogue histories (the dev split's recommendation turns).
+
+    python bench/serve.py load --run-dir DIR [--n 24] [--concurrency 1,2,4] [--set gen.max_new_tokens=48]
+        p50/p99 latency and throughput of POST /recommend and of a full chat turn at each concurrency,
+        against the same parts called in-process one after another (ratio), and the chat with 1 vs 2
+        replicas of the bottleneck deployment (Generator).
+    python bench/serve.py kill --run-dir DIR [--seconds 60] [--concurrency 4] [--deployment Generator]
+        concurrent conversations while one replica is killed: requests, errors, the slowest request
+        against the timeout, and the time until the deployment answers again.
+"""
+import argparse
+import asyncio
+import concurrent.futures
+import os
+import statistics
+import time
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import requests
+
+from ecr_ray.data.prepare import POOL, prepared
+from ecr_ray.serving.components import ROLES, LocalParts, answer, load_run, recommend
+
+PORT = 8125
+FIXED = {"num_replicas": 1, "autoscaling_config": None}  # no autoscaling during a measurement
+DEPLOYMENTS = ("ChatIngress", "EmotionClassifier", "Recommender", "Retriever", "Generator")
+
+
+def conversations(run, n: int, max_turns: int) -> list[list[dict]]:
+    """Real dialogue histories ending with the user, as chat messages."""
+    by_role = {v: k for k, v in ROLES.items()}
+    out = []
+    for t in run.read_table(prepared(POOL, "rec_turns")).to_pylist():
+        if t["split"] == "dev" and t["context"] and by_role.get(t["context_roles"][-1]) == "user" and len(t["context"]) <= max_turns:
+            out.append([{"role": by_role[r], "content": c} for c, r in zip(t["context"], t["context_roles"]) if c.strip()])
+        if len(out) == n:
+            return out
+    return out
+
+
+def summary(latencies: list[float], wall: float) -> dict:
+    q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
+    return {"p50_s": round(statistics.median(latencies), 3), "p99_s": round(q[98], 3), "per_s": round(len(latencies) / wall, 3)}
+
+
+def in_process(parts, talks, top_k: int) -> dict:
+    def timed(fn):
+        latencies, start = [], time.perf_counter()
+        for m in talks:
+            t = time.perf_counter()
+            asyncio.run(fn(m))
+            latencies.append(time.perf_counter() - t)
+        return summary(latencies, time.perf_counter() - start)
+
+    async def turn(m):
+        found, args = await answer(parts, m, top_k)
+        return await parts.call("respond", *args)
+
+    return {"recommend": timed(lambda m: recommend(parts, m, top_k)), "chat": timed(turn)}
+
+
+def load(base: str, path: str, talks, concurrency: int, timeout: float) -> dict:
+    def one(m):
+        t = time.perf_counter()
+        r = requests.post(f"{base}{path}", json={"messages": m}, timeout=timeout)
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        latencies = list(pool.map(one, talks))
+    return summary(latencies, time.perf_counter() - start)
+
+
+def start(run_dir: str, overrides: list[str], options: dict | None) -> str:
+    from ray import serve
+
+    from ecr_ray.serving.app import deploy
+
+    serve.delete("ecr")
+    return deploy(run_dir, PORT, options, overrides)
+
+
+def bench_load(args, cfg, run):
+    import ray
+
+    talks = conversations(run, args.n, cfg.serve.max_turns)
+    parts = LocalParts(cfg, run)
+    for m in talks[:2]:  # warm-up
+        asyncio.run(recommend(parts, m, cfg.serve.top_k))
+    base_line = in_process(parts, talks, cfg.serve.top_k)
+    del parts
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    timeout = cfg.serve.request_timeout_s + 30
+    rows = []
+    for replicas in (1, 2):
+        base = start(args.run_dir, args.overrides, {**{d: FIXED for d in DEPLOYMENTS}, "Generator": {**FIXED, "num_replicas": replicas}})
+        load(base, "/v1/chat/completions", talks[:2], 2, timeout)  # warm-up
+        for c in args.concurrency if replicas == 1 else args.concurrency[-1:]:
+            for path, name in (("/recommend", "recommend"), ("/v1/chat/completions", "chat")):
+                if replicas == 2 and name == "recommend":
+                    continue
+                got = load(base, path, talks, c, timeout)
+                rows.append({"what": name, "generator_replicas": replicas, "concurrency": c, **got,
+                             "vs_in_process": round(got["per_s"] / base_line[name]["per_s"], 2)})
+    print(f"in-process, sequential ({len(talks)} conversations): {base_line}")
+    print("| request | generator replicas | concurrency | p50 s | p99 s | per s | throughput vs in-process |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['what']} | {r['generator_replicas']} | {r['concurrency']} | {r['p50_s']} | {r['p99_s']} | {r['per_s']} | {r['vs_in_process']} |")
+    one = next(r for r in rows if r["what"] == "chat" and r["generator_replicas"] == 1 and r["concurrency"] == args.concurrency[-1])
+    two = next(r for r in rows if r["what"] == "chat" and r["generator_replicas"] == 2)
+    print(f"chat throughput at concurrency {args.concurrency[-1]}, 2 Generator replicas vs 1: {two['per_s'] / one['per_s']:.2f}")
+
+
+def bench_kill(args, cfg, run):
+    import ray
+
+    talks = conversations(run, 64, cfg.serve.max_turns)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    base = start(args.run_dir, args.overrides, None)  # serve/config.yaml as it is: autoscaling on
+    timeout = cfg.serve.request_timeout_s + 30
+    records, stop_at = [], time.monotonic() + args.seconds
+
+    def conversation(i):
+        k = i
+        while time.monotonic() < stop_at:
+            t = time.monotonic()
+            try:
+                status = requests.post(f"{base}/v1/chat/completions", json={"messages": talks[k % len(talks)]}, timeout=timeout).status_code
+            except requests.RequestException as err:
+                status = type(err).__name__
+            records.append((t, time.monotonic(), status))
+            k += args.concurrency
+
+    prefix = f"SERVE_REPLICA::ecr#{args.deployment}#"
+    replicas = lambda: {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}  # noqa: E731
+    with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
+        futures = [pool.submit(conversation, i) for i in range(args.concurrency)]
+        time.sleep(args.seconds / 4)
+        victim = sorted(replicas())[0]
+        killed_at = time.monotonic()
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        while not (replicas() - {victim}):
+            time.sleep(0.2)
+        replaced_s = time.monotonic() - killed_at
+        for f in futures:
+            f.result()
+    errors = [r for r in records if r[2] != 200]
+    after = [r for r in records if r[0] > killed_at and r[2] == 200]
+    print(f"{len(records)} chat turns from {args.concurrency} concurrent conversations over {args.seconds} s; "
+          f"replica {victim} killed at {killed_at - records[0][0]:.1f} s")
+    print(f"errors: {len(errors)} {sorted({str(e[2]) for e in errors})}; slowest request {max(r[1] - r[0] for r in records):.1f} s "
+          f"(timeout {cfg.serve.request_timeout_s:g} s); a new replica was running {replaced_s:.1f} s after the kill; "
+          f"the first request sent after the kill answered {min(r[1] for r in after) - killed_at:.1f} s after it" if after else "no request answered after the kill")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["load", "kill"])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--n", type=int, default=24, help="conversations per measurement")
+    parser.add_argument("--concurrency", default="1,2,4")
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--deployment", default="Generator")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    cfg, run = load_run(args.run_dir, args.overrides)
+    if args.what == "load":
+        bench_load(args, cfg, run)
+    else:
+        args.concurrency = args.concurrency[-1]
+        bench_kill(args, cfg, run)
+
+
+if __name__ == "__main__":
+    main()

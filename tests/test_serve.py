@@ -1,0 +1,237 @@
+"""The Serve app for real: the tiny trained run behind serve/config.yaml's deployments on the test
+Ray, the official openai client (plain and streaming), /recommend, validation, the bearer token, a
+replica killed under load, the web page in headless Chromium, `ecr-ray chat` and `serve run`."""
+import asyncio
+import concurrent.futures
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from ecr_ray.emotion.labels import LABELS
+from ecr_ray.serving.app import SERVE_CONFIG
+
+from .conftest import SERVE_PORT, free_port
+
+TOKEN = "test-token-123"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+TALK = [{"role": "user", "content": "Hi! I loved Inception and The Matrix. Can you recommend a thriller?"}]
+
+
+@pytest.fixture(scope="module")
+def served(gen_run, ray_local):
+    from ray import serve
+
+    from ecr_ray.serving.app import deploy
+    from ecr_ray.serving.components import load_run
+
+    cfg, run_dir, _ = gen_run
+    os.environ[load_run(run_dir.root)[0].serve.token_env] = TOKEN  # read by the app builder
+    try:
+        base = deploy(run_dir.root, port=SERVE_PORT)
+    finally:
+        os.environ.pop(cfg.serve.token_env)
+    yield base, run_dir
+    serve.delete("ecr")
+
+
+@pytest.fixture(scope="module")
+def local_parts(gen_run):
+    from ecr_ray.serving.components import LocalParts, load_run
+
+    return LocalParts(*load_run(gen_run[1].root))
+
+
+def test_chat_completions_with_the_openai_client_plain_and_streamed(served, local_parts):
+    import openai
+
+    from ecr_ray.serving.components import answer
+
+    base, run_dir = served
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=TOKEN)
+    assert [m.id for m in client.models.list()] == ["ecr-ray"]
+    reply = client.chat.completions.create(model="ecr-ray", messages=TALK)
+    text, ecr = reply.choices[0].message.content, reply.model_extra["ecr"]
+    assert text and reply.choices[0].finish_reason == "stop"
+
+    items = ecr["items"]
+    assert len(items) == 5 and all(i["title"] for i in items)
+    assert [i["score"] for i in items] == sorted((i["score"] for i in items), reverse=True) and 0 < sum(i["score"] for i in items) <= 1
+    mentioned = {e["id"] for e in ecr["entities"]}
+    assert {"Inception", "The Matrix"} <= {e["name"] for e in ecr["entities"]} and not mentioned & {i["item"] for i in items}
+    assert [e["message"] for e in ecr["emotions"]] == [TALK[0]["content"]]
+    felt = ecr["emotions"][0]
+    assert set(felt["labels"]) <= set(LABELS) and felt["labels"][0] == max(felt["probs"], key=felt["probs"].get)
+    assert ecr["knowledge"]["item"] == items[0]["title"]
+
+    # the same parts in-process give the same recommendation and, decoding greedily, the same response
+    found, args = asyncio.run(answer(local_parts, TALK, 5))
+    assert [i["item"] for i in found["items"]] == [i["item"] for i in items]
+    assert asyncio.run(local_parts.call("respond", *args)) == text
+
+    stream = client.chat.completions.create(model="ecr-ray", messages=TALK, stream=True)
+    chunks = list(stream)
+    assert chunks[0].model_extra["ecr"]["items"] == items
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text and chunks[-1].choices[0].finish_reason == "stop"
+    assert len(chunks) > 3  # token by token, not one piece
+
+    rec = requests.post(f"{base}/recommend", json={"messages": TALK, "top_k": 3}, headers=AUTH, timeout=60).json()
+    assert rec["items"] == items[:3] and rec["emotions"] == ecr["emotions"] and rec["entities"] == ecr["entities"]
+
+
+def test_bad_requests_are_4xx_and_the_token_is_required(served):
+    base, _ = served
+    url = f"{base}/v1/chat/completions"
+    post = lambda data, headers=AUTH: requests.post(url, data=data, headers={"Content-Type": "application/json", **headers}, timeout=30)  # noqa: E731
+    cases = {
+        "{not json": (400, None),
+        '{"messages": []}': (400, "messages"),
+        '{"messages": [{"role": "robot", "content": "hi"}]}': (400, "messages.0.role"),
+        '{"messages": [{"role": "user", "content": ""}]}': (400, "messages[0].content"),
+        '{"messages": [{"role": "user", "content": "' + "x" * 2001 + '"}]}': (400, "messages[0].content"),
+        '{"messages": [' + ",".join(['{"role": "user", "content": "a"}'] * 41) + "]}": (400, "messages"),
+        '{"messages": [{"role": "user", "content": "hi"}], "colour": "red"}': (400, "colour"),
+        '{"messages": [{"role": "assistant", "content": "hi"}]}': (400, "messages"),
+        '{"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}': (404, "model"),
+        '[1, 2]': (400, None),
+    }
+    for body, (status, param) in cases.items():
+        answer = post(body)
+        assert answer.status_code == status, (body[:60], answer.text)
+        assert answer.json()["error"]["param"] == param and answer.json()["error"]["message"], body[:60]
+    good = '{"messages": [{"role": "user", "content": "hi"}], "top_k": 2}'
+    assert post(good, {}).status_code == 401 and post(good, {"Authorization": "Bearer wrong"}).status_code == 401
+    assert requests.get(f"{base}/v1/models", timeout=10).status_code == 401
+    assert requests.get(f"{base}/healthz", timeout=10).json() == {"status": "ok", "model": "ecr-ray"}
+    assert len(post(good).json()["ecr"]["items"]) == 2
+
+
+def _replicas(deployment: str) -> list[str]:
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::ecr#{deployment}#")]
+
+
+def test_a_killed_replica_loses_no_request(served):
+    import ray
+
+    base, _ = served
+    before = _replicas("Recommender")
+    assert len(before) == 1
+
+    def ask(i):
+        start = time.monotonic()
+        body = {"messages": [{"role": "user", "content": f"I loved Inception {i}, anything similar?"}]}
+        answer = requests.post(f"{base}/recommend", json=body, headers=AUTH, timeout=90)
+        return answer.status_code, time.monotonic() - start
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(ask, i) for i in range(36)]
+        time.sleep(1.0)
+        ray.kill(ray.get_actor(before[0], namespace="serve"), no_restart=True)
+        results = [f.result() for f in futures]
+    assert [status for status, _ in results] == [200] * len(results)
+    assert max(seconds for _, seconds in results) < 60  # serve.request_timeout_s
+    deadline = time.monotonic() + 60
+    while (after := _replicas("Recommender")) == before or not after:
+        assert time.monotonic() < deadline, "Serve did not replace the killed replica"
+        time.sleep(1)
+
+
+def test_the_web_page_in_headless_chromium(served, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = served
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("the page test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.get(f"{base}/")
+        assert "ecr-ray" in driver.title
+        driver.find_element(By.ID, "token").send_keys(TOKEN)
+        driver.find_element(By.ID, "input").send_keys(TALK[0]["content"])
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant .response, .error"))
+        assert not driver.find_elements(By.CSS_SELECTOR, ".error")
+        response = driver.find_element(By.CSS_SELECTOR, ".assistant .response").text
+        movies = [li.text for li in driver.find_elements(By.CSS_SELECTOR, ".assistant .movies li")]
+        emotion = driver.find_element(By.CSS_SELECTOR, ".user .emotion").text
+        driver.save_screenshot(str(os.environ.get("ECR_PAGE_SCREENSHOT", tmp_path / "page.png")))
+    finally:
+        driver.quit()
+    expected = requests.post(f"{base}/recommend", json={"messages": TALK}, headers=AUTH, timeout=60).json()
+    assert response
+    assert [m.rsplit(" (", 1)[0] for m in movies] == [i["title"] for i in expected["items"]]
+    assert emotion.startswith("emotion: ") and emotion.split()[1] == expected["emotions"][0]["labels"][0]
+
+
+def test_chat_in_the_terminal(served, local_parts, monkeypatch, capsys):
+    from ecr_ray.cli import main
+    from ecr_ray.serving.components import answer
+
+    _, run_dir = served
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{TALK[0]['content']}\n/reset\n\n"))
+    assert main(["chat", "--run-dir", run_dir.root, "--top-k", "3"]) == 0
+    out = capsys.readouterr().out
+    found, args = asyncio.run(answer(local_parts, TALK, 3))
+    assert "recommended: " + "; ".join(i["title"] for i in found["items"]) in _without_scores(out)
+    assert f"ecr> {asyncio.run(local_parts.call('respond', *args))}\n" in out
+    assert "(a new conversation)" in out
+
+    empty = run_dir.root + "-missing"
+    assert main(["chat", "--run-dir", empty]) == 2
+    assert f"ecr-ray run --config tiny --run-dir {empty}" in capsys.readouterr().err
+
+
+def _without_scores(text: str) -> str:
+    import re
+
+    return re.sub(r" \(\d+\.\d%\)", "", text)
+
+
+def test_serve_run_with_the_config_file(gen_run, tmp_path):
+    """`serve run serve/config.yaml` in its own Ray, on the trained run (ECR_RUN_DIR), on a free port."""
+    _, run_dir, _ = gen_run
+    spec = yaml.safe_load(SERVE_CONFIG.read_text())
+    port = free_port()
+    spec["http_options"]["port"] = port
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "ECR_RUN_DIR": run_dir.root, "RAY_ADDRESS": ""}
+    start = time.monotonic()
+    proc = subprocess.Popen(["serve", "run", "--address", "local", str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while True:
+            assert proc.poll() is None, "serve run exited"
+            assert time.monotonic() - start < 240, "serve run did not answer within 240 s"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:  # refused, or held by the proxy until the app is up
+                pass
+            time.sleep(1)
+        print(f"serve run cold start: {time.monotonic() - start:.1f} s")
+        answer = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": TALK}, timeout=120)
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # serve run shuts the app and its Ray down on Ctrl-C
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,98 @@
+"""The chat API's validation, the conversation -> recommender turn mapping and chat linking (no Ray)."""
+import asyncio
+
+import pytest
+from pydantic import ValidationError
+
+from ecr_ray.config import ServeConfig
+from ecr_ray.data.kg import load_kg
+from ecr_ray.data.linking import TextEntityLinker
+from ecr_ray.data.redial import RECOMMENDER, SEEKER
+from ecr_ray.rec.features import entity_emotions
+from ecr_ray.serving.api import BadRequest, ChatRequest, check_conversation, validation_message
+from ecr_ray.serving.app import timed
+from ecr_ray.serving.components import NotTrained, conversation_turn, load_run
+
+LIMITS = ServeConfig(max_turns=4, max_message_chars=50)
+
+
+@pytest.fixture(scope="module")
+def kg(data_root):
+    from ecr_ray.config import load_config
+
+    cfg = load_config("tiny")
+    return load_kg(cfg.data.path(cfg.data.kg_dir))
+
+
+def _check(messages, **extra):
+    return check_conversation(ChatRequest(messages=messages, **extra), LIMITS)
+
+
+def test_conversation_limits_are_400s_naming_the_field():
+    ok = _check([{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}])
+    assert ok == [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}]
+    cases = [
+        ([{"role": "user", "content": "   "}], "messages[0].content", "empty"),
+        ([{"role": "user", "content": "x" * 51}], "messages[0].content", "51 characters; at most 50"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2 + [{"role": "user", "content": "c"}],
+         "messages", "5 user and assistant messages; at most 4"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "messages", "should come from the user"),
+        ([{"role": "system", "content": "only a system prompt"}], "messages", "should come from the user"),
+    ]
+    for messages, param, text in cases:
+        with pytest.raises(BadRequest, match=text) as err:
+            _check(messages)
+        assert err.value.param == param and err.value.status == 400
+
+
+def test_unknown_fields_roles_and_types_are_named():
+    def message_of(body):
+        with pytest.raises(ValidationError) as err:
+            ChatRequest.model_validate(body)
+        return validation_message(err.value.errors(include_url=False))
+
+    user = [{"role": "user", "content": "hi"}]
+    assert message_of({"messages": user, "temperature_x": 1}) == ("unknown field 'temperature_x'", "temperature_x")
+    assert message_of({"messages": [{"role": "bot", "content": "hi"}]})[1] == "messages.0.role"
+    assert message_of({"messages": [{"role": "user", "content": ["parts"]}]})[1] == "messages.0.content"
+    assert message_of({"messages": []})[1] == "messages"
+    assert message_of({"messages": user, "n": 2})[1] == "n"
+    assert message_of({"messages": user, "top_k": 0})[1] == "top_k"
+
+
+def test_a_slow_request_ends_with_504():
+    with pytest.raises(BadRequest, match="longer than 0.05 s") as err:
+        asyncio.run(timed(0.05, asyncio.sleep(5)))
+    assert err.value.status == 504
+    assert asyncio.run(timed(1, asyncio.sleep(0, result=7))) == 7
+
+
+def test_chat_linking_takes_capitalised_titles_and_keeps_dialogue_linking_as_it_was(kg):
+    chat, dialogue = TextEntityLinker(kg, items=True), TextEntityLinker(kg)
+    names = lambda linker, text: [kg.names[e] for e in linker.link(text)]  # noqa: E731
+    assert names(chat, "I loved Inception! Any thriller?") == ["Inception", "Thriller (genre)"]  # not the film 'Loved'
+    assert names(dialogue, "I loved Inception! Any thriller?") == ["Thriller (genre)"]  # ReDial links movies by @id
+    assert "Titanic (1997 film)" in names(chat, "something like the dark knight or Titanic")
+    assert "The Dark Knight (film)" in names(chat, "something like the dark knight or Titanic")  # several words: any case
+
+
+def test_a_conversation_becomes_a_recommender_turn_with_the_users_emotions(kg):
+    linker = TextEntityLinker(kg, items=True)
+    messages = [{"role": "system", "content": "You recommend movies."},
+                {"role": "user", "content": "I loved Inception"},
+                {"role": "assistant", "content": "Have you seen Titanic?"},
+                {"role": "user", "content": "Yes, too long. Inception again?"}]
+    turn = conversation_turn(messages, linker)
+    inception, titanic = kg.names.index("Inception"), kg.names.index("Titanic (1997 film)")
+    assert turn["context"] == [m["content"] for m in messages[1:]] and turn["turn"] == 3
+    assert turn["context_roles"] == [SEEKER, RECOMMENDER, SEEKER]
+    assert turn["entities"] == [titanic, inception] and turn["entity_turns"] == [1, 2]  # latest mention last
+    first, second = [1.0] + [0.0] * 8, [0.0] * 4 + [1.0] + [0.0] * 4
+    entities, emotions = entity_emotions(turn, {(0, 0): first, (0, 2): second}, max_entities=8)
+    # the recommender's Titanic takes the user's reply's emotion; Inception its latest (second) mention's
+    assert entities == [titanic, inception] and emotions == [second, second]
+
+
+def test_an_untrained_run_names_the_command(tmp_path):
+    with pytest.raises(NotTrained, match=rf"ecr-ray run --config tiny --run-dir {tmp_path}"):
+        load_run(str(tmp_path))
