@@ -82,7 +82,8 @@ def start(run_dir: str, overrides: list[str], options: dict | None) -> str:
 
     from ecr_ray.serving.app import deploy
 
-    serve.delete("ecr")
+    if "ecr" in serve.status().applications:
+        serve.delete("ecr")
     return deploy(run_dir, PORT, options, overrides)
 
 
@@ -143,7 +144,8 @@ def bench_kill(args, cfg, run):
     with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
         futures = [pool.submit(conversation, i) for i in range(args.concurrency)]
         time.sleep(args.seconds / 4)
-        victim = sorted(replicas())[0]
+        before = replicas()
+        victim = sorted(before)[0]
         killed_at = time.monotonic()
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
         while not (replicas() - {victim}):
@@ -152,12 +154,14 @@ def bench_kill(args, cfg, run):
         for f in futures:
             f.result()
     errors = [r for r in records if r[2] != 200]
-    after = [r for r in records if r[0] > killed_at and r[2] == 200]
-    print(f"{len(records)} chat turns from {args.concurrency} concurrent conversations over {args.seconds} s; "
-          f"replica {victim} killed at {killed_at - records[0][0]:.1f} s")
+    in_flight = [r for r in records if r[0] < killed_at < r[1]]
+    answered = [r[1] - killed_at for r in records if r[1] > killed_at and r[2] == 200]
+    print(f"{len(records)} chat turns from {args.concurrency} concurrent conversations over {args.seconds:g} s; "
+          f"one of {len(before)} {args.deployment} replicas killed at {killed_at - records[0][0]:.1f} s with {len(in_flight)} turns in flight "
+          f"({sum(r[2] == 200 for r in in_flight)} of them answered 200)")
     print(f"errors: {len(errors)} {sorted({str(e[2]) for e in errors})}; slowest request {max(r[1] - r[0] for r in records):.1f} s "
           f"(timeout {cfg.serve.request_timeout_s:g} s); a new replica was running {replaced_s:.1f} s after the kill; "
-          f"the first request sent after the kill answered {min(r[1] for r in after) - killed_at:.1f} s after it" if after else "no request answered after the kill")
+          f"the first answer after the kill came {min(answered, default=float('nan')):.1f} s after it")
 
 
 def main():
