@@ -1,4 +1,5 @@
-"""`ray job submit` of jobs/train.py against a real `ray start --head` cluster on loopback."""
+"""`ray job submit` of jobs/train.py against a real two-node cluster on loopback: a head from
+`ray start --head` and a second node joined with `ray start --address`, each with its own CPUs."""
 import json
 import os
 import socket
@@ -27,60 +28,102 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+NODE_CPUS = 3  # per node; a linking actor or a training worker of 1.6 CPUs fits once per node: they spread
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate a `ray start --block` process tree (`ray stop` would also stop the tests' session cluster)."""
+    if proc.poll() is not None:
+        return
+    tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    for p in tree:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    for p in psutil.wait_procs(tree, timeout=15)[1]:
+        p.kill()
+
+
 @pytest.fixture
-def head_node():
-    """A head node with its own ports and temp dir; stopped by terminating its process tree
-    (`ray stop` would also stop the tests' session cluster)."""
-    gcs, dashboard, client, agent, metrics = _free_ports(5)
+def two_nodes():
+    """A head and a second node, each with its own ports; the head's temp dir is shared by both."""
+    gcs, dashboard, client, *ports = _free_ports(15)
     temp_dir = tempfile.mkdtemp(prefix="ecr-head-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    log = open(Path(temp_dir) / "head.log", "w")
-    head = subprocess.Popen(
-        [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--ray-client-server-port={client}",
-         f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}", "--num-cpus=2",
-         "--object-store-memory=300000000", "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
+    common = ["--block", f"--num-cpus={NODE_CPUS}", "--disable-usage-stats"]
+    node_ports = lambda p: [f"--node-manager-port={p[0]}", f"--object-manager-port={p[1]}", f"--metrics-export-port={p[2]}",  # noqa: E731
+                            f"--dashboard-agent-listen-port={p[3]}", f"--dashboard-agent-grpc-port={p[4]}", f"--runtime-env-agent-port={p[5]}"]
+    logs = [open(Path(temp_dir) / f"{name}.log", "w") for name in ("head", "node2")]
+    nodes = [subprocess.Popen(
+        [RAY, "start", "--head", "--node-ip-address=127.0.0.1", *common, f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         f"--ray-client-server-port={client}", *node_ports(ports[:6]), "--object-store-memory=300000000", "--include-dashboard=true",
+         f"--temp-dir={temp_dir}"], stdout=logs[0], stderr=subprocess.STDOUT, env=env)]
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{address}/api/version", timeout=2)
-            break
-        except OSError:
-            assert head.poll() is None and time.time() < deadline, (Path(temp_dir) / "head.log").read_text()[-3000:]
-            time.sleep(1)
     try:
+        _wait(lambda: urllib.request.urlopen(f"{address}/api/version", timeout=2), nodes[0], temp_dir)
+        nodes.append(subprocess.Popen(
+            [RAY, "start", f"--address=[::ffff:127.0.0.1]:{gcs}", *common, *node_ports(ports[6:12]), "--object-store-memory=300000000",
+             "--min-worker-port=20000", "--max-worker-port=20999",
+             # its own session folder: nodes sharing one would delete the job's unpacked working dir under each other
+             f"--temp-dir={tempfile.mkdtemp(prefix='ecr-node2-', dir='/tmp')}"], stdout=logs[1], stderr=subprocess.STDOUT,
+            # "0" (loopback only) refuses to join a head; with "1" Ray rewrites 127.0.0.1 to the box's external
+            # address, but not the IPv4-mapped form: the node joins, and takes its address, on loopback
+            env={**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}))
+        _wait(lambda: _two_alive(address), nodes[1], temp_dir)
         yield address, env
     finally:
-        tree = psutil.Process(head.pid).children(recursive=True) + [psutil.Process(head.pid)]
-        for proc in tree:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        for proc in psutil.wait_procs(tree, timeout=15)[1]:
-            proc.kill()
-        log.close()
+        for node in reversed(nodes):
+            _stop(node)
+        for log in logs:
+            log.close()
+
+
+def _two_alive(address: str) -> None:
+    from ray.util.state import list_nodes
+
+    assert sum(n.state == "ALIVE" for n in list_nodes(address=address)) == 2
+
+
+def _wait(probe, proc, temp_dir, seconds: int = 90) -> None:
+    deadline = time.time() + seconds
+    while True:
+        try:
+            probe()
+            return
+        except Exception:
+            logs = "".join(p.read_text()[-2000:] for p in Path(temp_dir).glob("*.log"))
+            assert proc.poll() is None and time.time() < deadline, logs
+            time.sleep(1)
 
 
 @pytest.mark.cluster
-def test_ray_job_submit_runs_the_pipeline(head_node, tmp_path, data_root):
-    address, env = head_node
+def test_ray_job_submit_runs_on_both_nodes(two_nodes, tmp_path, data_root):
+    from ray.util.state import list_actors, list_nodes
+
+    address, env = two_nodes
     run_dir = tmp_path / "run"
     runtime_env = json.dumps({"env_vars": {"ECR_DATA_DIR": str(data_root)}})
+    spread = ["ray.link_actors=2", "ray.link_actor_cpus=1.6", "ray.batch_size=16", "emotion.teacher.num_workers=2",
+              "emotion.teacher.cpus_per_worker=1.6", "emotion.teacher.max_examples=200", "emotion.eval_examples=100"]
     result = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
-         "--", sys.executable, "jobs/train.py", "--config", "configs/tiny.yaml",
-         "--run-dir", str(run_dir), "--set", "data.max_dialogues=60", "--stages", "prepare,linking-report"],
-        capture_output=True, text=True, env=env, timeout=600, cwd=REPO,
+         "--", sys.executable, "jobs/train.py", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
+         "--set", "data.max_dialogues=60", *[a for s in spread for a in ("--set", s)], "--stages", "prepare,linking-report,emotion-teacher"],
+        capture_output=True, text=True, env=env, timeout=900, cwd=REPO,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "[prepare-pool] done" in result.stdout and "succeeded" in result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout[-12000:] + result.stderr[-2000:]
+    assert "[prepare-pool] done" in result.stdout and "[emotion-teacher] done" in result.stdout
     summary = json.loads((run_dir / "reports/summary.json").read_text())
     assert sum(summary["prepare-pool"]["dialogues"].values()) == 60
     turns = pq.read_table(run_dir / "prepared/pool/rec_turns")
     assert turns.num_rows == summary["prepare-pool"]["rec_turns"] > 60
     assert json.loads((run_dir / "reports/linking.json").read_text())["vs_unicrs"]["all"]["f1"] > 0.8
-    assert (run_dir / "_stages/prepare-pool.json").exists()
+    assert (run_dir / "_stages/prepare-pool.json").exists() and (run_dir / "models/teacher").exists()
+
+    nodes = {n.node_id for n in list_nodes(address=address)}
+    actors = list_actors(address=address, limit=10_000, detail=True)
+    mappers = {a.node_id for a in actors if "MapWorker" in a.class_name}  # Ray Data's linking actors
+    trainers = {a.node_id for a in actors if "RayTrainWorker" in a.class_name}
+    assert len(nodes) == 2 and mappers == nodes, [(a.class_name, a.node_id) for a in actors]
+    assert trainers == nodes  # the two DDP workers, one per node

@@ -52,6 +52,7 @@ def train_loop(config: dict) -> None:
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         state = saved
+        state["resumed_at"] = [*state.get("resumed_at", []), state["epoch"] + 1]  # after a worker failure, or a re-run
     # pre-training scores every entity, so the item bias sits idle then
     ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": pretrain > 0})
     device = next(model.parameters()).device
@@ -135,7 +136,8 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, meta: dict, train_r
     model.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_dev_metric=state["best_metric"])
+    metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_dev_metric=state["best_metric"],
+                   resumed_at=state.get("resumed_at", []))
     with tempfile.TemporaryDirectory() as local:
         save_recommender(model, meta, local, metrics)
         run_dir.upload(local, f"models/{name}")

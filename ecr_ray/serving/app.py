@@ -21,7 +21,7 @@ from ray import serve
 from ecr_ray.config import REPO_ROOT
 from ecr_ray.serving.api import (BadRequest, ChatRequest, RecommendRequest, check_conversation, chunk, completion, error_body,
                                  validation_message)
-from ecr_ray.serving.components import PARTS, answer, load_run, recommend
+from ecr_ray.serving.components import METHODS, PARTS, answer, load_run, recommend
 
 RUN_DIR_ENV, DEFAULT_RUN_DIR = "ECR_RUN_DIR", "runs/tiny"
 DEPLOYMENTS = {"classifier": "EmotionClassifier", "recommender": "Recommender", "retriever": "Retriever", "generator": "Generator"}
@@ -58,8 +58,6 @@ class HandleParts:
         self.handles = handles
 
     async def call(self, method: str, *args):
-        from ecr_ray.serving.components import METHODS
-
         return await _retry(lambda: self.handles[METHODS[method]].call.remote(method, *args))
 
     async def stream(self, *args):
