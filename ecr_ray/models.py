@@ -21,6 +21,14 @@ class ModelNotFound(RuntimeError):
     pass
 
 
+def torch_device() -> str:
+    """Where an inference actor runs its model: the GPU Ray gave it (Ray hides GPUs from a process
+    that asked for none), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "ecr-ray" / "models")
 

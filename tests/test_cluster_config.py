@@ -24,10 +24,14 @@ def test_cluster_yaml_passes_rays_validation_and_fits_the_paper_preset():
     assert sum(t["max_workers"] for t in workers.values()) >= config["max_workers"] > 0
 
     paper = load_config("paper")
-    for name, section in {"emotion.classifier": paper.emotion.classifier, "rec": paper.rec, "gen.generator": paper.gen.generator}.items():
-        assert section.use_gpu, name
-        fits = [n for n, t in gpu.items() if t["resources"]["CPU"] >= section.cpus_per_worker]
-        assert sum(gpu[n]["max_workers"] * gpu[n]["resources"]["GPU"] for n in fits) >= section.num_workers, name
+    asks = {name: (s.num_workers, s.cpus_per_worker, 1.0 if s.use_gpu else 0.0)  # Ray Train: one GPU per worker
+            for name, s in {"emotion.classifier": paper.emotion.classifier, "rec": paper.rec, "gen.generator": paper.gen.generator}.items()}
+    asks |= {"emotion (inference actors)": (paper.emotion.infer_actors, paper.emotion.actor_cpus, paper.emotion.infer_actor_gpus),
+             "gen (generation actors)": (paper.gen.actors, paper.gen.actor_cpus, paper.gen.actor_gpus)}
+    for name, (count, cpus, gpus) in asks.items():
+        assert gpus > 0, name
+        fits = [n for n, t in gpu.items() if t["resources"]["CPU"] >= cpus]
+        assert sum(gpu[n]["max_workers"] * gpu[n]["resources"]["GPU"] for n in fits) >= count * gpus, name
     assert any("pip install" in c and "~/ecr-ray" in c for c in config["setup_commands"])
 
     typo = copy.deepcopy(raw)

@@ -1,5 +1,7 @@
 """`ray job submit` of jobs/train.py against a real two-node cluster on loopback: a head from
-`ray start --head` and a second node joined with `ray start --address`, each with its own CPUs."""
+`ray start --head` and a second node joined with `ray start --address`, each with its own CPUs; the
+second node declares a GPU (none is there: the classifier actors that ask for one land on it and,
+finding no CUDA device, run on its CPU)."""
 import json
 import os
 import socket
@@ -63,7 +65,7 @@ def two_nodes():
     try:
         _wait(lambda: urllib.request.urlopen(f"{address}/api/version", timeout=2), nodes[0], temp_dir)
         nodes.append(subprocess.Popen(
-            [RAY, "start", f"--address=[::ffff:127.0.0.1]:{gcs}", *common, *node_ports(ports[6:12]), "--object-store-memory=300000000",
+            [RAY, "start", f"--address=[::ffff:127.0.0.1]:{gcs}", *common, "--num-gpus=1", *node_ports(ports[6:12]), "--object-store-memory=300000000",
              "--min-worker-port=20000", "--max-worker-port=20999",
              # its own session folder: nodes sharing one would delete the job's unpacked working dir under each other
              f"--temp-dir={tempfile.mkdtemp(prefix='ecr-node2-', dir='/tmp')}"], stdout=logs[1], stderr=subprocess.STDOUT,
@@ -105,25 +107,30 @@ def test_ray_job_submit_runs_on_both_nodes(two_nodes, tmp_path, data_root):
     run_dir = tmp_path / "run"
     runtime_env = json.dumps({"env_vars": {"ECR_DATA_DIR": str(data_root)}})
     spread = ["ray.link_actors=2", "ray.link_actor_cpus=1.6", "ray.batch_size=16", "emotion.teacher.num_workers=2",
-              "emotion.teacher.cpus_per_worker=1.6", "emotion.teacher.max_examples=200", "emotion.eval_examples=100"]
+              "emotion.teacher.cpus_per_worker=1.6", "emotion.teacher.max_examples=200", "emotion.eval_examples=100",
+              "emotion.sample_size=60", "emotion.classifier.epochs=1", "emotion.infer_actors=2", "emotion.infer_actor_gpus=0.5"]
     result = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
          "--", sys.executable, "jobs/train.py", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
-         "--set", "data.max_dialogues=60", *[a for s in spread for a in ("--set", s)], "--stages", "prepare,linking-report,emotion-teacher"],
+         "--set", "data.max_dialogues=60", *[a for s in spread for a in ("--set", s)], "--stages", "prepare,linking-report,emotion"],
         capture_output=True, text=True, env=env, timeout=900, cwd=REPO,
     )
     assert result.returncode == 0, result.stdout[-12000:] + result.stderr[-2000:]
-    assert "[prepare-pool] done" in result.stdout and "[emotion-teacher] done" in result.stdout
+    assert "[prepare-pool] done" in result.stdout and "[emotion-infer-pool] done" in result.stdout
     summary = json.loads((run_dir / "reports/summary.json").read_text())
     assert sum(summary["prepare-pool"]["dialogues"].values()) == 60
     turns = pq.read_table(run_dir / "prepared/pool/rec_turns")
     assert turns.num_rows == summary["prepare-pool"]["rec_turns"] > 60
     assert json.loads((run_dir / "reports/linking.json").read_text())["vs_unicrs"]["all"]["f1"] > 0.8
     assert (run_dir / "_stages/prepare-pool.json").exists() and (run_dir / "models/teacher").exists()
+    users = pq.read_table(run_dir / "prepared/pool/user_utterances", columns=["utterance_id"]).column("utterance_id").to_pylist()
+    inferred = pq.read_table(run_dir / "emotion/utterances/pool", columns=["utterance_id"]).column("utterance_id").to_pylist()
+    assert sorted(inferred) == sorted(users)
 
-    nodes = {n.node_id for n in list_nodes(address=address)}
+    nodes = {n.node_id: n for n in list_nodes(address=address, detail=True)}
+    gpu_node = {i for i, n in nodes.items() if n.resources_total.get("GPU")}
     actors = list_actors(address=address, limit=10_000, detail=True)
-    mappers = {a.node_id for a in actors if "MapWorker" in a.class_name}  # Ray Data's linking actors
-    trainers = {a.node_id for a in actors if "RayTrainWorker" in a.class_name}
-    assert len(nodes) == 2 and mappers == nodes, [(a.class_name, a.node_id) for a in actors]
-    assert trainers == nodes  # the two DDP workers, one per node
+    placed = lambda name: {a.node_id for a in actors if name in a.class_name}  # noqa: E731
+    assert len(nodes) == 2 and placed("DialogueLinker") == set(nodes), [(a.class_name, a.node_id) for a in actors]  # Ray Data actors
+    assert placed("RayTrainWorker") == set(nodes)  # the teacher's two DDP workers, one per node
+    assert len(gpu_node) == 1 and placed("EmotionPredictor") == gpu_node  # emotion.infer_actor_gpus: only where a GPU is

@@ -143,3 +143,14 @@ def test_full_model_round_trip_and_adapter_mismatch(tmp_path):
     assert load_generator(tmp_path / "lora")[2]["base"]["architecture"] == "llama"
     with pytest.raises(GeneratorMismatch, match="trained on smollm2-135m-instruct .*the base model .*gpt2.* is .*'gpt2'"):
         load_generator(tmp_path / "lora", base_model=str(tmp_path / "gpt2"))
+
+
+def test_generator_dtype_knob():
+    import torch
+
+    from ecr_ray.gen.model import load_base
+
+    base, _ = load_base({**GPT2, "model": "smollm2-135m-instruct", "dtype": "bfloat16"})
+    assert {p.dtype for p in base.parameters()} == {torch.bfloat16}  # half the memory: a 7B base fits a 24 GB GPU
+    with pytest.raises(ValueError, match="gen.generator.dtype should be one of .*got 'fp8'"):
+        load_base({**GPT2, "model": "smollm2-135m-instruct", "dtype": "fp8"})

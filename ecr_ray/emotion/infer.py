@@ -18,9 +18,12 @@ class EmotionPredictor:
         import torch
 
         from ecr_ray.emotion.classifier import load_classifier
+        from ecr_ray.models import torch_device
 
         torch.set_num_threads(1)  # one core per actor; parallelism comes from the actor pool
         self.model, self.tokenizer, meta = load_classifier(model_dir)
+        self.device = torch_device()
+        self.model.to(self.device)
         self.max_length = meta["config"]["max_length"]
         self.second_threshold = second_threshold
         self.batch_size = batch_size
@@ -35,7 +38,7 @@ class EmotionPredictor:
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
                 enc = encode(self.tokenizer, texts[i : i + self.batch_size], self.max_length)
-                out.append(torch.sigmoid(self.model(**enc)).numpy())
+                out.append(torch.sigmoid(self.model(**{k: v.to(self.device) for k, v in enc.items()})).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 9), dtype=np.float32)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

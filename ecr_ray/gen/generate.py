@@ -22,6 +22,7 @@ class ResponseGenerator:
 
         from ecr_ray.gen.model import context_limit, load_base, load_generator
         from ecr_ray.gen.prompts import PromptBuilder
+        from ecr_ray.models import torch_device
 
         torch.set_num_threads(threads)
         if model_dir is None:  # the base model without fine-tuning
@@ -30,6 +31,7 @@ class ResponseGenerator:
         else:
             self.model, self.tokenizer, meta = load_generator(model_dir, allow_download)
             generator = meta["generator"]
+        self.model.to(torch_device())
         self.tokenizer.padding_side = "left"
         self.prompts = PromptBuilder(self.tokenizer, generator["max_length"], generator["response_tokens"], retrieval)
         self.decoding = decoding
@@ -81,8 +83,9 @@ class ResponseGenerator:
             truncated.append(self.prompts.truncated > before)
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
         return {"input_ids": input_ids, "attention_mask": mask}, width, truncated
 
     def _decoding(self) -> dict:

@@ -9,6 +9,7 @@ from ecr_ray.gen.prompts import FALLBACK_CHAT_TEMPLATE
 
 META_FILE = "generator.json"
 METHODS = ("lora", "full")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class GeneratorMismatch(ValueError):
@@ -50,7 +51,10 @@ def load_base(gcfg: dict, allow_download: bool = False, model: str | None = None
                                           n_head=gcfg["gpt2_heads"], n_positions=max(1024, gcfg["max_length"]),
                                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id))
     else:
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(name, allow_download), dtype=torch.float32)
+        dtype = gcfg.get("dtype", "float32")  # generators trained before the knob existed: float32
+        if dtype not in DTYPES:
+            raise ValueError(f"gen.generator.dtype should be one of {DTYPES}, got {dtype!r}")
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(name, allow_download), dtype=getattr(torch, dtype))
     return base, tokenizer
 
 

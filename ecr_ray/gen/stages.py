@@ -35,7 +35,7 @@ VARIANTS = {"base": (None, True), "no-retrieval": ("generator-no-retrieval", Fal
 VARIANT_NAMES = {"base": "base model (no fine-tuning)", "no-retrieval": "fine-tuned, no retrieval", "ecr": "ECR: fine-tuned + retrieval"}
 SCORER_CPUS = 0.25  # a scoring actor only waits on the endpoint
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
-_RUNTIME_ONLY = ("review_actors", "review_actor_cpus", "review_batch_size", "actors", "actor_cpus", "batch_size", "scorer_actors")
+_RUNTIME_ONLY = ("review_actors", "review_actor_cpus", "review_batch_size", "actors", "actor_cpus", "actor_gpus", "batch_size", "scorer_actors")
 
 
 def responses(variant: str, group: str) -> str:
@@ -116,7 +116,8 @@ def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
      .map_batches(EmotionPredictor, batch_format="pyarrow", batch_size=g.review_batch_size,
                   fn_constructor_kwargs={"model_dir": run_dir.local_copy("models/emotion_classifier"),
                                          "second_threshold": cfg.emotion.second_label_threshold, "batch_size": g.review_batch_size},
-                  compute=ray.data.ActorPoolStrategy(size=g.review_actors), num_cpus=g.review_actor_cpus)
+                  compute=ray.data.ActorPoolStrategy(size=g.review_actors), num_cpus=g.review_actor_cpus,
+                  num_gpus=cfg.emotion.infer_actor_gpus)
      .write_parquet(run_dir.location(SENTENCES)))
     sentences = run_dir.read_table(SENTENCES).to_pylist() if run_dir.exists(SENTENCES) else []
     kept, funnel = review_knowledge(sentences, item_neighbours(kg), g.emotion_threshold)
@@ -235,7 +236,7 @@ def generate(cfg: Config, run_dir: RunDir, prompts: list[dict], variant: str, ou
                   fn_constructor_kwargs={"model_dir": folder and run_dir.local_copy(f"models/{folder}"),
                                          "generator": dataclasses.asdict(g.generator), "decoding": decoding_settings(g), "retrieval": retrieval,
                                          "allow_download": cfg.models.allow_download, "threads": max(1, int(g.actor_cpus))},
-                  compute=ray.data.ActorPoolStrategy(size=g.actors), num_cpus=g.actor_cpus)
+                  compute=ray.data.ActorPoolStrategy(size=g.actors), num_cpus=g.actor_cpus, num_gpus=g.actor_gpus)
      .write_parquet(run_dir.location(out)))
     table = run_dir.read_table(out, columns=["response", "prompt_truncated"])
     return {"responses": table.num_rows, "truncated_prompts": sum(table.column("prompt_truncated").to_pylist()),
