@@ -5,11 +5,13 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ecr_ray.config import ConfigError, describe, load_config
 
 OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare"}  # commands that run an optional stage
+RUN_REPORT = "reports/run.md"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,9 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         only = with_needs(cfg, OPTIONAL[args.command])
     else:
         only = args.stages.split(",") if getattr(args, "stages", None) else None
+    start = time.perf_counter()
     summaries = run_stages(cfg, run_dir, only=only, force=args.force)
     run_dir.write_json("reports/summary.json", summaries)
     print(f"summary: {run_dir.location('reports/summary.json')}")
+    if args.command == "run":
+        from ecr_ray.run_report import run_report
+
+        run_dir.write_text(RUN_REPORT, run_report(summaries, cfg.name, run_dir.uri, time.perf_counter() - start))
+        print(f"report: {run_dir.location(RUN_REPORT)}")
     return 0
 
 
