@@ -80,13 +80,21 @@ def _reviews_key(cfg: Config) -> dict:
             **{k: getattr(g, k) for k in ("max_reviews", "min_sentence_words", "emotion_threshold")}}
 
 
+def _generator_key(cfg: Config) -> dict:
+    key = dataclasses.asdict(cfg.gen.generator)
+    if key["dtype"] == "float32":  # what every generator trained before the knob used: those runs stay up to date
+        del key["dtype"]
+    return key
+
+
 def _train_key(cfg: Config) -> dict:
-    return {"generator": dataclasses.asdict(cfg.gen.generator), "max_entities": cfg.gen.max_entities,
+    return {"generator": _generator_key(cfg), "max_entities": cfg.gen.max_entities,
             "max_triples": cfg.gen.max_triples, "allow_download": cfg.models.allow_download}
 
 
 def _respond_key(cfg: Config) -> dict:
-    return {k: v for k, v in dataclasses.asdict(cfg.gen).items() if k not in _RUNTIME_ONLY and k not in ("scorer", "score_sample", "score_seed")}
+    skip = (*_RUNTIME_ONLY, "scorer", "score_sample", "score_seed")
+    return {**{k: v for k, v in dataclasses.asdict(cfg.gen).items() if k not in skip}, "generator": _generator_key(cfg)}
 
 
 def _score_key(cfg: Config) -> dict:
