@@ -24,9 +24,9 @@ TRANSIENT = {0: [429], 1: [500, 500], 2: ["slow"]}
 
 
 class FaultServer:
-    def __init__(self, plan: dict[str, int], slow_s: float):
-        """plan: prompt (the user message) -> fault plan 0..5."""
-        self.plan, self.slow_s = plan, slow_s
+    def __init__(self, plan: dict[str, int], slow_s: float, delay_s: float = 0.0):
+        """plan: prompt (the user message) -> fault plan 0..5; delay_s: every answer waits this long."""
+        self.plan, self.slow_s, self.delay_s = plan, slow_s, delay_s
         self.attempts: Counter = Counter()  # (text, phase) -> requests seen
         self.log: list[tuple[str, int, str]] = []  # (text, phase, what was answered)
         app = FastAPI()
@@ -59,6 +59,7 @@ class FaultServer:
         plan = self.plan[text]
         n = self.attempts[(text, phase)]
         self.attempts[(text, phase)] += 1
+        await asyncio.sleep(self.delay_s)
         faults = TRANSIENT.get(plan, []) if phase == 2 else []
         if n < len(faults):
             fault = faults[n]

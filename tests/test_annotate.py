@@ -6,6 +6,8 @@ import pytest
 from ecr_ray.config import ConfigError, load_config
 from ecr_ray.emotion.annotate import InvalidAnswer, build_messages, parse_labels
 from ecr_ray.emotion.labels import LABELS
+from ecr_ray.llm_client import read_cache
+from ecr_ray.emotion.annotate import RESULT_SCHEMA
 from ecr_ray.emotion.stages import (
     ANNOTATIONS,
     CACHE,
@@ -129,6 +131,49 @@ def test_faults_are_retried_validated_and_nothing_is_lost(fresh_run, ray_local):
         resumed = annotate_sample(cfg, fresh_run)
         assert resumed["reused_from_cache"] == 24 - lost and 0 < lost < 24
         assert len({r["utterance_id"] for r in _annotations(fresh_run)}) == 24
+
+
+def test_a_killed_annotation_run_resumes_from_its_cached_batches(fresh_run, ray_local, data_root):
+    """The whole stage (driver, its Ray, its actors) SIGKILLed mid-way: the batches answered before the kill
+    are in the cache; the next run asks only the rest, and the annotations hold every utterance once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import pyarrow.fs as pafs
+
+    overrides = ["emotion.sample_size=48", "emotion.annotate_batch_size=4", "emotion.llm.model=fault", "emotion.llm.api_key_env=ECR_TEST_KEY"]
+    cfg = _cfg(*overrides)
+    sample = annotation_sample(cfg, fresh_run)
+    prompt = lambda s: build_messages(s["context"], s["context_roles"], s["text"], cfg.emotion.context_turns, cfg.emotion.max_chars)[1]["content"]  # noqa: E731
+    with FaultServer({prompt(s): 5 for s in sample}, slow_s=0, delay_s=0.4) as server:  # every answer valid, 0.4 s late
+        cfg.emotion.llm.base_url = server.base_url
+        command = [str(Path(sys.executable).parent / "ecr-ray"), "run", "--config", "tiny", "--run-dir", fresh_run.root, "--stages", "emotion-annotate",
+                   *[a for o in [f"data.max_dialogues={TINY_DIALOGUES}", "emotion.source=llm", f"emotion.llm.base_url={server.base_url}", *overrides]
+                     for a in ("--set", o)]]
+        log = open(Path(fresh_run.root).parent / "run.log", "w+")  # noqa: SIM115
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "ECR_DATA_DIR": str(data_root), "ECR_TEST_KEY": "test"})
+        parts = lambda: fresh_run.fs.get_file_info(pafs.FileSelector(fresh_run.path(CACHE), allow_not_found=True))  # noqa: E731
+        deadline = time.monotonic() + 300
+        while len(parts()) < 3:  # three batches answered and written
+            assert proc.poll() is None and time.monotonic() < deadline, open(log.name).read()[-4000:]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        time.sleep(1.0)  # the requests in flight at the kill are answered into the void
+        asked_before = len(server.log)
+        cached = {r["utterance_id"] for r in read_cache(fresh_run, CACHE, RESULT_SCHEMA)}
+        assert 12 <= len(cached) < 48 and not fresh_run.exists(ANNOTATIONS)  # killed mid-way, before the stage wrote its output
+
+        resumed = annotate_sample(cfg, fresh_run)
+        assert resumed["reused_from_cache"] == len(cached) and resumed["requests"] == 48 - len(cached) == len(server.log) - asked_before
+        rows = _annotations(fresh_run)
+        assert sorted(r["utterance_id"] for r in rows) == sorted(s["utterance_id"] for s in sample)  # none lost, none twice
+        assert all(r["status"] == "ok" and r["labels"] == ["agreement"] for r in rows)
 
 
 def test_endpoint_down_names_the_url(fresh_run, ray_local, monkeypatch):

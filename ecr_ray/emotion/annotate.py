@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
 from ecr_ray.emotion.labels import LABELS, MAX_LABELS
-from ecr_ray.llm_client import ERROR, FAILED, OK, InvalidAnswer, ValidatedChat, json_answer  # noqa: F401 - re-exported for the stages
+from ecr_ray.llm_client import ERROR, FAILED, OK, CachedAsker, InvalidAnswer, ValidatedChat, json_answer  # noqa: F401 - re-exported for the stages
 
 PROMPT_VERSION = "v1"
 SYSTEM_PROMPT = (
@@ -58,20 +57,16 @@ def parse_labels(answer: str | None) -> list[str]:
     return labels
 
 
-class LLMAnnotator:
-    """Ray Data UDF over batches of user utterances (pyarrow in, RESULT_SCHEMA out)."""
+class LLMAnnotator(CachedAsker):
+    """Ray Data UDF over batches of user utterances; RESULT_SCHEMA rows into the cache."""
 
-    def __init__(self, llm: dict, actors: int, context_turns: int, max_chars: int, run: str = ""):
-        self.chat = ValidatedChat(llm, llm["qps"] / actors)
-        self.context_turns, self.max_chars, self.run = context_turns, max_chars, run
-        self.threads = max(1, llm["concurrency"] // actors)
+    schema = RESULT_SCHEMA
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        with ThreadPoolExecutor(self.threads) as pool:
-            rows = list(pool.map(self.annotate, batch.to_pylist()))
-        return pa.Table.from_pylist(rows, schema=RESULT_SCHEMA)
+    def __init__(self, llm: dict, actors: int, run: str, cache: str, context_turns: int, max_chars: int):
+        super().__init__(llm, actors, run, cache)
+        self.context_turns, self.max_chars = context_turns, max_chars
 
-    def annotate(self, row: dict) -> dict:
+    def ask(self, row: dict) -> dict:
         messages = build_messages(row["context"], row["context_roles"], row["text"], self.context_turns, self.max_chars)
         out = ValidatedChat.record(key=row["key"], utterance_id=row["utterance_id"], source=f"llm:{self.chat.llm['model']}", run=self.run)
         result, labels = self.chat.ask(messages, parse_labels, out)

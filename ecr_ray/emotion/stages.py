@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-import uuid
 from collections import Counter
 from functools import partial
 
@@ -22,7 +21,7 @@ from ecr_ray.config import Config, ConfigError
 from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.emotion.annotate import PROMPT_VERSION, RESULT_SCHEMA, LLMAnnotator, cache_key
 from ecr_ray.emotion.labels import LABELS, read_goemotions, top_labels
-from ecr_ray.llm_client import ERROR, FAILED, OK, best_results, probe_endpoint, read_cache, require_api_key
+from ecr_ray.llm_client import ERROR, FAILED, OK, ask_pending, best_results, read_cache, require_api_key, this_run
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
@@ -144,45 +143,25 @@ def _annotate_teacher(cfg: Config, run_dir: RunDir, sample: list[dict]):
 
 
 def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
-    import ray
-
-    from ecr_ray.ray_session import ensure_ray
-    from ecr_ray.serving.llm import start_llm_server, stop_llm_server
-
     e = cfg.emotion
     cached = best_results(read_cache(run_dir, CACHE, RESULT_SCHEMA))
     pending = [s for s in sample if s["key"] not in cached]
-    run_id = uuid.uuid4().hex
-    started_server = False
+    run_id = None
     if pending:
-        ensure_ray(cfg.ray)
-        base_url = e.llm.base_url
-        if base_url is None:
-            base_url, started_server = start_llm_server(cfg, client_cpus=(e.annotate_actors + 1) * e.actor_cpus), True  # + the write
-        try:
-            probe_endpoint(base_url, dataclasses.asdict(e.llm))
-            columns = ["key", "utterance_id", "text", "context", "context_roles"]
-            batch = e.annotate_batch_size
-            (ray.data.from_items([{c: s[c] for c in columns} for s in pending], override_num_blocks=-(-len(pending) // batch))
-             .map_batches(LLMAnnotator, batch_format="pyarrow", batch_size=batch,
-                          fn_constructor_kwargs={"llm": {**dataclasses.asdict(e.llm), "base_url": base_url}, "actors": e.annotate_actors,
-                                                 "context_turns": e.context_turns, "max_chars": e.max_chars, "run": run_id},
-                          compute=ray.data.ActorPoolStrategy(size=e.annotate_actors), num_cpus=e.actor_cpus)
-             .write_parquet(run_dir.location(CACHE), ray_remote_args={"num_cpus": e.actor_cpus}))
-        finally:
-            if started_server:
-                stop_llm_server()
+        columns = ["key", "utterance_id", "text", "context", "context_roles"]
+        run_id = ask_pending(cfg, run_dir, CACHE, LLMAnnotator, [{c: s[c] for c in columns} for s in pending], e.llm, e.annotate_actors,
+                             e.actor_cpus, e.annotate_batch_size, context_turns=e.context_turns, max_chars=e.max_chars)
     rows = read_cache(run_dir, CACHE, RESULT_SCHEMA)
-    this_run = [r for r in rows if r["run"] == run_id]
-    unanswered = sum(r["status"] == ERROR for r in this_run)
+    mine = this_run(rows, run_id)
+    unanswered = sum(r["status"] == ERROR for r in mine)
     if pending and unanswered / len(pending) > e.llm.max_failed_fraction:
         raise RuntimeError(f"the LLM endpoint {e.llm.base_url or 'local server'} left {unanswered} of {len(pending)} utterances "
                            f"unanswered after {e.llm.max_retries} retries each (> emotion.llm.max_failed_fraction); "
-                           f"first error: {next(r['error'] for r in this_run if r['status'] == ERROR)}")
+                           f"first error: {next(r['error'] for r in mine if r['status'] == ERROR)}")
     results = best_results(rows, keep_errors=True)
-    totals = {k: sum(r[k] for r in this_run) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
+    totals = {k: sum(r[k] for r in mine) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
     return results, {"source": f"llm:{e.llm.model}", "reused_from_cache": len(sample) - len(pending),
-                     "corrective_retries": sum(r["corrected"] for r in this_run), **totals}
+                     "corrective_retries": sum(r["corrected"] for r in mine), **totals}
 
 
 def train_classifier(cfg: Config, run_dir: RunDir) -> dict:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from ecr_ray.llm_client import InvalidAnswer, ValidatedChat, json_answer
+from ecr_ray.llm_client import CachedAsker, InvalidAnswer, ValidatedChat, json_answer
 
 CRITERIA = ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness")
 RUBRIC = (
@@ -56,19 +55,12 @@ def parse_scores(answer: str | None) -> dict[str, int]:
     return {c: value[c] for c in CRITERIA}
 
 
-class ResponseScorer:
-    """Ray Data UDF over batches {key, context, title, response} -> SCORE_SCHEMA rows."""
+class ResponseScorer(CachedAsker):
+    """Ray Data UDF over batches {key, context, title, response}; SCORE_SCHEMA rows into the cache."""
 
-    def __init__(self, llm: dict, actors: int, run: str = ""):
-        self.chat = ValidatedChat(llm, llm["qps"] / actors)
-        self.threads, self.run = max(1, llm["concurrency"] // actors), run
+    schema = SCORE_SCHEMA
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        with ThreadPoolExecutor(self.threads) as pool:
-            rows = list(pool.map(self.score, batch.to_pylist()))
-        return pa.Table.from_pylist(rows, schema=SCORE_SCHEMA)
-
-    def score(self, row: dict) -> dict:
+    def ask(self, row: dict) -> dict:
         out = ValidatedChat.record(key=row["key"], run=self.run)
         result, scores = self.chat.ask(score_messages(row["context"], row["title"], row["response"]), parse_scores, out)
         return {**result, **(scores or dict.fromkeys(CRITERIA))}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import uuid
 from functools import partial
 
 import numpy as np
@@ -24,7 +23,7 @@ import pyarrow as pa
 from ecr_ray.config import Config, ConfigError
 from ecr_ray.data.kg import load_kg
 from ecr_ray.data.prepare import POOL, prepared
-from ecr_ray.llm_client import ERROR, FAILED, OK, best_results, probe_endpoint, read_cache, require_api_key
+from ecr_ray.llm_client import ERROR, FAILED, OK, ask_pending, best_results, read_cache, require_api_key, this_run
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
@@ -34,6 +33,7 @@ TRAIN, COMPARE = "gen-train", "gen-compare"
 VARIANTS = {"base": (None, True), "no-retrieval": ("generator-no-retrieval", False), "ecr": ("generator", True)}
 VARIANT_NAMES = {"base": "base model (no fine-tuning)", "no-retrieval": "fine-tuned, no retrieval", "ecr": "ECR: fine-tuned + retrieval"}
 SCORER_CPUS = 0.25  # a scoring actor only waits on the endpoint
+SCORER_BATCH = 8  # responses per scoring batch (a cache part)
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
 _RUNTIME_ONLY = ("review_actors", "review_actor_cpus", "review_batch_size", "actors", "actor_cpus", "actor_gpus", "batch_size", "scorer_actors")
 
@@ -282,46 +282,28 @@ def score_sample(cfg: Config, rows: list[dict]) -> list[dict]:
 
 def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) -> dict[str, dict]:
     """Mean 0-9 scores per variant from the configured endpoint (the local server when none), cached."""
-    import ray
-
     from ecr_ray.eval.scorer import CRITERIA, ResponseScorer, SCORE_SCHEMA, score_key
-    from ecr_ray.ray_session import ensure_ray
-    from ecr_ray.serving.llm import start_llm_server, stop_llm_server
 
     s, g = cfg.gen.scorer, cfg.gen
     samples = {v: [{"key": score_key(s.model, r["context"], r["title"], r["response"]), "context": r["context"], "title": r["title"],
                     "response": r["response"]} for r in score_sample(cfg, rows)] for v, rows in by_variant.items()}
     cached = best_results(read_cache(run_dir, SCORES, SCORE_SCHEMA))
     pending = list({x["key"]: x for rows in samples.values() for x in rows if x["key"] not in cached}.values())
-    run_id, started = uuid.uuid4().hex, False
-    if pending:
-        ensure_ray(cfg.ray)
-        base_url = s.base_url
-        if base_url is None:
-            base_url, started = start_llm_server(cfg, model=s.model, client_cpus=(g.scorer_actors + 1) * SCORER_CPUS), True  # + the write
-        try:
-            probe_endpoint(base_url, dataclasses.asdict(s))
-            (ray.data.from_items(pending, override_num_blocks=max(1, -(-len(pending) // 8)))
-             .map_batches(ResponseScorer, batch_format="pyarrow", batch_size=8,
-                          fn_constructor_kwargs={"llm": {**dataclasses.asdict(s), "base_url": base_url}, "actors": g.scorer_actors, "run": run_id},
-                          compute=ray.data.ActorPoolStrategy(size=g.scorer_actors), num_cpus=SCORER_CPUS)
-             .write_parquet(run_dir.location(SCORES), ray_remote_args={"num_cpus": SCORER_CPUS}))
-        finally:
-            if started:
-                stop_llm_server()
+    run_id = ask_pending(cfg, run_dir, SCORES, ResponseScorer, pending, s, g.scorer_actors, SCORER_CPUS, SCORER_BATCH,
+                         server_model=s.model) if pending else None
     rows = read_cache(run_dir, SCORES, SCORE_SCHEMA)
-    this_run = [r for r in rows if r["run"] == run_id]
-    unanswered = sum(r["status"] == ERROR for r in this_run)
+    mine = this_run(rows, run_id)
+    unanswered = sum(r["status"] == ERROR for r in mine)
     if pending and unanswered / len(pending) > s.max_failed_fraction:
         raise RuntimeError(f"the scorer endpoint {s.base_url or 'local server'} left {unanswered} of {len(pending)} responses unanswered "
-                           f"(> gen.scorer.max_failed_fraction); first error: {next(r['error'] for r in this_run if r['status'] == ERROR)}")
+                           f"(> gen.scorer.max_failed_fraction); first error: {next(r['error'] for r in mine if r['status'] == ERROR)}")
     results = best_results(rows, keep_errors=True)
     out = {}
     for variant, sample in samples.items():
         got = [results[x["key"]] for x in sample]
         ok = [r for r in got if r["status"] == OK]
         out[variant] = {"scored": len(sample), "ok": len(ok), "failed": sum(r["status"] == FAILED for r in got),
-                        "unanswered": sum(r["status"] == ERROR for r in got), "requests_this_run": sum(r["requests"] for r in this_run),
+                        "unanswered": sum(r["status"] == ERROR for r in got), "requests_this_run": sum(r["requests"] for r in mine),
                         **{f"llm_{c}": float(np.mean([r[c] for r in ok])) if ok else None for c in CRITERIA}}
     return out
 
