@@ -44,13 +44,7 @@ class RunDir:
 
     def local_copy(self, relative: str) -> str:
         """A local path to an artifact: the path itself on a local run directory, else a download."""
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            return self.path(relative)
-        import tempfile
-
-        local = tempfile.mkdtemp(prefix="ecr-ray-")
-        pafs.copy_files(self.path(relative), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
-        return local
+        return fetch(self.location(relative))
 
     def read_table(self, relative: str, columns: list[str] | None = None):
         """A parquet artifact (a file or a folder of parts) as one pyarrow table."""
@@ -87,3 +81,19 @@ class RunDir:
 
     def write_jsonl(self, relative: str, rows) -> None:
         self.write_text(relative, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fetch(location: str) -> str:
+    """A local path to the artifact at `location`: a path as it is, a URI downloaded to a temporary folder.
+    Actors get the location, not the driver's copy, and fetch it on whatever node they run."""
+    if "://" not in location:
+        return location
+    import atexit
+    import shutil
+    import tempfile
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    local = tempfile.mkdtemp(prefix="ecr-ray-")
+    atexit.register(shutil.rmtree, local, ignore_errors=True)  # a process that exits normally leaves no copy behind
+    pafs.copy_files(path, local, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return local

@@ -15,13 +15,15 @@ PREDICTION_FIELDS = [pa.field("probs", pa.list_(pa.float32())), pa.field("labels
 
 class EmotionPredictor:
     def __init__(self, model_dir: str, second_threshold: float, batch_size: int = 64):
+        """`model_dir`: a local folder or a run directory URI (fetched here, on the actor's node)."""
         import torch
 
         from ecr_ray.emotion.classifier import load_classifier
         from ecr_ray.models import torch_device
+        from ecr_ray.rundir import fetch
 
         torch.set_num_threads(1)  # one core per actor; parallelism comes from the actor pool
-        self.model, self.tokenizer, meta = load_classifier(model_dir)
+        self.model, self.tokenizer, meta = load_classifier(fetch(model_dir))
         self.device = torch_device()
         self.model.to(self.device)
         self.max_length = meta["config"]["max_length"]

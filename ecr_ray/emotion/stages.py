@@ -193,7 +193,7 @@ def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     (ray.data.read_parquet(run_dir.location(prepared(group, "user_utterances")))
      .select_columns(["split", "conversation_id", "turn", "utterance_id", "text"])
      .map_batches(EmotionPredictor, batch_format="pyarrow", batch_size=e.infer_batch_size,
-                  fn_constructor_kwargs={"model_dir": run_dir.local_copy("models/emotion_classifier"),
+                  fn_constructor_kwargs={"model_dir": run_dir.location("models/emotion_classifier"),
                                          "second_threshold": e.second_label_threshold, "batch_size": e.infer_batch_size},
                   compute=ray.data.ActorPoolStrategy(size=e.infer_actors), num_cpus=e.actor_cpus, num_gpus=e.infer_actor_gpus)
      .drop_columns(["text"])

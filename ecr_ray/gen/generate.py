@@ -23,13 +23,14 @@ class ResponseGenerator:
         from ecr_ray.gen.model import context_limit, load_base, load_generator
         from ecr_ray.gen.prompts import PromptBuilder
         from ecr_ray.models import torch_device
+        from ecr_ray.rundir import fetch
 
         torch.set_num_threads(threads)
         if model_dir is None:  # the base model without fine-tuning
             self.model, self.tokenizer = load_base(generator, allow_download)
             self.model.eval()
         else:
-            self.model, self.tokenizer, meta = load_generator(model_dir, allow_download)
+            self.model, self.tokenizer, meta = load_generator(fetch(model_dir), allow_download)  # a folder or a run directory URI
             generator = meta["generator"]
         self.model.to(torch_device())
         self.tokenizer.padding_side = "left"

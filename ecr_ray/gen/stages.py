@@ -122,7 +122,7 @@ def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
                   compute=ray.data.ActorPoolStrategy(size=1), num_cpus=g.review_actor_cpus)
      .repartition(target_num_rows_per_block=8 * g.review_batch_size)  # sentences outnumber reviews: blocks for the pool
      .map_batches(EmotionPredictor, batch_format="pyarrow", batch_size=g.review_batch_size,
-                  fn_constructor_kwargs={"model_dir": run_dir.local_copy("models/emotion_classifier"),
+                  fn_constructor_kwargs={"model_dir": run_dir.location("models/emotion_classifier"),
                                          "second_threshold": cfg.emotion.second_label_threshold, "batch_size": g.review_batch_size},
                   compute=ray.data.ActorPoolStrategy(size=g.review_actors), num_cpus=g.review_actor_cpus,
                   num_gpus=cfg.emotion.infer_actor_gpus)
@@ -241,7 +241,7 @@ def generate(cfg: Config, run_dir: RunDir, prompts: list[dict], variant: str, ou
     (ray.data.from_items([{**p, "variant": variant, "retrieval": retrieval} for p in prompts],
                          override_num_blocks=max(1, -(-len(prompts) // g.batch_size)))
      .map_batches(ResponseGenerator, batch_format="pyarrow", batch_size=g.batch_size,
-                  fn_constructor_kwargs={"model_dir": folder and run_dir.local_copy(f"models/{folder}"),
+                  fn_constructor_kwargs={"model_dir": folder and run_dir.location(f"models/{folder}"),
                                          "generator": dataclasses.asdict(g.generator), "decoding": decoding_settings(g), "retrieval": retrieval,
                                          "allow_download": cfg.models.allow_download, "threads": max(1, int(g.actor_cpus))},
                   compute=ray.data.ActorPoolStrategy(size=g.actors), num_cpus=g.actor_cpus, num_gpus=g.actor_gpus)
