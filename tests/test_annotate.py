@@ -4,16 +4,15 @@ import pyarrow.dataset as pads
 import pytest
 
 from ecr_ray.config import ConfigError, load_config
-from ecr_ray.emotion.annotate import InvalidAnswer, build_messages, parse_labels
+from ecr_ray.emotion.annotate import RESULT_SCHEMA, InvalidAnswer, build_messages, parse_labels
 from ecr_ray.emotion.labels import LABELS
-from ecr_ray.llm_client import read_cache
-from ecr_ray.emotion.annotate import RESULT_SCHEMA
 from ecr_ray.emotion.stages import (
     ANNOTATIONS,
     CACHE,
     annotate_sample,
     annotation_sample,
 )
+from ecr_ray.llm_client import read_cache
 from ecr_ray.pipeline import run_stages
 
 from .conftest import SERVE_PORT, TINY_DIALOGUES, free_port
@@ -164,6 +163,7 @@ def test_a_killed_annotation_run_resumes_from_its_cached_batches(fresh_run, ray_
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+        log.close()
         time.sleep(1.0)  # the requests in flight at the kill are answered into the void
         asked_before = len(server.log)
         cached = {r["utterance_id"] for r in read_cache(fresh_run, CACHE, RESULT_SCHEMA)}
