@@ -206,6 +206,14 @@ def ask_pending(cfg, run_dir, cache: str, asker: type, rows: list[dict], llm, ac
     return run_id
 
 
+def check_answered(mine: list[dict], pending: int, llm, section: str, what: str) -> None:
+    """Fail the stage when more than `llm.max_failed_fraction` of the `pending` rows it asked got no answer."""
+    unanswered = [r for r in mine if r["status"] == ERROR]
+    if pending and len(unanswered) / pending > llm.max_failed_fraction:
+        raise RuntimeError(f"the {section} endpoint {llm.base_url or 'local server'} left {len(unanswered)} of {pending} {what} unanswered "
+                           f"after {llm.max_retries} retries each (> {section}.max_failed_fraction); first error: {unanswered[0]['error']}")
+
+
 def this_run(rows: list[dict], run_id: str) -> list[dict]:
     """The cache rows one run wrote, once per key (a batch retried after its actor died is written twice)."""
     return list({r["key"]: r for r in rows if r["run"] == run_id}.values())

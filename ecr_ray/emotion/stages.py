@@ -21,7 +21,7 @@ from ecr_ray.config import Config, ConfigError
 from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.emotion.annotate import PROMPT_VERSION, RESULT_SCHEMA, LLMAnnotator, cache_key
 from ecr_ray.emotion.labels import LABELS, read_goemotions, top_labels
-from ecr_ray.llm_client import ERROR, FAILED, OK, ask_pending, best_results, read_cache, require_api_key, this_run
+from ecr_ray.llm_client import ERROR, FAILED, OK, ask_pending, best_results, check_answered, read_cache, require_api_key, this_run
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
@@ -153,11 +153,7 @@ def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
                              e.actor_cpus, e.annotate_batch_size, context_turns=e.context_turns, max_chars=e.max_chars)
     rows = read_cache(run_dir, CACHE, RESULT_SCHEMA)
     mine = this_run(rows, run_id)
-    unanswered = sum(r["status"] == ERROR for r in mine)
-    if pending and unanswered / len(pending) > e.llm.max_failed_fraction:
-        raise RuntimeError(f"the LLM endpoint {e.llm.base_url or 'local server'} left {unanswered} of {len(pending)} utterances "
-                           f"unanswered after {e.llm.max_retries} retries each (> emotion.llm.max_failed_fraction); "
-                           f"first error: {next(r['error'] for r in mine if r['status'] == ERROR)}")
+    check_answered(mine, len(pending), e.llm, "emotion.llm", "utterances")
     results = best_results(rows, keep_errors=True)
     totals = {k: sum(r[k] for r in mine) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
     return results, {"source": f"llm:{e.llm.model}", "reused_from_cache": len(sample) - len(pending),

@@ -23,7 +23,7 @@ import pyarrow as pa
 from ecr_ray.config import Config, ConfigError
 from ecr_ray.data.kg import load_kg
 from ecr_ray.data.prepare import POOL, prepared
-from ecr_ray.llm_client import ERROR, FAILED, OK, ask_pending, best_results, read_cache, require_api_key, this_run
+from ecr_ray.llm_client import ERROR, FAILED, OK, ask_pending, best_results, check_answered, read_cache, require_api_key, this_run
 from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
 
@@ -293,10 +293,7 @@ def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) 
                          server_model=s.model) if pending else None
     rows = read_cache(run_dir, SCORES, SCORE_SCHEMA)
     mine = this_run(rows, run_id)
-    unanswered = sum(r["status"] == ERROR for r in mine)
-    if pending and unanswered / len(pending) > s.max_failed_fraction:
-        raise RuntimeError(f"the scorer endpoint {s.base_url or 'local server'} left {unanswered} of {len(pending)} responses unanswered "
-                           f"(> gen.scorer.max_failed_fraction); first error: {next(r['error'] for r in mine if r['status'] == ERROR)}")
+    check_answered(mine, len(pending), s, "gen.scorer", "responses")
     results = best_results(rows, keep_errors=True)
     out = {}
     for variant, sample in samples.items():
