@@ -5,13 +5,11 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from ecr_ray.config import ConfigError, describe, load_config
 
 OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare"}  # commands that run an optional stage
-RUN_REPORT = "reports/run.md"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,41 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecr-ray: {err}", file=sys.stderr)
         return 2
 
-    from ecr_ray.pipeline import run_stages, stage_graph, with_needs
+    from ecr_ray.artifacts import RUN_REPORT, SUMMARY
+    from ecr_ray.pipeline import NotTrained, evaluate, run, with_needs
     from ecr_ray.rundir import RunDir
 
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
     print(f"ecr-ray {args.command}: preset {cfg.name}, run directory {run_dir.uri}", flush=True)
     if args.command == "evaluate":
-        from ecr_ray.rec.checkpoint import META_FILE
-        from ecr_ray.rec.stages import MODEL
-
-        if not run_dir.exists(f"models/{MODEL}/{META_FILE}"):
-            print(f"ecr-ray: no trained recommender in {run_dir.uri}; train it first with "
-                  f"`ecr-ray run --config {args.config} --run-dir {run_dir.uri}`", file=sys.stderr)
+        try:
+            evaluate(cfg, run_dir, force=args.force)
+        except NotTrained as err:
+            print(f"ecr-ray: {err}", file=sys.stderr)
             return 2
-        known = {s.name for s in stage_graph(cfg)}
-        stages = ["prepare", "emotion-infer", "rec-context", "rec-eval"]
-        if run_dir.exists("models/generator/generator.json"):  # responses too, once a generator is trained
-            stages += ["gen-respond", "gen-eval"]
-        only = [f"{stage}-{name}" for name in cfg.data.split_files for stage in stages if f"{stage}-{name}" in known]
-    elif args.command == "prepare":
-        only = ["prepare"]
     elif args.command in OPTIONAL:
-        only = with_needs(cfg, OPTIONAL[args.command])
+        run(cfg, run_dir, with_needs(cfg, OPTIONAL[args.command]), force=args.force)
     else:
-        only = args.stages.split(",") if getattr(args, "stages", None) else None
-    start = time.perf_counter()
-    summaries = run_stages(cfg, run_dir, only=only, force=args.force)
-    run_dir.write_json("reports/summary.json", summaries)
-    print(f"summary: {run_dir.location('reports/summary.json')}")
-    if args.command == "run":
-        from ecr_ray.run_report import run_report
-
-        run_dir.write_text(RUN_REPORT, run_report(summaries, cfg.name, run_dir.uri, time.perf_counter() - start))
+        stages = ["prepare"] if args.command == "prepare" else args.stages.split(",") if args.stages else None
+        run(cfg, run_dir, stages, force=args.force)
+    print(f"summary: {run_dir.location(SUMMARY)}")
+    if args.command == "run" and not args.stages:
         print(f"report: {run_dir.location(RUN_REPORT)}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

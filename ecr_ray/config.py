@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -24,10 +25,41 @@ class ConfigError(ValueError):
     """A preset or override that does not fit the typed config."""
 
 
-def _knob(default, doc: str, **kw):
+def _knob(default, doc: str, runtime: bool = False):
+    """A config value with its description; `runtime` knobs change speed or resources, never outputs,
+    so stage hashes leave them out (see `output_values`)."""
+    meta = {"doc": doc, "runtime": runtime}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc}, **kw)
-    return field(default=default, metadata={"doc": doc}, **kw)
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _section(cls, doc: str, **values):
+    """A sub-config with this section's own defaults."""
+    return field(default_factory=lambda: cls(**values), metadata={"doc": doc, "runtime": False})
+
+
+@dataclass
+class ActorPool:
+    """A Ray Data actor pool: every `map_batches` over actors takes one (`raytools.map_actors`)."""
+    actors: int = _knob(1, "Ray Data actors", runtime=True)
+    cpus: float = _knob(0.5, "CPUs per actor (below 1 so reads and writes still schedule on 2 cores)", runtime=True)
+    gpus: float = _knob(0.0, "GPUs per actor (the model moves to its GPU; a fraction shares one); 0: CPU only", runtime=True)
+    batch_size: int = _knob(64, "rows per batch", runtime=True)
+
+
+@dataclass
+class TrainKnobs:
+    """A Ray Train run: the optimiser, the data order and the workers (`raytools.fit`)."""
+    epochs: int = _knob(1, "training epochs (at most, where early stopping applies)")
+    lr: float = _knob(1e-3, "AdamW learning rate")
+    weight_decay: float = _knob(0.0, "AdamW weight decay")
+    batch_size: int = _knob(32, "examples per step per worker")
+    seed: int = _knob(0, "initialisation and shuffling seed")
+    num_workers: int = _knob(1, "Ray Train workers (DDP; gloo on CPU, NCCL on GPU)")
+    use_gpu: bool = _knob(False, "train on GPUs (one per worker)")
+    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker", runtime=True)
+    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint", runtime=True)
 
 
 @dataclass
@@ -43,6 +75,8 @@ class DataConfig:
     split_files: dict[str, str] = _knob({}, "extra named splits: name -> raw ReDial jsonl path (e.g. test)")
     unicrs_turns_file: str = _knob("redial/processed/unicrs_kgA/valid_data_processed.jsonl", "UniCRS entity lists for the linking report")
     unicrs_dialogues_file: str = _knob("redial/raw/train_split_subsets/cfcrs_unicrs_valid_data.jsonl", "the raw dialogues behind unicrs_turns_file")
+    link_pool: ActorPool = _section(ActorPool, "entity linking of dialogues (Ray Data; larger batches amortise the arrow<->python conversion)",
+                                    batch_size=256)
 
     def root(self) -> Path:
         """The data directory, or a ConfigError that names the setting."""
@@ -62,12 +96,9 @@ class DataConfig:
 
 @dataclass
 class RayConfig:
-    address: str | None = _knob(None, "Ray cluster address; None: $RAY_ADDRESS (set by `ray job submit`), else a local Ray in-process")
-    num_cpus: int | None = _knob(None, "logical CPUs of the in-process local Ray (None: all cores)")
-    object_store_mb: int = _knob(512, "object store of the in-process local Ray, MiB")
-    link_actors: int = _knob(1, "Ray Data actors running entity linking")
-    link_actor_cpus: float = _knob(0.5, "CPUs per linking actor (below 1 so reads and writes still schedule on 2 cores)")
-    batch_size: int = _knob(256, "dialogues per Ray Data batch (larger batches amortise the arrow<->python conversion)")
+    address: str | None = _knob(None, "Ray cluster address; None: $RAY_ADDRESS (set by `ray job submit`), else a local Ray in-process", runtime=True)
+    num_cpus: int | None = _knob(None, "logical CPUs of the in-process local Ray (None: all cores)", runtime=True)
+    object_store_mb: int = _knob(512, "object store of the in-process local Ray, MiB", runtime=True)
 
 
 @dataclass
@@ -79,66 +110,55 @@ class ModelsConfig:
 class LLMConfig:
     base_url: str | None = _knob(None, "OpenAI-compatible endpoint, e.g. https://api.openai.com/v1; None: start the local Ray Serve LLM")
     model: str = _knob("smollm2-135m-instruct", "model name sent to the endpoint (and served by the local server)")
-    api_key_env: str = _knob("OPENAI_API_KEY", "environment variable holding the API key (never logged); unused by the local server")
-    concurrency: int = _knob(4, "requests in flight at once, over all annotation actors")
-    qps: float = _knob(8.0, "requests per second at most, over all annotation actors")
-    max_retries: int = _knob(4, "retries of a request on 429, 5xx, timeouts and connection errors (exponential backoff)")
-    backoff_s: float = _knob(0.5, "first backoff; doubles on every retry")
-    timeout_s: float = _knob(60.0, "per-request timeout")
+    api_key_env: str = _knob("OPENAI_API_KEY", "environment variable holding the API key (never logged); unused by the local server", runtime=True)
+    concurrency: int = _knob(4, "requests in flight at once, over all the pool's actors", runtime=True)
+    qps: float = _knob(8.0, "requests per second at most, over all the pool's actors", runtime=True)
+    max_retries: int = _knob(4, "retries of a request on 429, 5xx, timeouts and connection errors (exponential backoff)", runtime=True)
+    backoff_s: float = _knob(0.5, "first backoff; doubles on every retry", runtime=True)
+    timeout_s: float = _knob(60.0, "per-request timeout", runtime=True)
     max_tokens: int = _knob(40, "answer length limit")
     temperature: float = _knob(0.0, "0: greedy")
-    max_failed_fraction: float = _knob(0.5, "fail the stage when more requests than this end without an answer")
+    max_failed_fraction: float = _knob(0.5, "fail the stage when more requests than this end without an answer", runtime=True)
 
 
 @dataclass
-class ServerConfig:
-    host: str = _knob("127.0.0.1", "address of the local OpenAI-compatible server")
-    port: int = _knob(8000, "port of the local OpenAI-compatible server")
-    replicas: int = _knob(1, "replicas of the LLM deployment")
-    replica_cpus: float = _knob(1.0, "CPUs per replica")
+class LLMServerConfig:
+    host: str = _knob("127.0.0.1", "address of the local OpenAI-compatible server (annotation and scoring when no endpoint is set)", runtime=True)
+    port: int = _knob(8000, "port of the local OpenAI-compatible server", runtime=True)
+    replicas: int = _knob(1, "replicas of the LLM deployment", runtime=True)
+    replica_cpus: float = _knob(1.0, "CPUs per replica", runtime=True)
 
 
 @dataclass
 class ClassifierConfig:
-    backbone: str = _knob("minilm", "text encoder: minilm | gpt2")
+    backbone: Literal["minilm", "gpt2"] = _knob("minilm", "text encoder")
     pretrained: str | None = _knob("minilm-l6", "weights: a packaged name, folder or (with models.allow_download) hub name; None: random init")
     gpt2_layers: int = _knob(2, "GPT-2 layers when randomly initialised")
     gpt2_hidden: int = _knob(128, "GPT-2 hidden size when randomly initialised")
     gpt2_heads: int = _knob(2, "GPT-2 attention heads when randomly initialised")
     max_length: int = _knob(64, "tokens per utterance")
-    epochs: int = _knob(2, "training epochs")
-    lr: float = _knob(5e-5, "AdamW learning rate")
-    batch_size: int = _knob(32, "examples per step per worker")
     max_examples: int | None = _knob(None, "train on at most this many examples (None: all)")
     holdout_fraction: float = _knob(0.1, "share of examples held out for the metrics")
-    num_workers: int = _knob(1, "Ray Train workers (DDP)")
-    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker (below 1 lets Ray Data feed 2 workers on a 2-core box)")
-    use_gpu: bool = _knob(False, "train on GPUs")
-    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint")
-    seed: int = _knob(0, "initialisation and shuffling seed")
+    train: TrainKnobs = _section(TrainKnobs, "Ray Train run", epochs=2, lr=5e-5, weight_decay=0.01, batch_size=32)
 
 
 @dataclass
 class EmotionConfig:
-    source: str = _knob("teacher", "who labels the annotation sample: teacher (GoEmotions classifier) | llm")
+    source: Literal["teacher", "llm"] = _knob("teacher", "who labels the annotation sample: teacher (GoEmotions classifier) | llm")
     sample_size: int = _knob(5082, "user utterances annotated (the paper: 5,082)")
     sample_seed: int = _knob(0, "seed of the annotation sample")
     max_chars: int = _knob(1000, "longer utterances are cut to this many characters in the prompt")
     context_turns: int = _knob(4, "earlier utterances shown to the annotator")
-    annotate_actors: int = _knob(2, "Ray Data actors sending annotation requests")
-    annotate_batch_size: int = _knob(16, "utterances per annotation batch: the cache is written batch by batch, so a crash loses at most these")
     second_label_threshold: float = _knob(0.3, "a second label is kept when its probability reaches this")
     include_goemotions: bool = _knob(False, "train the classifier on GoEmotions too")
-    infer_actors: int = _knob(1, "Ray Data actors of the inference stage")
-    infer_batch_size: int = _knob(64, "utterances per inference batch")
-    actor_cpus: float = _knob(0.5, "CPUs per annotation or inference actor")
-    infer_actor_gpus: float = _knob(0.0, "GPUs per classifier actor (emotion-infer, gen-reviews); a fraction shares a GPU; 0: CPU only")
     eval_examples: int | None = _knob(None, "GoEmotions dev/test examples used for the teacher's metrics (None: all)")
     goemotions_dir: str = _knob("emotion/goemotions/original", "GoEmotions folder (labels.txt, train/dev/test.tsv)")
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
-    teacher: ClassifierConfig = field(default_factory=ClassifierConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    annotate_pool: ActorPool = _section(ActorPool, "actors sending annotation requests; the cache is written batch by batch, "
+                                        "so a crash loses at most a batch", actors=2, batch_size=16)
+    infer_pool: ActorPool = _section(ActorPool, "classifier actors labelling every user utterance", batch_size=64)
+    llm: LLMConfig = _section(LLMConfig, "the annotating LLM endpoint (emotion.source=llm)")
+    teacher: ClassifierConfig = _section(ClassifierConfig, "the GoEmotions teacher (emotion.source=teacher)")
+    classifier: ClassifierConfig = _section(ClassifierConfig, "the emotion classifier trained on the annotations")
 
 
 @dataclass
@@ -153,14 +173,16 @@ class PromptConfig:
     pretrain_epochs: int = _knob(1, "emotional-semantic fusion pre-training epochs of the prompt encoder (0: none)")
 
 
+REC_KS = (1, 10, 50)  # Recall@k and Recall_True@k cut-offs (the paper's)
+REC_METRICS = (*(f"recall@{k}" for k in REC_KS), *(f"recall_true@{k}" for k in REC_KS), "auc")
+
+
 @dataclass
 class RecConfig:
-    context_encoder: str = _knob("minilm", "dialogue context encoder: minilm (sentence embeddings, computed once and cached) | prompt (text encoder + frozen causal LM with KG/emotion prefix prompts)")
+    context_encoder: Literal["minilm", "prompt"] = _knob("minilm", "dialogue context encoder: minilm (sentence embeddings, computed once and cached) | prompt (text encoder + frozen causal LM with KG/emotion prefix prompts)")
     context_model: str = _knob("minilm-l6", "sentence encoder of the minilm context path: a packaged name, folder or hub name")
     context_max_length: int = _knob(128, "context tokens given to the sentence encoder (the most recent are kept)")
-    context_actors: int = _knob(1, "Ray Data actors embedding contexts")
-    context_actor_cpus: float = _knob(0.5, "CPUs per context-embedding actor (below 1 so reads and writes still schedule on 2 cores)")
-    context_batch_size: int = _knob(32, "contexts per embedding batch")
+    context_pool: ActorPool = _section(ActorPool, "actors embedding contexts (the minilm path)", batch_size=32)
     hidden: int = _knob(128, "entity / user representation size")
     num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")
     max_entities: int = _knob(32, "most recently mentioned entities kept per context")
@@ -171,46 +193,41 @@ class RecConfig:
     top_emotions: int = _knob(3, "emotions per entity compared for co-occurrence (the paper: top-3 overlap)")
     neighbours: int = _knob(10, "n_f: emotion-related neighbours kept per entity")
     min_cooccurrence: int = _knob(2, "training dialogues a pair must share before it counts")
-    epochs: int = _knob(10, "training epochs at most (early stopping on the dev split)")
     patience: int = _knob(2, "epochs without a better dev metric before stopping")
-    early_stop_metric: str = _knob("recall@50", "dev metric that selects the best epoch")
-    lr: float = _knob(1e-3, "AdamW learning rate")
-    weight_decay: float = _knob(0.0, "AdamW weight decay")
-    batch_size: int = _knob(64, "examples per step per worker")
-    eval_batch_size: int = _knob(256, "examples per evaluation batch")
+    early_stop_metric: Literal[REC_METRICS] = _knob("recall@50", "dev metric that selects the best epoch")
+    eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(64, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches)")
-    num_workers: int = _knob(1, "Ray Train workers (DDP; gloo on CPU, NCCL on GPU)")
-    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker")
-    use_gpu: bool = _knob(False, "train on GPUs")
-    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint")
-    seed: int = _knob(0, "initialisation and shuffling seed")
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on the dev split)", epochs=10, lr=1e-3, batch_size=64)
+    prompt: PromptConfig = _section(PromptConfig, "the prompt context path (rec.context_encoder=prompt)")
 
 
 @dataclass
 class GeneratorConfig:
-    method: str = _knob("lora", "lora (Llama architecture + peft LoRA adapters) | full (GPT-2 architecture, every weight trained)")
+    method: Literal["lora", "full"] = _knob("lora", "lora (Llama architecture + peft LoRA adapters) | full (GPT-2 architecture, every weight trained)")
     model: str | None = _knob("smollm2-135m-instruct", "base model: a packaged name, folder or (with models.allow_download) hub name; None with method=full: a random GPT-2 of the sizes below with GPT-2's real tokenizer")
     gpt2_layers: int = _knob(2, "GPT-2 layers when randomly initialised")
     gpt2_hidden: int = _knob(128, "GPT-2 hidden size when randomly initialised")
     gpt2_heads: int = _knob(2, "GPT-2 attention heads when randomly initialised")
-    dtype: str = _knob("float32", "weights of a pretrained base: float32 | bfloat16 | float16 (a 7B base needs 16 bits to fit a 24 GB GPU)")
+    dtype: Literal["float32", "bfloat16", "float16"] = _knob("float32", "weights of a pretrained base (a 7B base needs 16 bits to fit a 24 GB GPU)")
     lora_r: int = _knob(8, "LoRA rank")
     lora_alpha: int = _knob(16, "LoRA scaling numerator")
     lora_dropout: float = _knob(0.05, "dropout on the LoRA path")
     lora_targets: str = _knob("q_proj,v_proj", "comma-separated module names that get adapters")
     max_length: int = _knob(384, "tokens per training example (prompt + response); longer prompts lose their oldest context tokens")
     response_tokens: int = _knob(160, "training responses are cut to this many tokens")
-    epochs: int = _knob(1, "training epochs")
-    lr: float = _knob(1e-4, "AdamW learning rate (the paper: 5e-5 for Llama-2 LoRA, 1e-4 for DialoGPT)")
-    batch_size: int = _knob(8, "examples per step per worker")
     max_examples: int | None = _knob(None, "train on at most this many review examples (None: all)")
     holdout_fraction: float = _knob(0.05, "share of review examples held out for the validation loss")
-    num_workers: int = _knob(1, "Ray Train workers (DDP)")
-    cpus_per_worker: float = _knob(1.0, "CPUs reserved per worker")
-    use_gpu: bool = _knob(False, "train on GPUs")
-    max_failures: int = _knob(2, "worker failures survived by resuming from the last checkpoint")
-    seed: int = _knob(0, "initialisation and shuffling seed")
+    train: TrainKnobs = _section(TrainKnobs, "Ray Train run (lr: the paper's 5e-5 for Llama-2 LoRA, 1e-4 for DialoGPT)",
+                                 epochs=1, lr=1e-4, weight_decay=0.01, batch_size=8)
+
+
+@dataclass
+class DecodingConfig:
+    max_new_tokens: int = _knob(150, "response length limit (the paper: 150)")
+    no_repeat_ngram_size: int = _knob(3, "no repeated n-grams of this size (the paper: 3; 0 off)")
+    do_sample: bool = _knob(False, "sample (with temperature, top_p) instead of greedy")
+    temperature: float = _knob(0.7, "sampling temperature")
+    top_p: float = _knob(0.9, "nucleus sampling mass")
 
 
 @dataclass
@@ -220,53 +237,70 @@ class GenConfig:
     max_reviews: int | None = _knob(None, "process only the first N reviews of each file (None: all)")
     min_sentence_words: int = _knob(4, "shorter sentences are dropped")
     emotion_threshold: float = _knob(0.5, "a sentence is emotional when a non-neutral emotion reaches this probability")
-    review_actors: int = _knob(1, "Ray Data actors scoring review sentences")
-    review_actor_cpus: float = _knob(0.5, "CPUs per review actor")
-    review_batch_size: int = _knob(64, "sentences per emotion batch")
+    sentence_pool: ActorPool = _section(ActorPool, "actors splitting reviews into sentences and linking their entities")
+    review_pool: ActorPool = _section(ActorPool, "classifier actors scoring review sentences", batch_size=64)
     max_entities: int = _knob(4, "entities in a prompt (the paper: 4)")
     max_triples: int = _knob(2, "KG triples in a prompt (the paper: 2)")
     context_turns: int = _knob(2, "latest dialogue utterances shown in a prompt")
     sample_size: int = _knob(200, "dialogue turns answered per split (seeded sample of turns with a target item)")
     sample_seed: int = _knob(0, "seed of that sample")
-    actors: int = _knob(1, "Ray Data actors generating responses")
-    actor_cpus: float = _knob(1.0, "CPUs per generation actor")
-    actor_gpus: float = _knob(0.0, "GPUs per generation actor (the model moves to its GPU); 0: CPU only")
-    batch_size: int = _knob(8, "prompts per generation batch (left-padded)")
-    max_new_tokens: int = _knob(150, "response length limit (the paper: 150)")
-    no_repeat_ngram_size: int = _knob(3, "decoding: no repeated n-grams of this size (the paper: 3; 0 off)")
-    do_sample: bool = _knob(False, "decoding: sample (with temperature, top_p) instead of greedy")
-    temperature: float = _knob(0.7, "sampling temperature")
-    top_p: float = _knob(0.9, "nucleus sampling mass")
+    respond_pool: ActorPool = _section(ActorPool, "generation actors (prompts per batch, left-padded; torch threads = CPUs)", cpus=1.0, batch_size=8)
+    decoding: DecodingConfig = _section(DecodingConfig, "decoding of responses (batch generation and the chat)")
+    generator: GeneratorConfig = _section(GeneratorConfig, "the response generator and its training")
+
+
+@dataclass
+class EvalConfig:
     score_sample: int = _knob(1000, "responses per variant scored by the LLM scorer (seeded; the paper: 1,000)")
     score_seed: int = _knob(0, "seed of the scored sample")
-    scorer_actors: int = _knob(1, "Ray Data actors sending scoring requests")
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    scorer: LLMConfig = field(default_factory=lambda: LLMConfig(max_tokens=80))
+    score_pool: ActorPool = _section(ActorPool, "actors sending scoring requests (they only wait on the endpoint)", cpus=0.25, batch_size=8)
+    scorer: LLMConfig = _section(LLMConfig, "the LLM scorer's endpoint (None: the local server)", max_tokens=80)
 
 
 @dataclass
 class ServeConfig:
-    model_name: str = _knob("ecr-ray", "model id the chat API answers to (GET /v1/models)")
-    top_k: int = _knob(5, "recommended items returned per turn (a request may ask for 1-50 with `top_k`)")
-    max_turns: int = _knob(40, "user and assistant messages a conversation may hold")
-    max_message_chars: int = _knob(2000, "characters a message may hold")
-    request_timeout_s: float = _knob(60.0, "a request that takes longer ends with 504")
-    token_env: str = _knob("ECR_SERVE_TOKEN", "environment variable holding the bearer token the API requires (unset: no token)")
+    model_name: str = _knob("ecr-ray", "model id the chat API answers to (GET /v1/models)", runtime=True)
+    top_k: int = _knob(5, "recommended items returned per turn (a request may ask for 1-50 with `top_k`)", runtime=True)
+    max_turns: int = _knob(40, "user and assistant messages a conversation may hold", runtime=True)
+    max_message_chars: int = _knob(2000, "characters a message may hold", runtime=True)
+    request_timeout_s: float = _knob(60.0, "a request that takes longer ends with 504", runtime=True)
+    token_env: str = _knob("ECR_SERVE_TOKEN", "environment variable holding the bearer token the API requires (unset: no token)", runtime=True)
 
 
 @dataclass
 class Config:
-    name: str = _knob("custom", "preset name, used for the default run directory")
+    name: str = _knob("custom", "preset name, used for the default run directory", runtime=True)
     data: DataConfig = field(default_factory=DataConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    llm_server: LLMServerConfig = field(default_factory=LLMServerConfig)
     emotion: EmotionConfig = field(default_factory=EmotionConfig)
     rec: RecConfig = field(default_factory=RecConfig)
     gen: GenConfig = field(default_factory=GenConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def output_values(cfg, path: str):
+    """The value at a dotted config path with its runtime knobs left out: what a stage hash covers."""
+    node = cfg
+    for part in path.split("."):
+        node = getattr(node, part)
+    return _outputs_only(node)
+
+
+def _outputs_only(node):
+    if not dataclasses.is_dataclass(node):
+        return copy.deepcopy(node)
+    return {f.name: _outputs_only(getattr(node, f.name)) for f in dataclasses.fields(node) if not f.metadata.get("runtime")}
+
+
+def from_dict(cls, values: dict):
+    """A config section back from its asdict() form (what a Ray Train worker or a saved model gets)."""
+    return _build(cls, values, "")
 
 
 def load_config(preset: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> Config:
@@ -292,27 +326,35 @@ def load_config(preset: str | Path | None = None, overrides: typing.Sequence[str
     return _build(Config, values, "")
 
 
-def _build(cls, values: dict, prefix: str):
+def _build(cls, values: dict, prefix: str, default=None):
+    """`cls` from `values`, missing keys from `default` (the enclosing section's default of it), else the class."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} should be a mapping, got {values!r}")
+    default = default if default is not None else cls()
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in {prefix.rstrip('.') or 'config'}: {', '.join(sorted(known))})")
     kwargs = {}
-    for name, value in values.items():
+    for name in known:
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
+            kwargs[name] = _build(hint, values.get(name, {}), f"{prefix}{name}.", getattr(default, name))
+        elif name in values:
+            kwargs[name] = _check(values[name], hint, f"{prefix}{name}")
         else:
-            kwargs[name] = _check(value, hint, f"{prefix}{name}")
+            kwargs[name] = copy.deepcopy(getattr(default, name))
     return cls(**kwargs)
 
 
 def _check(value, hint, key: str):
     """Accept a value of the declared type (ints for floats; None only for optional keys)."""
     origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(f"config key {key} should be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
@@ -329,14 +371,14 @@ def _check(value, hint, key: str):
     raise ConfigError(f"config key {key} should be {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, description) of every knob, for `ecr-ray config --describe`."""
+def describe(node=None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) of every knob, for `ecr-ray config --describe`; [runtime]: not in stage hashes."""
+    node = Config() if node is None else node
     rows = []
-    for f in dataclasses.fields(cls):
-        hint = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(hint):
-            rows += describe(hint, f"{prefix}{f.name}.")
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(value, f"{prefix}{f.name}.")
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((f"{prefix}{f.name}", repr(default), f.metadata.get("doc", "")))
+            rows.append((f"{prefix}{f.name}", repr(value), f.metadata.get("doc", "") + (" [runtime]" if f.metadata.get("runtime") else "")))
     return rows

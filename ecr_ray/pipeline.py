@@ -1,49 +1,29 @@
-"""The stage graph: each stage a function of (config, run directory) -> artifacts + summary.
+"""The stage graph and its runner: the only module that imports every stages.py.
 
-A stage is skipped when its manifest (`_stages/<name>.json`) holds the same hash; the hash covers
-the stage's config values, the content of the files it reads and the hashes of the stages it
-needs. The manifest is written last, so a crash leaves the stage to run again.
+Each stage (`ecr_ray.stage.Stage`) is a function of (config, run directory) -> artifacts + summary,
+skipped when its manifest holds the same hash. The manifest is written last, so a crash leaves
+the stage to run again.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from ecr_ray.artifacts import GENERATOR, MODEL_CONFIG, RECOMMENDER, RUN_REPORT, SUMMARY, manifest, model
 from ecr_ray.config import Config
 from ecr_ray.rundir import RunDir
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    run: Callable[[Config, RunDir], dict]  # writes `outputs`, returns a JSON-able summary
-    key: Callable[[Config], dict]  # config values and input files that decide its outputs
-    outputs: tuple[str, ...]
-    needs: tuple[str, ...] = ()
-    version: int = 1  # bump when the stage's code changes its outputs
-    optional: bool = False  # runs only when named (e.g. --stages rec-ablations), never in a full run
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+from ecr_ray.stage import Stage
 
 
 def stage_graph(cfg: Config) -> list[Stage]:
     """Every stage that exists, in dependency order (later issues append theirs)."""
-    from ecr_ray.data.prepare import prepare_stages
+    from ecr_ray.data.stages import data_stages
     from ecr_ray.emotion.stages import emotion_stages
+    from ecr_ray.eval.stages import eval_stages
     from ecr_ray.gen.stages import gen_stages
     from ecr_ray.rec.stages import rec_stages
 
-    return prepare_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg) + gen_stages(cfg)
+    return data_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg) + gen_stages(cfg) + eval_stages(cfg)
 
 
 def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, force: bool = False) -> dict[str, dict]:
@@ -56,15 +36,15 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
     hashes: dict[str, str] = {}
     summaries: dict[str, dict] = {}
     for stage in stages:
-        digest = _stage_hash(cfg, stage, hashes)
+        digest = stage.digest(cfg, hashes)
         hashes[stage.name] = digest
         # an optional stage is selected by its full name only, never by a prefix such as "rec"
         selected = any(n == stage.name if stage.optional else _matches(n, stage.name) for n in only or ())
         if not selected and (only or stage.optional):
             continue
-        manifest = f"_stages/{stage.name}.json"
-        if not force and run_dir.exists(manifest):
-            previous = run_dir.read_json(manifest)
+        record = manifest(stage.name)
+        if not force and run_dir.exists(record):
+            previous = run_dir.read_json(record)
             if previous["hash"] == digest and all(run_dir.exists(o) for o in stage.outputs):
                 summaries[stage.name] = {**previous["summary"], "skipped": True}
                 print(f"[{stage.name}] up to date (hash {digest}), skipped", flush=True)
@@ -75,10 +55,44 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
         start = time.perf_counter()
         summary = stage.run(cfg, run_dir)
         summary["seconds"] = round(time.perf_counter() - start, 2)
-        run_dir.write_json(manifest, {"hash": digest, "summary": summary, "config": cfg.to_dict()})
+        run_dir.write_json(record, {"hash": digest, "summary": summary, "config": cfg.to_dict()})
         summaries[stage.name] = summary
         print(f"[{stage.name}] done in {summary['seconds']}s: {_one_line(summary)}", flush=True)
     return summaries
+
+
+def run(cfg: Config, run_dir: RunDir | str, stages: Sequence[str] | None = None, force: bool = False) -> dict[str, dict]:
+    """Every stage (or the named ones: full names or prefixes such as "rec"), skipping those up to date;
+    writes reports/summary.json and, for a whole run, reports/run.md. Returns name -> summary."""
+    from ecr_ray.run_report import run_report
+
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    start = time.perf_counter()
+    summaries = run_stages(cfg, run_dir, only=stages, force=force)
+    run_dir.write_json(SUMMARY, summaries)
+    if stages is None:
+        run_dir.write_text(RUN_REPORT, run_report(summaries, cfg.name, run_dir.uri, time.perf_counter() - start))
+    return summaries
+
+
+class NotTrained(RuntimeError):
+    """Evaluation asked of a run without a trained recommender."""
+
+
+def evaluate(cfg: Config, run_dir: RunDir | str, force: bool = False) -> dict[str, dict]:
+    """A trained run on each `data.split_files` group: prepare, emotions, the recommender's metrics and, once
+    a generator is trained, its responses and their metrics (reports/eval-NAME.json, reports/gen-eval-NAME.json)."""
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not cfg.data.split_files:
+        raise ValueError("evaluation needs at least one split file (data.split_files, `--split-file NAME=PATH`)")
+    if not run_dir.exists(f"{model(RECOMMENDER)}/{MODEL_CONFIG}"):
+        raise NotTrained(f"no trained recommender in {run_dir.uri}; train it first with `ecr-ray run --config {cfg.name} --run-dir {run_dir.uri}`")
+    known = {s.name for s in stage_graph(cfg)}
+    kinds = ["prepare", "emotion-infer", "rec-context", "rec-eval"]
+    if run_dir.exists(f"{model(GENERATOR)}/{MODEL_CONFIG}"):  # responses too, once a generator is trained
+        kinds += ["gen-respond", "gen-eval"]
+    only = [f"{kind}-{name}" for name in cfg.data.split_files for kind in kinds if f"{kind}-{name}" in known]
+    return run(cfg, run_dir, only, force)
 
 
 def with_needs(cfg: Config, name: str) -> list[str]:
@@ -96,16 +110,6 @@ def with_needs(cfg: Config, name: str) -> list[str]:
 def _matches(selector: str, name: str) -> bool:
     """'prepare' selects every 'prepare-*' stage; a full name selects itself."""
     return name == selector or name.startswith(selector + "-")
-
-
-def _stage_hash(cfg: Config, stage: Stage, upstream: dict[str, str]) -> str:
-    payload = {
-        "stage": stage.name,
-        "version": stage.version,
-        "key": stage.key(cfg),
-        "needs": {n: upstream[n] for n in stage.needs},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _one_line(summary: dict) -> str:

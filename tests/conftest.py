@@ -1,4 +1,6 @@
-"""Shared fixtures: the real data, one local Ray for the session, one prepared tiny run."""
+"""Shared fixtures: the real data, one local Ray for the session, one prepared tiny run.
+
+tests/unit/<package>/ need no Ray; tests/integration/ run the real Ray pieces (marked `integration`)."""
 import os
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -12,7 +14,13 @@ from ecr_ray.config import load_config
 TINY_DIALOGUES = 120
 PREPARE_STAGES = ["prepare", "linking-report"]
 # emotion stages small enough for a test, still trained and inferred for real
-FAST_EMOTION = ["emotion.teacher.max_examples=600", "emotion.eval_examples=200", "emotion.sample_size=80", "emotion.classifier.epochs=1"]
+FAST_EMOTION = ["emotion.teacher.max_examples=600", "emotion.eval_examples=200", "emotion.sample_size=80", "emotion.classifier.train.epochs=1"]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
 
 
 def fast_config(*overrides):
@@ -91,7 +99,7 @@ SERVE_PORT = free_port()
 
 REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
 GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
-TINY_GEN = ["gen.scorer.max_tokens=60", f"emotion.server.port={SERVE_PORT}"]  # the scorer's local server
+TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}"]  # the scorer's local server
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import numpy as np
 
 RESOURCE_PREFIX = "<http://dbpedia.org/resource/"
 SELF_LOOP = "self_loop"
+KG_FILES = ("entity2id.json", "relation2id.json", "dbpedia_subkg.json", "item_ids.json")
 _QUALIFIER = re.compile(r"^(.*?)\s*\(([^()]*)\)$")
 
 
@@ -80,8 +81,8 @@ class KnowledgeGraph:
 def load_kg(kg_dir: str | Path) -> KnowledgeGraph:
     """Read entity2id.json, relation2id.json, dbpedia_subkg.json and item_ids.json of one KG folder."""
     kg_dir = Path(kg_dir)
-    entity2id = json.loads((kg_dir / "entity2id.json").read_text())
-    relation2id = json.loads((kg_dir / "relation2id.json").read_text())
+    entity2id = json.loads((kg_dir / KG_FILES[0]).read_text())
+    relation2id = json.loads((kg_dir / KG_FILES[1]).read_text())
     uris = [""] * len(entity2id)
     for uri, i in entity2id.items():
         uris[i] = uri
@@ -90,14 +91,14 @@ def load_kg(kg_dir: str | Path) -> KnowledgeGraph:
     relations = [""] * len(relation2id)
     for rel, i in relation2id.items():
         relations[i] = rel
-    subkg = json.loads((kg_dir / "dbpedia_subkg.json").read_text())
+    subkg = json.loads((kg_dir / KG_FILES[2]).read_text())
     triples = np.array(
         [(int(h), r, t) for h, edges in subkg.items() for r, t in edges], dtype=np.int64
     ).reshape(-1, 3)
     for col, bound, what in ((0, len(uris), "head"), (1, len(relations), "relation"), (2, len(uris), "tail")):
         if len(triples) and not (0 <= triples[:, col].min() and triples[:, col].max() < bound):
             raise ValueError(f"{kg_dir}/dbpedia_subkg.json: {what} id out of range")
-    item_ids = np.array(sorted(json.loads((kg_dir / "item_ids.json").read_text())), dtype=np.int64)
+    item_ids = np.array(sorted(json.loads((kg_dir / KG_FILES[3]).read_text())), dtype=np.int64)
     return KnowledgeGraph(
         uris=uris,
         names=[uri_to_name(u) for u in uris],

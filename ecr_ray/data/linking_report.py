@@ -9,35 +9,22 @@ from __future__ import annotations
 
 import json
 
+from ecr_ray.artifacts import LINKING_REPORT, POOL, read_rows
 from ecr_ray.config import Config
 from ecr_ray.data.kg import load_kg
 from ecr_ray.data.linking import DialogueLinker, mention_coverage
-from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.data.redial import load_movie_catalogue, read_dialogues
 from ecr_ray.data.turns import rec_turns
-from ecr_ray.pipeline import Stage, file_digest
 from ecr_ray.rundir import RunDir
-
-REPORT = "reports/linking.json"
-
-
-def linking_report_stage() -> Stage:
-    return Stage(
-        name="linking-report",
-        run=write_linking_report,
-        key=lambda c: {f: file_digest(c.data.path(getattr(c.data, f))) for f in ("unicrs_turns_file", "unicrs_dialogues_file")},
-        outputs=(REPORT,),
-        needs=(f"prepare-{POOL}",),
-    )
 
 
 def write_linking_report(cfg: Config, run_dir: RunDir) -> dict:
-    coverage = mention_coverage(run_dir.read_table(prepared(POOL, "dialogues")).to_pylist())
+    coverage = mention_coverage(read_rows(run_dir, POOL, "dialogues"))
     report = {"pool": coverage, "vs_unicrs": compare_with_unicrs(cfg)}
-    run_dir.write_json(REPORT, report)
+    run_dir.write_json(LINKING_REPORT, report)
     every = report["vs_unicrs"]["all"]
     return {"movie_mentions_linked": coverage["linked_share"], "entity_precision": every["precision"],
-            "entity_recall": every["recall"], "entity_f1": every["f1"], "report": run_dir.location(REPORT)}
+            "entity_recall": every["recall"], "entity_f1": every["f1"], "report": run_dir.location(LINKING_REPORT)}
 
 
 def compare_with_unicrs(cfg: Config) -> dict:

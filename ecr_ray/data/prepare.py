@@ -1,8 +1,7 @@
-"""The prepare stages: raw ReDial files -> validated, linked dialogues -> turns (Ray Data).
+"""Preparing a raw ReDial file: validated, linked dialogues (Ray Data) -> turns.
 
-`prepare-pool` splits the pool into train/dev by a hash of conversationId; `prepare-<name>`
-prepares each extra raw file (`--split-file test=PATH`) as its own split, so adding a split later
-never re-runs the pool. Artifacts under prepared/<group>/: dialogues/, rec_turns/,
+The pool is split into train/dev by a hash of conversationId; each extra raw file (`--split-file
+test=PATH`) is its own group. Artifacts under prepared/<group>/: dialogues/, rec_turns/,
 user_utterances/ (parquet, explicit schemas) and rejects.jsonl.
 """
 from __future__ import annotations
@@ -11,6 +10,7 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
+from ecr_ray.artifacts import POOL, REJECTS, prepared
 from ecr_ray.config import Config
 from ecr_ray.data.linking import DialogueLinker, mention_coverage
 from ecr_ray.data.redial import conversation_ids, load_movie_catalogue, read_dialogues
@@ -21,12 +21,11 @@ from ecr_ray.data.turns import (
     rec_turns,
     user_utterances,
 )
-from ecr_ray.pipeline import Stage, file_digest
+from ecr_ray.data.kg import KG_FILES
+from ecr_ray.data.redial import MOVIES_FILE
+from ecr_ray.raytools import connect, map_actors
 from ecr_ray.rundir import RunDir
-
-POOL = "pool"
-ARTIFACTS = ("dialogues", "rec_turns", "user_utterances")
-
+from ecr_ray.stage import file_digest, files_digest
 
 class RejectsExceeded(RuntimeError):
     """Too much of an input file was quarantined to trust the rest."""
@@ -38,45 +37,10 @@ def split_of(conversation_id: int, dev_fraction: float, seed: int) -> str:
     return "dev" if int.from_bytes(digest[:8], "big") / 2**64 < dev_fraction else "train"
 
 
-def prepared(group: str, artifact: str) -> str:
-    return f"prepared/{group}/{artifact}"
-
-
-def _inputs_key(cfg: Config) -> dict:
-    """What every prepare stage reads besides its own file: the KG, the catalogue, the threshold."""
-    kg_dir = cfg.data.path(cfg.data.kg_dir)
-    return {
-        "kg": {f: file_digest(kg_dir / f) for f in ("entity2id.json", "relation2id.json", "dbpedia_subkg.json", "item_ids.json")},
-        "movies": file_digest(cfg.data.path(cfg.data.movies_dir) / "movies_with_mentions.csv"),
-        "max_reject_fraction": cfg.data.max_reject_fraction,
-    }
-
-
-def prepare_stages(cfg: Config) -> list[Stage]:
-    stages = [
-        Stage(
-            name=f"prepare-{POOL}",
-            run=lambda c, rd: _prepare_group(c, rd, POOL, c.data.path(c.data.pool_file)),
-            key=lambda c: {**_inputs_key(c), "pool": file_digest(c.data.path(c.data.pool_file)),
-                           "dev_fraction": c.data.dev_fraction, "split_seed": c.data.split_seed, "max_dialogues": c.data.max_dialogues},
-            outputs=tuple(prepared(POOL, a) for a in ARTIFACTS + ("rejects.jsonl",)),
-        )
-    ]
-    for name, path in sorted(cfg.data.split_files.items()):
-        if name in (POOL, "train", "dev"):
-            raise ValueError(f"split name {name!r} is reserved; choose another for --split-file")
-        stages.append(
-            Stage(
-                name=f"prepare-{name}",
-                run=lambda c, rd, name=name, path=path: _prepare_group(c, rd, name, Path(path)),
-                key=lambda c, path=path: {**_inputs_key(c), "file": file_digest(path), "pool": file_digest(c.data.path(c.data.pool_file))},
-                outputs=tuple(prepared(name, a) for a in ARTIFACTS + ("rejects.jsonl",)),
-            )
-        )
-    from ecr_ray.data.linking_report import linking_report_stage
-
-    stages.append(linking_report_stage())
-    return stages
+def inputs_key(cfg: Config) -> dict:
+    """What every prepare stage reads besides its own file: the KG and the movie catalogue."""
+    return {"kg": files_digest(cfg.data.path(cfg.data.kg_dir), KG_FILES),
+            "movies": file_digest(cfg.data.path(cfg.data.movies_dir) / MOVIES_FILE)}
 
 
 def read_group(cfg: Config, group: str, path: Path) -> tuple[list[dict], list[dict]]:
@@ -107,27 +71,16 @@ def link_dialogues(cfg: Config, dialogues: list[dict]):
     """A materialized Ray Dataset of linked dialogues (DIALOGUE_SCHEMA)."""
     import ray
 
-    from ecr_ray.ray_session import ensure_ray
-
-    ensure_ray(cfg.ray)
-    blocks = max(1, min(len(dialogues) // cfg.ray.batch_size, 4 * cfg.ray.link_actors))
-    return (
-        ray.data.from_items(dialogues, override_num_blocks=blocks)
-        .map_batches(
-            DialogueLinker,
-            fn_constructor_kwargs={"kg_dir": str(cfg.data.path(cfg.data.kg_dir))},
-            batch_format="pyarrow",
-            batch_size=cfg.ray.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.link_actors),
-            num_cpus=cfg.ray.link_actor_cpus,
-        )
-        .materialize()
-    )
+    connect(cfg.ray)
+    pool = cfg.data.link_pool
+    blocks = max(1, min(len(dialogues) // pool.batch_size, 4 * pool.actors))
+    ds = ray.data.from_items(dialogues, override_num_blocks=blocks)
+    return map_actors(ds, DialogueLinker, {"kg_dir": str(cfg.data.path(cfg.data.kg_dir))}, pool).materialize()
 
 
-def _prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict:
+def prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict:
     dialogues, rejects = read_group(cfg, group, path)
-    run_dir.write_jsonl(prepared(group, "rejects.jsonl"), rejects)
+    run_dir.write_jsonl(prepared(group, REJECTS), rejects)
     if not dialogues:
         raise RejectsExceeded(f"{path}: no valid dialogue")
     linked = link_dialogues(cfg, dialogues)

@@ -25,13 +25,16 @@ FEEDBACK_LIKE, FEEDBACK_DISLIKE, FEEDBACK_NOT_SAID = 1, 0, 2
 MENTION = re.compile(r"@(\d+)")
 
 
+MOVIES_FILE = "movies_with_mentions.csv"
+
+
 class BadDialogue(ValueError):
     """One raw line that cannot be used; its message is the reason written to the rejects file."""
 
 
 def load_movie_catalogue(raw_dir: str | Path) -> dict[str, str]:
     """ReDial movieId -> title from the official movies_with_mentions.csv (all 6,924 movies)."""
-    with open(Path(raw_dir) / "movies_with_mentions.csv", newline="", encoding="utf-8") as f:
+    with open(Path(raw_dir) / MOVIES_FILE, newline="", encoding="utf-8") as f:
         return {row["movieId"]: row["movieName"] for row in csv.DictReader(f)}
 
 

@@ -1,4 +1,5 @@
-"""LLM emotion annotation through any OpenAI-compatible endpoint (the official `openai` client).
+"""Annotating the sample of user utterances: by an LLM through any OpenAI-compatible endpoint (the
+official `openai` client), or by the GoEmotions teacher.
 
 `LLMAnnotator` is the Ray Data UDF: it sends each utterance with its context, validates the answer
 (JSON, known labels, one or two of them), asks once more with the reason when it is invalid, and
@@ -10,11 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 
 import pyarrow as pa
 
-from ecr_ray.emotion.labels import LABELS, MAX_LABELS
-from ecr_ray.llm_client import ERROR, FAILED, OK, CachedAsker, InvalidAnswer, ValidatedChat, json_answer  # noqa: F401 - re-exported for the stages
+from ecr_ray.artifacts import ANNOTATION_CACHE, ANNOTATIONS, POOL, TEACHER, model, read_rows
+from ecr_ray.config import Config
+from ecr_ray.emotion.labels import LABELS, MAX_LABELS, top_labels
+from ecr_ray.llm.cache import CachedAsker, ask_pending, best_results, read_cache, this_run
+from ecr_ray.llm.client import ERROR, FAILED, OK, InvalidAnswer, ValidatedChat, check_answered, json_answer
+from ecr_ray.rundir import RunDir
 
 PROMPT_VERSION = "v1"
 SYSTEM_PROMPT = (
@@ -71,3 +77,57 @@ class LLMAnnotator(CachedAsker):
         out = ValidatedChat.record(key=row["key"], utterance_id=row["utterance_id"], source=f"llm:{self.chat.llm['model']}", run=self.run)
         result, labels = self.chat.ask(messages, parse_labels, out)
         return {**result, "labels": labels or []}
+
+
+def annotation_sample(cfg: Config, run_dir: RunDir) -> list[dict]:
+    """A seeded sample of train-split seeker utterances, each with its cache key."""
+    e = cfg.emotion
+    rows = [r for r in read_rows(run_dir, POOL, "user_utterances") if r["split"] == "train"]
+    rows.sort(key=lambda r: hashlib.sha256(f"{e.sample_seed}:{r['utterance_id']}".encode()).hexdigest())
+    name = e.llm.model if e.source == "llm" else TEACHER
+    return [{**r, "key": cache_key(name, r["context"], r["text"])} for r in rows[: e.sample_size]]
+
+
+def annotate_sample(cfg: Config, run_dir: RunDir) -> dict:
+    """The emotion-annotate stage: every sampled utterance ends answered, failed or unanswered, never silently absent."""
+    sample = annotation_sample(cfg, run_dir)
+    results, summary = (_annotate_llm if cfg.emotion.source == "llm" else _annotate_teacher)(cfg, run_dir, sample)
+    missing = [s["utterance_id"] for s in sample if s["key"] not in results]
+    if missing:
+        raise RuntimeError(f"{len(missing)} sampled utterances have no annotation result, e.g. {missing[:3]}")
+    rows = [{"utterance_id": s["utterance_id"], "conversation_id": s["conversation_id"], "turn": s["turn"], "text": s["text"],
+             **{k: results[s["key"]][k] for k in ("labels", "status", "source", "raw", "error")}} for s in sample]
+    run_dir.write_parquet(f"{ANNOTATIONS}/part-0.parquet", pa.Table.from_pylist(rows))
+    counts = Counter(label for r in rows if r["status"] == OK for label in r["labels"])
+    answered = sum(r["status"] == OK for r in rows)
+    return {"sample": len(rows), "ok": answered, "failed": sum(r["status"] == FAILED for r in rows),
+            "unanswered": sum(r["status"] == ERROR for r in rows), **summary,
+            "label_share": {label: round(counts[label] / max(answered, 1), 4) for label in LABELS}}
+
+
+def _annotate_teacher(cfg: Config, run_dir: RunDir, sample: list[dict]):
+    from ecr_ray.emotion.infer import EmotionPredictor
+
+    predictor = EmotionPredictor(run_dir.local_copy(model(TEACHER)), cfg.emotion.second_label_threshold)
+    probs = predictor.predict([s["text"] for s in sample])
+    results = {s["key"]: {"labels": top_labels(p, cfg.emotion.second_label_threshold), "status": OK, "source": TEACHER,
+                          "raw": None, "error": None} for s, p in zip(sample, probs, strict=True)}
+    return results, {"source": TEACHER}
+
+
+def _annotate_llm(cfg: Config, run_dir: RunDir, sample: list[dict]):
+    e = cfg.emotion
+    cached = best_results(read_cache(run_dir, ANNOTATION_CACHE, RESULT_SCHEMA))
+    pending = [s for s in sample if s["key"] not in cached]
+    run_id = None
+    if pending:
+        columns = ["key", "utterance_id", "text", "context", "context_roles"]
+        run_id = ask_pending(cfg, run_dir, ANNOTATION_CACHE, LLMAnnotator, [{c: s[c] for c in columns} for s in pending], e.llm,
+                             e.annotate_pool, context_turns=e.context_turns, max_chars=e.max_chars)
+    rows = read_cache(run_dir, ANNOTATION_CACHE, RESULT_SCHEMA)
+    mine = this_run(rows, run_id)
+    check_answered(mine, len(pending), e.llm, "emotion.llm", "utterances")
+    results = best_results(rows, keep_errors=True)
+    totals = {k: sum(r[k] for r in mine) for k in ("requests", "retries", "prompt_tokens", "completion_tokens")}
+    return results, {"source": f"llm:{e.llm.model}", "reused_from_cache": len(sample) - len(pending),
+                     "corrective_retries": sum(r["corrected"] for r in mine), **totals}

@@ -67,7 +67,7 @@ def build_classifier(cfg: ClassifierConfig, allow_download: bool = False):
     """(EmotionClassifier, tokenizer) for a config; the seed fixes the head's initialisation."""
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown classifier backbone {cfg.backbone!r}; known: {', '.join(BACKBONES)}")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     encoder, tokenizer = BACKBONES[cfg.backbone](cfg, allow_download)
     return EmotionClassifier(encoder), tokenizer
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from ecr_ray.emotion.labels import top_labels
+from collections import Counter
+
+from ecr_ray.artifacts import CLASSIFIER, model, prepared, utterance_emotions
+from ecr_ray.config import Config
+from ecr_ray.emotion.labels import LABELS, top_labels
+from ecr_ray.rundir import RunDir
 
 PREDICTION_FIELDS = [pa.field("probs", pa.list_(pa.float32())), pa.field("labels", pa.list_(pa.string()))]
 
@@ -48,3 +53,22 @@ class EmotionPredictor:
         labels = [top_labels(p, self.second_threshold) for p in probs]
         batch = batch.append_column(PREDICTION_FIELDS[0], pa.array(probs.astype(np.float32).tolist(), PREDICTION_FIELDS[0].type))
         return batch.append_column(PREDICTION_FIELDS[1], pa.array(labels, PREDICTION_FIELDS[1].type))
+
+
+def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
+    """The emotion-infer-<group> stage: the classifier over every seeker utterance of the group (actor pool)."""
+    import ray
+
+    from ecr_ray.raytools import connect, map_actors
+
+    connect(cfg.ray)
+    e, out = cfg.emotion, utterance_emotions(group)
+    ds = ray.data.read_parquet(run_dir.location(prepared(group, "user_utterances"))).select_columns(
+        ["split", "conversation_id", "turn", "utterance_id", "text"])
+    kwargs = {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": e.second_label_threshold,
+              "batch_size": e.infer_pool.batch_size}
+    map_actors(ds, EmotionPredictor, kwargs, e.infer_pool).drop_columns(["text"]).write_parquet(run_dir.location(out))
+    labels = run_dir.read_table(out, columns=["labels"]).column("labels").to_pylist()
+    counts, top = Counter(x for row in labels for x in row), Counter(row[0] for row in labels)
+    return {"utterances": len(labels), "label_share": {k: round(counts[k] / max(len(labels), 1), 4) for k in LABELS},
+            "top_label_share": {k: round(top[k] / max(len(labels), 1), 4) for k in LABELS}}

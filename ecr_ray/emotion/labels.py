@@ -5,6 +5,7 @@ from pathlib import Path
 
 LABELS = ("like", "curious", "happy", "grateful", "negative", "neutral", "nostalgia", "agreement", "surprise")
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
+GOEMOTIONS_FILES = ("labels.txt", "train.tsv", "dev.tsv", "test.tsv")
 MAX_LABELS = 2  # an utterance carries at most two emotions (the paper's annotation rule)
 
 # Feedback-aware item reweighting m(feedback): ReDial's questionnaire liked=1 / 0 / 2.
@@ -43,7 +44,7 @@ def top_labels(probs, second_threshold: float) -> list[str]:
 def read_goemotions(folder: str | Path, split: str) -> list[dict]:
     """GoEmotions rows mapped to ECR labels: {text, labels}; rows left with no label are dropped."""
     folder = Path(folder)
-    names = (folder / "labels.txt").read_text().split()
+    names = (folder / GOEMOTIONS_FILES[0]).read_text().split()
     if set(names) != set(GOEMOTIONS_TO_ECR):
         raise ValueError(f"{folder}/labels.txt does not hold GoEmotions' 28 labels")
     rows = []

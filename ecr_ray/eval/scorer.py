@@ -11,7 +11,8 @@ import json
 
 import pyarrow as pa
 
-from ecr_ray.llm_client import CachedAsker, InvalidAnswer, ValidatedChat, json_answer
+from ecr_ray.llm.cache import CachedAsker
+from ecr_ray.llm.client import InvalidAnswer, ValidatedChat, json_answer
 
 CRITERIA = ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness")
 RUBRIC = (

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-DECODING_KEYS = ("max_new_tokens", "no_repeat_ngram_size", "do_sample", "temperature", "top_p")
-
-
-def decoding_settings(gen_cfg) -> dict:
-    """The decoding knobs of a GenConfig, as ResponseGenerator takes them."""
-    return {k: getattr(gen_cfg, k) for k in DECODING_KEYS}
+from ecr_ray.config import DecodingConfig, GeneratorConfig, from_dict
 
 
 class ResponseGenerator:
-    def __init__(self, model_dir: str | None, generator: dict, decoding: dict, retrieval: bool, allow_download: bool = False,
-                 threads: int = 1):
+    def __init__(self, model_dir: str | None, generator: GeneratorConfig, decoding: DecodingConfig, retrieval: bool,
+                 allow_download: bool = False, threads: int = 1):
+        """`model_dir`: a trained generator (a folder or a run directory URI, fetched here); None: `generator`'s base untuned."""
         import torch
 
         from ecr_ray.gen.model import context_limit, load_base, load_generator
@@ -31,14 +27,13 @@ class ResponseGenerator:
             self.model.eval()
         else:
             self.model, self.tokenizer, meta = load_generator(fetch(model_dir), allow_download)  # a folder or a run directory URI
-            generator = meta["generator"]
+            generator = from_dict(GeneratorConfig, meta["generator"])
         self.model.to(torch_device())
         self.tokenizer.padding_side = "left"
-        self.prompts = PromptBuilder(self.tokenizer, generator["max_length"], generator["response_tokens"], retrieval)
+        self.prompts = PromptBuilder(self.tokenizer, generator.max_length, generator.response_tokens, retrieval)
         self.decoding = decoding
         # a prompt leaves room for the response within the model's context
-        self.budget = min(generator["max_length"] - generator["response_tokens"],
-                          (context_limit(self.model) or 1 << 30) - decoding["max_new_tokens"])
+        self.budget = min(generator.max_length - generator.response_tokens, (context_limit(self.model) or 1 << 30) - decoding.max_new_tokens)
 
     def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
@@ -91,12 +86,12 @@ class ResponseGenerator:
 
     def _decoding(self) -> dict:
         d = self.decoding
-        kwargs = {"max_new_tokens": d["max_new_tokens"], "do_sample": d["do_sample"], "pad_token_id": self.tokenizer.pad_token_id,
+        kwargs = {"max_new_tokens": d.max_new_tokens, "do_sample": d.do_sample, "pad_token_id": self.tokenizer.pad_token_id,
                   "eos_token_id": self.tokenizer.eos_token_id}
-        if d["no_repeat_ngram_size"]:
-            kwargs["no_repeat_ngram_size"] = d["no_repeat_ngram_size"]
-        if d["do_sample"]:
-            kwargs.update(temperature=d["temperature"], top_p=d["top_p"])
+        if d.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = d.no_repeat_ngram_size
+        if d.do_sample:
+            kwargs.update(temperature=d.temperature, top_p=d.top_p)
         return kwargs
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -5,7 +5,8 @@ to them; an item without reviews, or without enough triples, falls back to its o
 """
 from __future__ import annotations
 
-from ecr_ray.data.kg import KnowledgeGraph, split_qualifier
+from ecr_ray.artifacts import read_retrieval_base
+from ecr_ray.data.kg import KnowledgeGraph, load_kg, split_qualifier
 from ecr_ray.gen.reviews import item_neighbours
 
 
@@ -41,3 +42,8 @@ class Retriever:
 
     def one_hop(self, item: int) -> set[int]:
         return {e for _, e in self.neighbours.get(item, ())}
+
+
+def load_retriever(cfg, run_dir) -> Retriever:
+    """The retriever over the run's retrieval base (gen-reviews' output)."""
+    return Retriever(load_kg(cfg.data.path(cfg.data.kg_dir)), read_retrieval_base(run_dir))

@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ecr_ray.artifacts import CLASSIFIER, RETRIEVAL, REVIEWS, SENTENCES, model, report
+from ecr_ray.config import Config
 from ecr_ray.data.kg import KnowledgeGraph, load_kg
 from ecr_ray.data.linking import TextEntityLinker
 from ecr_ray.data.titles import MovieLinker
 from ecr_ray.emotion.labels import LABELS
+from ecr_ray.rundir import RunDir
 
 # a sentence ends at . ! ? before a space or before a capital with no space ("great.I loved"), or at a line break
 _SENTENCE_END = re.compile(r"\s*\n\s*|(?<=[.!?])\s+|(?<=[a-z][.!?])(?=[A-Z])|<br\s*/?>")
@@ -131,3 +134,40 @@ def retrieval_base(reviews: list[dict], per_item: int = 16) -> list[dict]:
         base.append({"item": item, "reviews": len(rows), "entities": [e for e, _ in counts.most_common(per_item)],
                      "triples": [list(t) for t in triples[:per_item]], "sentences": [s for r in rows for s in r["sentences"]][:per_item]})
     return base
+
+
+def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
+    """The gen-reviews stage: sentences and their entities, then the classifier over them (two actor pools),
+    then what survives each step -> gen/reviews (per review), gen/retrieval (per item), reports/reviews.json."""
+    import ray
+
+    from ecr_ray.emotion.infer import EmotionPredictor
+    from ecr_ray.raytools import connect, map_actors
+
+    g, kg_dir = cfg.gen, str(cfg.data.path(cfg.data.kg_dir))
+    kg = load_kg(kg_dir)
+    reviews = read_reviews(cfg.data.path(g.train_reviews_file), g.extra_reviews_file and cfg.data.path(g.extra_reviews_file), g.max_reviews)
+    movies = MovieLinker(kg)
+    linked = sum(movies.link(r["title"]) is not None for r in reviews if r["title"])
+    connect(cfg.ray)
+    ds = ray.data.from_items(reviews, override_num_blocks=max(1, min(16, len(reviews) // 100)))
+    ds = map_actors(ds, ReviewSentences, {"kg_dir": kg_dir, "min_words": g.min_sentence_words}, g.sentence_pool)
+    ds = ds.repartition(target_num_rows_per_block=8 * g.review_pool.batch_size)  # sentences outnumber reviews: blocks for the pool
+    kwargs = {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": cfg.emotion.second_label_threshold,
+              "batch_size": g.review_pool.batch_size}
+    map_actors(ds, EmotionPredictor, kwargs, g.review_pool).write_parquet(run_dir.location(SENTENCES))
+    sentences = run_dir.read_table(SENTENCES).to_pylist() if run_dir.exists(SENTENCES) else []
+    kept, funnel = review_knowledge(sentences, item_neighbours(kg), g.emotion_threshold)
+    originals = {r["review_id"]: r for r in reviews}
+    for r in kept:
+        r["context"] = originals[r["review_id"]]["context"]
+    base = retrieval_base(kept)
+    if not kept:
+        raise RuntimeError(f"no review kept an emotional sentence out of {len(reviews)} (gen.emotion_threshold={g.emotion_threshold})")
+    run_dir.write_parquet(f"{REVIEWS}/part-0.parquet", pa.Table.from_pylist(kept))
+    run_dir.write_parquet(f"{RETRIEVAL}/part-0.parquet", pa.Table.from_pylist(base))
+    result = {"reviews_read": len(reviews), "reviews_linked_to_item": linked, **funnel,
+              "training_reviews": sum(r["source"] == "train" and bool(r["context"]) for r in kept),
+              "items": len(base), "items_with_triples": sum(bool(b["triples"]) for b in base)}
+    run_dir.write_json(report("reviews"), result)
+    return result

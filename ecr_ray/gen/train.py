@@ -1,18 +1,19 @@
-"""Training the generator on Ray Train: TorchTrainer, DDP over N workers, a checkpoint every epoch
-(only the trained weights: LoRA adapters, or the whole GPT-2), resume after a failure or a crash."""
+"""Training the generator on Ray Train (DDP over N workers, a checkpoint every epoch holding only the
+trained weights: LoRA adapters, or the whole GPT-2; resume after a failure or a crash), on review
+prompts with (or without) retrieved knowledge; the gen-train stage."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import math
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-from ecr_ray.config import Config
+from ecr_ray.artifacts import GENERATOR, REVIEWS, model, report, write_model_config
+from ecr_ray.config import Config, GeneratorConfig, from_dict
 from ecr_ray.rundir import RunDir
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,29 +58,24 @@ def train_loop(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from ecr_ray.gen.model import build_generator
+    from ecr_ray.raytools import report_epoch, restore, world_rank
 
-    g = config["generator"]
-    torch.manual_seed(g["seed"])
-    model, tokenizer = build_generator(g, config["allow_download"])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=g["lr"])
-    start = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / "state.pt", weights_only=True)
-        model.load_state_dict(state["model"], strict=False)
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["epoch"] + 1
-    ddp = prepare_model(model)
-    device = next(model.parameters()).device
-    rank = ray.train.get_context().get_world_rank()
+    g = from_dict(GeneratorConfig, config["generator"])
+    t = g.train
+    torch.manual_seed(t.seed)
+    generator, tokenizer = build_generator(g, config["allow_download"])
+    optimizer = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+    state = restore(generator, optimizer)
+    start = state["epoch"] + 1 if state else 0
+    ddp = prepare_model(generator)
+    device = next(generator.parameters()).device
+    rank = world_rank()
     steps, every = config["steps_per_epoch"], max(1, config["steps_per_epoch"] // 20)
-    for epoch in range(start, g["epochs"]):
+    for epoch in range(start, t.epochs):
         ddp.train()
         losses, began = [], time.perf_counter()
         for batch in ray.train.get_dataset_shard("train").iter_batches(
-                batch_size=g["batch_size"], batch_format="numpy", local_shuffle_buffer_size=4 * g["batch_size"],
-                local_shuffle_seed=g["seed"] + epoch):
+                batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + epoch):
             loss = ddp(**{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}).loss
             optimizer.zero_grad()
             loss.backward()
@@ -87,56 +83,67 @@ def train_loop(config: dict) -> None:
             losses.append(loss.item())
             if rank == 0 and len(losses) % every == 0:  # progress: epochs of a 7B model on CPUs are long
                 pace = (time.perf_counter() - began) / len(losses)
-                print(f"[generator] epoch {epoch + 1}/{g['epochs']} step {len(losses)}/{steps} loss {np.mean(losses[-every:]):.3f} "
+                print(f"[generator] epoch {epoch + 1}/{t.epochs} step {len(losses)}/{steps} loss {np.mean(losses[-every:]):.3f} "
                       f"({pace:.1f} s/step, ~{pace * (steps - len(losses)) / 60:.0f} min left in the epoch)", flush=True)
-        val = mean_loss(model, ray.train.get_dataset_shard("val").iter_batches(batch_size=g["batch_size"], batch_format="numpy"),
+        val = mean_loss(generator, ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_size, batch_format="numpy"),
                         tokenizer.pad_token_id, device)
         metrics = {"epoch": epoch, "resumed_from": start, "steps": len(losses),
                    "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val,
                    "val_perplexity": math.exp(val) if val == val and val < 50 else float("nan")}
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                torch.save({"model": trained_state(model), "optimizer": optimizer.state_dict(), "epoch": epoch}, Path(folder) / "state.pt")
-                saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=saved)
+        report_epoch(metrics, lambda: {"model": trained_state(generator), "optimizer": optimizer.state_dict(), "epoch": epoch})
 
 
-def fit_generator(cfg: Config, gcfg: dict, name: str, train_rows: list[dict], val_rows: list[dict], run_dir: RunDir, extra: dict) -> dict:
-    """Train on tokenised rows {input_ids, labels}; the result goes to models/<name>/. Returns the last metrics."""
-    import ray
-    import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
+def fit_generator(cfg: Config, name: str, train_rows: list[dict], val_rows: list[dict], run_dir: RunDir, extra: dict) -> dict:
+    """Train cfg.gen.generator on tokenised rows {input_ids, labels}; the result goes to models/<name>/. Returns the last metrics."""
     from ecr_ray.gen.model import build_generator, save_generator
-    from ecr_ray.ray_session import ensure_ray
+    from ecr_ray.raytools import fit
 
-    ensure_ray(cfg.ray)
+    g = cfg.gen.generator
     if not train_rows:
         raise RuntimeError("no generator training examples (no review kept an emotional sentence: check gen.emotion_threshold)")
-    # named by what it learns from, so a re-run resumes only its own checkpoints
-    digest = hashlib.sha256(json.dumps([gcfg, train_rows, val_rows], sort_keys=True).encode()).hexdigest()[:12]
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"generator": gcfg, "allow_download": cfg.models.allow_download,
-                           "steps_per_epoch": math.ceil(len(train_rows) / (gcfg["batch_size"] * gcfg["num_workers"]))},
-        scaling_config=ScalingConfig(num_workers=gcfg["num_workers"], use_gpu=gcfg["use_gpu"],
-                                     resources_per_worker={"CPU": gcfg["cpus_per_worker"], **({"GPU": 1} if gcfg["use_gpu"] else {})}),
-        run_config=RunConfig(name=f"{name}-{digest}", storage_path=run_dir.location("train"),
-                             failure_config=FailureConfig(max_failures=gcfg["max_failures"]),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        datasets={"train": ray.data.from_items(train_rows), "val": ray.data.from_items(val_rows or train_rows[:1])},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "state.pt", weights_only=True)
-    model, tokenizer = build_generator(gcfg, cfg.models.allow_download)
-    model.load_state_dict(state["model"], strict=False)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    loop_config = {"generator": dataclasses.asdict(g), "allow_download": cfg.models.allow_download,
+                   "steps_per_epoch": math.ceil(len(train_rows) / (g.train.batch_size * g.train.num_workers))}
+    state, metrics = fit(train_loop, g.train, loop_config, {"train": train_rows, "val": val_rows or train_rows[:1]}, name, run_dir, cfg.ray)
+    generator, tokenizer = build_generator(g, cfg.models.allow_download)
+    generator.load_state_dict(state["model"], strict=False)
     metrics["epochs_run"] = state["epoch"] + 1
     with tempfile.TemporaryDirectory() as local:
-        save_generator(model, tokenizer, gcfg, local, {**extra, "training": metrics})
-        run_dir.upload(local, f"models/{name}")
+        save_generator(generator, tokenizer, g, local, {**extra, "training": metrics})
+        write_model_config(local, cfg)
+        run_dir.upload(local, model(name))
     return metrics
+
+
+def _held_out(review_id: str, fraction: float) -> bool:
+    return int(hashlib.sha256(f"gen-holdout:{review_id}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
+
+
+def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[list[dict], list[dict], int]:
+    """(train, validation) tokenised examples from the reviews that answer a seeker utterance; truncated prompts."""
+    from ecr_ray.gen.model import load_tokenizer
+    from ecr_ray.gen.prompts import PromptBuilder
+    from ecr_ray.gen.retrieval import item_title, load_retriever
+
+    g, gen = cfg.gen.generator, cfg.gen
+    retriever = load_retriever(cfg, run_dir)
+    reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]),
+                     key=lambda r: hashlib.sha256(f"{g.train.seed}:{r['review_id']}".encode()).hexdigest())  # seeded order
+    builder = PromptBuilder(load_tokenizer(g, cfg.models.allow_download), g.max_length, g.response_tokens, retrieval)
+    train, val = [], []
+    for r in reviews:
+        held = _held_out(r["review_id"], g.holdout_fraction)
+        if not held and g.max_examples is not None and len(train) >= g.max_examples:
+            continue
+        knowledge = retriever.knowledge(r["item"], gen.max_entities, gen.max_triples, r["entities"], r["triples"])
+        (val if held else train).append(builder.example(r["context"], item_title(retriever.kg, r["item"]), knowledge, r["response"]))
+    return train, val, builder.truncated
+
+
+def train_generator(cfg: Config, run_dir: RunDir, retrieval: bool = True, name: str = GENERATOR) -> dict:
+    """The gen-train stage (and the no-retrieval variant of gen-compare)."""
+    train, val, truncated = training_examples(cfg, run_dir, retrieval)
+    metrics = fit_generator(cfg, name, train, val, run_dir, {"retrieval": retrieval})
+    run_dir.write_json(report(name), {"train_examples": len(train), "val_examples": len(val), "truncated_prompts": truncated,
+                                      "retrieval": retrieval, "training": metrics})
+    return {"train_examples": len(train), "val_examples": len(val), "truncated_prompts": truncated,
+            **{k: metrics.get(k) for k in ("epochs_run", "train_loss", "val_loss")}}

@@ -12,17 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ecr_ray.config import PromptConfig, RecConfig
+from ecr_ray.config import RecConfig, from_dict
 
 # keys that change the weights' shapes or meaning; training knobs (lr, epochs, ...) may differ
 ARCHITECTURE_KEYS = ("context_encoder", "context_model", "context_max_length", "hidden", "num_bases", "max_entities",
                      "local_emotion", "global_emotion", "beta", "neighbours", "prompt")
 META_FILE = "recommender.json"
-
-
-def rec_config(values: dict) -> RecConfig:
-    """A RecConfig back from its asdict() form."""
-    return RecConfig(**{**values, "prompt": PromptConfig(**values["prompt"])})
 
 
 def model_meta(kg_dir: str, context_dim: int, neighbour_ids: np.ndarray, neighbour_weights: np.ndarray) -> dict:
@@ -38,7 +33,7 @@ def build_recommender(cfg: RecConfig, meta: dict, allow_download: bool = False):
     from ecr_ray.rec.model import ECRRecommender
 
     kg = load_kg(meta["kg_dir"])
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     return ECRRecommender(cfg, kg.num_entities, kg.num_relations, kg.edges(), kg.item_ids, meta["neighbour_ids"],
                           meta["neighbour_weights"], meta["context_dim"], allow_download)
 
@@ -83,7 +78,7 @@ def load_recommender(folder: str | Path, cfg: RecConfig | None = None, allow_dow
     state = load_file(folder / "model.safetensors")
     shape = tuple(state["neighbour_ids"].shape)  # placeholders: the saved buffers replace them below
     meta = model_meta(info["kg_dir"], info["context_dim"], np.zeros(shape, np.int64), np.zeros(shape, np.float32))
-    model = build_recommender(rec_config(info["rec"]), meta, allow_download)
+    model = build_recommender(from_dict(RecConfig, info["rec"]), meta, allow_download)
     if model.kg.nodes.shape[0] != info["num_entities"]:
         raise ValueError(f"the recommender in {folder} was trained on a KG of {info['num_entities']} entities, "
                          f"but {info['kg_dir']} now holds {model.kg.nodes.shape[0]}")

@@ -9,9 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ecr_ray.artifacts import context_vectors_of, prepared
+from ecr_ray.config import Config
 from ecr_ray.rec.features import context_text
+from ecr_ray.rundir import RunDir
 
 CONTEXT_FIELD = pa.field("context_vec", pa.list_(pa.float32()))
+
+
+def context_stage(cfg: Config, group: str) -> tuple[str, ...]:
+    """The stage caching a group's context vectors when the context path uses them (what a stage scoring that group needs)."""
+    return (f"rec-context-{group}",) if cfg.rec.context_encoder == "minilm" else ()
 
 
 class ContextEmbedder:
@@ -51,3 +59,22 @@ class ContextEmbedder:
         vectors = self.embed([context_text(r["context"], r["context_roles"]) for r in rows])
         keep = batch.select(["conversation_id", "turn"])
         return keep.append_column(CONTEXT_FIELD, pa.array(vectors.tolist(), CONTEXT_FIELD.type))
+
+
+def embed_contexts(cfg: Config, run_dir: RunDir, group: str) -> dict:
+    """The rec-context-<group> stage: every recommender-turn context with a target item, embedded once (actor pool)."""
+    import ray
+
+    from ecr_ray.raytools import connect, map_actors
+
+    connect(cfg.ray)
+    r, out = cfg.rec, context_vectors_of(group)
+    ds = (ray.data.read_parquet(run_dir.location(prepared(group, "rec_turns")))
+          .select_columns(["conversation_id", "turn", "context", "context_roles", "target_items"])
+          .filter(lambda row: any(i >= 0 for i in row["target_items"]))  # only turns the recommender is trained or scored on
+          .repartition(target_num_rows_per_block=8 * r.context_pool.batch_size))  # the filter leaves one block: split it for the pool
+    kwargs = {"model": r.context_model, "max_length": r.context_max_length, "batch_size": r.context_pool.batch_size,
+              "allow_download": cfg.models.allow_download}
+    map_actors(ds, ContextEmbedder, kwargs, r.context_pool).write_parquet(run_dir.location(out))
+    table = run_dir.read_table(out, columns=["context_vec"])
+    return {"contexts": table.num_rows, "dim": len(table.column("context_vec")[0]) if table.num_rows else 0}

@@ -8,7 +8,10 @@ from itertools import permutations
 
 import numpy as np
 
+from ecr_ray.artifacts import POOL, emotion_probs, read_rows, write_neighbours
+from ecr_ray.config import Config
 from ecr_ray.rec.features import emotion_turn
+from ecr_ray.rundir import RunDir
 
 
 def entity_emotion_sets(dialogue: dict, probs: dict[tuple[int, int], list[float]], top: int) -> dict[int, frozenset[int]]:
@@ -46,3 +49,16 @@ def emotion_neighbours(dialogues: Iterable[dict], probs: dict[tuple[int, int], l
     stats = {"entities_with_emotion": len(seen), "pairs_counted": sum(c >= min_count for c in pairs.values()),
              "entities_with_neighbours": len(ranked)}
     return ids, weights, stats
+
+
+def build_neighbours(cfg: Config, run_dir: RunDir) -> dict:
+    """The rec-cooccurrence stage: neighbours from the pool's training dialogues -> rec/neighbours."""
+    from ecr_ray.data.kg import load_kg
+
+    r = cfg.rec
+    dialogues = [d for d in read_rows(run_dir, POOL, "dialogues") if d["split"] == "train"]
+    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
+    ids, weights, stats = emotion_neighbours(dialogues, emotion_probs(run_dir, POOL), kg.num_entities, r.top_emotions,
+                                             r.neighbours, r.min_cooccurrence)
+    write_neighbours(run_dir, ids, weights)
+    return {"dialogues": len(dialogues), **stats}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-KS = (1, 10, 50)
+from ecr_ray.config import REC_KS as KS
 LIKE, DISLIKE = 1, 0
 
 

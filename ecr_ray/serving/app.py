@@ -1,8 +1,8 @@
 """The ECR chat app on Ray Serve: an ingress (FastAPI) composing four deployments by handle.
 
 ChatIngress -> EmotionClassifier -> Recommender (linker + recommender) -> Retriever -> Generator.
-Each part is a `Part` deployment of its own name, so serve/config.yaml gives each its resources and
-autoscaling. `serve run serve/config.yaml`, or `build_app({"run_dir": ...})` from Python.
+Each part is a deployment of its own, called by method through its handle, so serve/config.yaml gives
+each its resources and autoscaling. `serve run serve/config.yaml`, or `build_app({"run_dir": ...})` from Python.
 """
 
 import asyncio
@@ -19,49 +19,93 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
 
 from ecr_ray.config import REPO_ROOT
+from ecr_ray.rundir import RunDir
 from ecr_ray.serving.api import (BadRequest, ChatRequest, RecommendRequest, check_conversation, chunk, completion, error_body,
                                  validation_message)
-from ecr_ray.serving.components import METHODS, PARTS, answer, load_run, recommend
+from ecr_ray.serving.components import EmotionDetector, ItemRecommender, KnowledgeRetriever, Responder, answer, load_run, recommend
 
 RUN_DIR_ENV, DEFAULT_RUN_DIR = "ECR_RUN_DIR", "runs/tiny"
-DEPLOYMENTS = {"classifier": "EmotionClassifier", "recommender": "Recommender", "retriever": "Retriever", "generator": "Generator"}
 RETRIES = 4  # a request whose replica died is sent again, backing off 0.25-2 s (Serve routes it to a live or new one)
 PAGE = Path(__file__).with_name("page.html")
 SERVE_CONFIG = REPO_ROOT / "serve" / "config.yaml"
 log = logging.getLogger("ecr_ray.serve")
 
 
-@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
-class Part:
-    """One part of the chat turn (`PARTS[name]`), one call at a time per replica: replicas add throughput."""
+class _OneCallAtATime:
+    """A part in a replica, called one at a time (parts are not thread-safe; replicas add throughput)."""
 
-    def __init__(self, name: str, run_dir: str, overrides: list[str]):
-        cfg, run = load_run(run_dir, overrides)
-        self.part = PARTS[name](cfg, run)
+    def __init__(self, part):
+        self.part = part
         self.lock = asyncio.Lock()
 
-    async def call(self, method: str, *args):
+    async def _call(self, method, *args):
         async with self.lock:
-            return await asyncio.to_thread(getattr(self.part, method), *args)
+            return await asyncio.to_thread(method, *args)
 
-    async def stream(self, *args):
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
+class EmotionClassifier(_OneCallAtATime):
+    def __init__(self, run_dir: str, overrides: list[str]):
+        super().__init__(EmotionDetector(RunDir(run_dir), overrides))
+
+    async def detect(self, texts: list[str]) -> list[dict]:
+        return await self._call(self.part.detect, texts)
+
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
+class Recommender(_OneCallAtATime):
+    def __init__(self, run_dir: str, overrides: list[str]):
+        super().__init__(ItemRecommender(RunDir(run_dir), overrides))
+
+    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
+        return await self._call(self.part.recommend, messages, user_probs, top_k)
+
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
+class Retriever(_OneCallAtATime):
+    def __init__(self, run_dir: str, overrides: list[str]):
+        super().__init__(KnowledgeRetriever(RunDir(run_dir), overrides))
+
+    async def knowledge(self, item: int) -> dict:
+        return await self._call(self.part.knowledge, item)
+
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
+class Generator(_OneCallAtATime):
+    def __init__(self, run_dir: str, overrides: list[str]):
+        super().__init__(Responder(RunDir(run_dir), overrides))
+
+    async def respond(self, messages: list[dict], title: str, knowledge: dict) -> str:
+        return await self._call(self.part.respond, messages, title, knowledge)
+
+    async def stream(self, messages: list[dict], title: str, knowledge: dict):
         async with self.lock:
-            pieces = self.part.stream(*args)
+            pieces = self.part.stream(messages, title, knowledge)
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 yield piece
 
 
 class HandleParts:
-    """The parts behind their deployment handles, with the interface `answer` takes (LocalParts' twin)."""
+    """The parts behind their deployment handles, with the interface `answer` takes (LocalParts' twin);
+    a call whose replica died is sent again."""
 
-    def __init__(self, handles: dict):
-        self.handles = handles
+    def __init__(self, classifier, recommender, retriever, generator):
+        self.classifier, self.recommender, self.retriever, self.generator = classifier, recommender, retriever, generator
 
-    async def call(self, method: str, *args):
-        return await _retry(lambda: self.handles[METHODS[method]].call.remote(method, *args))
+    async def detect(self, texts: list[str]) -> list[dict]:
+        return await _retry(lambda: self.classifier.detect.remote(texts))
 
-    async def stream(self, *args):
-        async for piece in self.handles["generator"].options(stream=True).stream.remote(*args):
+    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
+        return await _retry(lambda: self.recommender.recommend.remote(messages, user_probs, top_k))
+
+    async def knowledge(self, item: int) -> dict:
+        return await _retry(lambda: self.retriever.knowledge.remote(item))
+
+    async def respond(self, messages: list[dict], title: str, knowledge: dict) -> str:
+        return await _retry(lambda: self.generator.respond.remote(messages, title, knowledge))
+
+    async def stream(self, messages: list[dict], title: str, knowledge: dict):
+        async for piece in self.generator.options(stream=True).stream.remote(messages, title, knowledge):
             yield piece
 
 
@@ -106,7 +150,7 @@ class ChatIngress:
     def __init__(self, classifier, recommender, retriever, generator, run_dir: str, overrides: list[str], token: str | None = None):
         cfg, _ = load_run(run_dir, overrides)
         self.cfg = cfg.serve
-        self.parts = HandleParts({"classifier": classifier, "recommender": recommender, "retriever": retriever, "generator": generator})
+        self.parts = HandleParts(classifier, recommender, retriever, generator)
         self.token = token or os.environ.get(self.cfg.token_env) or None  # the builder's environment, else the replica's
 
     def _authorize(self, request: Request) -> None:
@@ -149,7 +193,7 @@ class ChatIngress:
 
         async def turn():
             found, args = await answer(self.parts, messages, body.top_k or self.cfg.top_k)
-            return completion(self.cfg.model_name, await self.parts.call("respond", *args), found)
+            return completion(self.cfg.model_name, await self.parts.respond(*args), found)
 
         return await timed(self.cfg.request_timeout_s, turn())
 
@@ -190,10 +234,10 @@ def _graph(run_dir: str | None, overrides: list[str], options: dict[str, dict]):
     if "://" not in run_dir:
         run_dir = str(Path(run_dir).resolve())
     cfg, _ = load_run(run_dir, overrides)  # a clear error here, naming the command to run, not inside a replica
-    parts = {name: Part.options(name=DEPLOYMENTS[name], **options.get(DEPLOYMENTS[name], {})).bind(name, run_dir, overrides)
-             for name in DEPLOYMENTS}
+    part = lambda deployment: deployment.options(**options.get(deployment.name, {})).bind(run_dir, overrides)  # noqa: E731
     ingress = ChatIngress.options(**options.get("ChatIngress", {}))
-    return ingress.bind(**parts, run_dir=run_dir, overrides=overrides, token=os.environ.get(cfg.serve.token_env))
+    return ingress.bind(part(EmotionClassifier), part(Recommender), part(Retriever), part(Generator), run_dir=run_dir,
+                        overrides=overrides, token=os.environ.get(cfg.serve.token_env))
 
 
 def deploy(run_dir: str, port: int | None = None, options: dict[str, dict] | None = None, overrides: list[str] = (),

@@ -18,7 +18,7 @@ import yaml
 from ecr_ray.emotion.labels import LABELS
 from ecr_ray.serving.app import SERVE_CONFIG
 
-from .conftest import SERVE_PORT, free_port
+from tests.conftest import SERVE_PORT, free_port
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -2,8 +2,8 @@
 
 GET /v1/models, POST /v1/chat/completions (chat template, temperature, top_p, max_tokens, stop,
 stream). Offline default: the packaged SmolLM2-135M-Instruct. Run it with
-`serve run ecr_ray.serving.llm:build_app model=smollm2-135m-instruct`, or from Python with
-`start_llm_server(cfg)` (the annotation stage does when no endpoint is configured).
+`serve run ecr_ray.llm.server:build_app model=smollm2-135m-instruct`, or from Python with
+`start_llm_server(cfg, model)` (the annotation and scoring stages do when no endpoint is configured).
 """
 
 import asyncio
@@ -129,13 +129,13 @@ class ChatLLM:
 
 
 def build_app(args: dict):
-    """`serve run ecr_ray.serving.llm:build_app model=NAME replicas=N`"""
+    """`serve run ecr_ray.llm.server:build_app model=NAME replicas=N`"""
     return ChatLLM.options(num_replicas=int(args.get("replicas", 1))).bind(
         args.get("model", "smollm2-135m-instruct"), str(args.get("allow_download", "")).lower() == "true")
 
 
-def start_llm_server(cfg, model: str | None = None, client_cpus: float = 0.0) -> str:
-    """Deploy the server (emotion.llm.model, or `model`) on the connected Ray cluster; returns its OpenAI base URL.
+def start_llm_server(cfg, model: str, client_cpus: float = 0.0) -> str:
+    """Deploy the server for `model` on the connected Ray cluster (cfg.llm_server); returns its OpenAI base URL.
 
     `client_cpus`: what the actors that will call it need; replicas that leave them no CPU would hang the run.
     """
@@ -145,19 +145,18 @@ def start_llm_server(cfg, model: str | None = None, client_cpus: float = 0.0) ->
 
     from ecr_ray.models import resolve_model
 
-    emotion = cfg.emotion
-    need, total = emotion.server.replicas * emotion.server.replica_cpus, ray.cluster_resources().get("CPU", 0)
+    server = cfg.llm_server
+    need, total = server.replicas * server.replica_cpus, ray.cluster_resources().get("CPU", 0)
     if need + client_cpus > total:
-        raise RuntimeError(f"the local LLM server needs {need:g} CPUs (emotion.server.replicas={emotion.server.replicas} x "
-                           f"replica_cpus={emotion.server.replica_cpus:g}) and its callers {client_cpus:g}, but the Ray cluster has "
-                           f"{total:g}: lower emotion.server.replicas or emotion.server.replica_cpus")
-    model = model or emotion.llm.model
+        raise RuntimeError(f"the local LLM server needs {need:g} CPUs (llm_server.replicas={server.replicas} x "
+                           f"replica_cpus={server.replica_cpus:g}) and its callers {client_cpus:g}, but the Ray cluster has "
+                           f"{total:g}: lower llm_server.replicas or llm_server.replica_cpus")
     resolve_model(model, cfg.models.allow_download)  # build or fail here, not inside a replica
-    serve.start(http_options={"host": emotion.server.host, "port": emotion.server.port})
-    app = ChatLLM.options(num_replicas=emotion.server.replicas, ray_actor_options={"num_cpus": emotion.server.replica_cpus}).bind(
+    serve.start(http_options={"host": server.host, "port": server.port})
+    app = ChatLLM.options(num_replicas=server.replicas, ray_actor_options={"num_cpus": server.replica_cpus}).bind(
         model, cfg.models.allow_download)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    base = f"http://{emotion.server.host}:{emotion.server.port}"
+    base = f"http://{server.host}:{server.port}"
     deadline = time.time() + 300
     while True:
         try:

@@ -16,7 +16,7 @@ from ecr_ray.data.turns import (
 from ecr_ray.pipeline import run_stages
 from ecr_ray.rundir import RunDir
 
-from .conftest import PREPARE_STAGES, TINY_DIALOGUES
+from tests.conftest import PREPARE_STAGES, TINY_DIALOGUES
 
 
 def _table(run_dir, group, artifact):

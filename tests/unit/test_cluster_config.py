@@ -9,7 +9,7 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from ecr_ray.config import load_config
 
-CLUSTER = Path(__file__).resolve().parent.parent / "cluster.yaml"
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster.yaml"
 
 
 def test_cluster_yaml_passes_rays_validation_and_fits_the_paper_preset():
@@ -24,10 +24,12 @@ def test_cluster_yaml_passes_rays_validation_and_fits_the_paper_preset():
     assert sum(t["max_workers"] for t in workers.values()) >= config["max_workers"] > 0
 
     paper = load_config("paper")
-    asks = {name: (s.num_workers, s.cpus_per_worker, 1.0 if s.use_gpu else 0.0)  # Ray Train: one GPU per worker
-            for name, s in {"emotion.classifier": paper.emotion.classifier, "rec": paper.rec, "gen.generator": paper.gen.generator}.items()}
-    asks |= {"emotion (inference actors)": (paper.emotion.infer_actors, paper.emotion.actor_cpus, paper.emotion.infer_actor_gpus),
-             "gen (generation actors)": (paper.gen.actors, paper.gen.actor_cpus, paper.gen.actor_gpus)}
+    asks = {name: (t.num_workers, t.cpus_per_worker, 1.0 if t.use_gpu else 0.0)  # Ray Train: one GPU per worker
+            for name, t in {"emotion.classifier": paper.emotion.classifier.train, "rec": paper.rec.train,
+                            "gen.generator": paper.gen.generator.train}.items()}
+    asks |= {name: (p.actors, p.cpus, p.gpus) for name, p in {"emotion.infer_pool": paper.emotion.infer_pool,
+                                                             "gen.review_pool": paper.gen.review_pool,
+                                                             "gen.respond_pool": paper.gen.respond_pool}.items()}
     for name, (count, cpus, gpus) in asks.items():
         assert gpus > 0, name
         fits = [n for n, t in gpu.items() if t["resources"]["CPU"] >= cpus]

@@ -15,8 +15,8 @@ from ecr_ray.emotion.stages import (
 from ecr_ray.llm_client import read_cache
 from ecr_ray.pipeline import run_stages
 
-from .conftest import SERVE_PORT, TINY_DIALOGUES, free_port
-from .fault_server import FaultServer
+from tests.conftest import SERVE_PORT, TINY_DIALOGUES, free_port
+from tests.integration.fault_server import FaultServer
 
 
 def _cfg(*overrides):

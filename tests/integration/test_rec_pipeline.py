@@ -12,7 +12,7 @@ from ecr_ray.pipeline import run_stages
 from ecr_ray.rec.stages import METRIC_KEYS, VARIANTS
 from ecr_ray.rundir import RunDir
 
-from .conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config
+from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config
 
 DDP = ["rec.num_workers=2", "rec.cpus_per_worker=0.5"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FAST_EMOTION
+from tests.conftest import FAST_EMOTION
 
 BUCKET = "ecr-runs"
 ECR_RAY = str(Path(sys.executable).parent / "ecr-ray")

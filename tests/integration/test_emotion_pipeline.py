@@ -7,7 +7,7 @@ from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.emotion.labels import LABELS
 from ecr_ray.pipeline import run_stages
 
-from .conftest import TINY_DIALOGUES
+from tests.conftest import TINY_DIALOGUES
 
 
 def _rows(run_dir, path):

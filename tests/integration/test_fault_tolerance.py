@@ -11,7 +11,7 @@ from ecr_ray.data.prepare import POOL, prepared
 from ecr_ray.pipeline import run_stages
 from ecr_ray.rundir import RunDir
 
-from .conftest import fast_config
+from tests.conftest import fast_config
 
 
 def _kill_actor(class_prefix: str, until: float, started_after: float) -> int:

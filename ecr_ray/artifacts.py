@@ -1,0 +1,128 @@
+"""Every run-directory path, and the typed readers and writers of what one stage hands to another.
+
+A later stage (or serving) reads an earlier stage's output through here, never through its code.
+Groups: `POOL` (the pool file, split into train/dev) and each `--split-file NAME`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ecr_ray.rundir import RunDir
+
+POOL = "pool"
+
+# prepared dialogues (data/)
+PREPARED = ("dialogues", "rec_turns", "user_utterances")
+REJECTS = "rejects.jsonl"
+LINKING_REPORT = "reports/linking.json"
+
+# emotions (emotion/)
+ANNOTATIONS = "emotion/annotations"
+ANNOTATION_CACHE = "cache/annotations"
+
+# recommender (rec/)
+NEIGHBOURS = "rec/neighbours"
+ABLATION_MODELS = "models/ablations"  # models/ablations/<variant>
+ABLATION_REPORTS = ("reports/ablations.json", "reports/ablations.md", "reports/ablations.png")
+
+# generation (gen/) and its evaluation (eval/)
+SENTENCES, REVIEWS, RETRIEVAL = "gen/sentences", "gen/reviews", "gen/retrieval"
+SCORE_CACHE = "cache/scores"
+GENERATION_REPORTS = ("reports/generation.json", "reports/generation.md", "reports/generation.png", "reports/generation-examples.md")
+
+# models: each folder holds its weights, its own metadata and the run's config it was trained with
+TEACHER, CLASSIFIER, RECOMMENDER = "teacher", "emotion_classifier", "recommender"
+GENERATOR, GENERATOR_NO_RETRIEVAL = "generator", "generator-no-retrieval"
+MODEL_CONFIG = "ecr_config.json"
+
+TRAIN_STORAGE = "train"  # Ray Train's run folders (checkpoints to resume from)
+SUMMARY, RUN_REPORT = "reports/summary.json", "reports/run.md"
+
+
+def prepared(group: str, artifact: str) -> str:
+    return f"prepared/{group}/{artifact}"
+
+
+def utterance_emotions(group: str) -> str:
+    return f"emotion/utterances/{group}"
+
+
+def context_vectors_of(group: str) -> str:
+    return f"rec/context/{group}"
+
+
+def responses(variant: str, group: str) -> str:
+    return f"gen/responses/{variant}/{group}"
+
+
+def model(name: str) -> str:
+    return f"models/{name}"
+
+
+def report(name: str) -> str:
+    return f"reports/{name}.json"
+
+
+def split_name(group: str) -> str:
+    """The name reports use: the pool is evaluated on its dev split."""
+    return "dev" if group == POOL else group
+
+
+def manifest(stage: str) -> str:
+    return f"_stages/{stage}.json"
+
+
+# --- readers and writers -------------------------------------------------------------------------
+
+def read_rows(run: RunDir, group: str, artifact: str, columns: list[str] | None = None) -> list[dict]:
+    """Prepared rows of a group: dialogues, rec_turns or user_utterances."""
+    return run.read_table(prepared(group, artifact), columns=columns).to_pylist()
+
+
+def emotion_probs(run: RunDir, group: str) -> dict[tuple[int, int], list[float]]:
+    """(conversation_id, turn) -> the classifier's nine probabilities of that user utterance."""
+    t = run.read_table(utterance_emotions(group), columns=["conversation_id", "turn", "probs"]).to_pydict()
+    return {(c, u): p for c, u, p in zip(t["conversation_id"], t["turn"], t["probs"], strict=True)}
+
+
+def context_vectors(run: RunDir, group: str) -> dict[tuple[int, int], list[float]]:
+    """(conversation_id, turn) -> the cached sentence embedding of that recommender turn's context."""
+    t = run.read_table(context_vectors_of(group)).to_pydict()
+    return {(c, u): v for c, u, v in zip(t["conversation_id"], t["turn"], t["context_vec"], strict=True)}
+
+
+def write_neighbours(run: RunDir, ids: np.ndarray, weights: np.ndarray) -> None:
+    import pyarrow as pa
+
+    run.write_parquet(f"{NEIGHBOURS}/part-0.parquet", pa.table({
+        "neighbour_ids": pa.array(ids.tolist(), pa.list_(pa.int64())),
+        "neighbour_weights": pa.array(weights.tolist(), pa.list_(pa.float32()))}))
+
+
+def read_neighbours(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
+    """Per entity, its emotion-related neighbours and their weights P(e_i|e_j)."""
+    t = run.read_table(NEIGHBOURS)
+    return (np.array(t.column("neighbour_ids").to_pylist(), dtype=np.int64),
+            np.array(t.column("neighbour_weights").to_pylist(), dtype=np.float32))
+
+
+def read_retrieval_base(run: RunDir) -> list[dict]:
+    """Per item, the entities and KG triples its emotional review sentences name."""
+    return run.read_table(RETRIEVAL).to_pylist()
+
+
+def write_model_config(folder: str | Path, cfg) -> None:
+    """The resolved run config beside a model's weights, so whoever loads it (serving) needs nothing else."""
+    (Path(folder) / MODEL_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True))
+
+
+def model_config(run: RunDir, name: str, overrides: Sequence[str] = ()):
+    """The config a model was trained with (plus overrides), from its own folder."""
+    from ecr_ray.config import load_config
+
+    return load_config(None, overrides, base=run.read_json(f"{model(name)}/{MODEL_CONFIG}"))

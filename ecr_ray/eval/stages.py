@@ -1,0 +1,29 @@
+"""The evaluation stages of generation.
+
+gen-eval-<g>      Dist-1/2, BLEU, item mentions, hallucinations, emotion intensity, LLM scores of ECR's
+                  responses -> reports/gen-eval-<g>.json (the pool's dev sample -> gen-eval-dev.json)
+gen-compare       base model / fine-tuned without retrieval / ECR on the dev sample -> reports/
+                  generation.{json,md,png} and generation-examples.md (optional: `ecr-ray compare`)
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from ecr_ray.artifacts import GENERATION_REPORTS, GENERATOR_NO_RETRIEVAL, POOL, model, report, responses, split_name
+from ecr_ray.config import Config
+from ecr_ray.eval.compare import compare
+from ecr_ray.eval.generation import evaluate_group
+from ecr_ray.llm.client import require_api_key
+from ecr_ray.stage import Stage
+
+SCORING = ("eval",)  # gen-respond-<g> (needed) covers the generator, retrieval and decoding
+
+
+def eval_stages(cfg: Config) -> list[Stage]:
+    require_api_key(cfg.eval.scorer, "the generation scorer", "eval.scorer")
+    stages = [Stage(f"gen-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"gen-eval-{split_name(g)}"),),
+                    needs=(f"gen-respond-{g}",), config=SCORING)
+              for g in [POOL, *sorted(cfg.data.split_files)]]
+    stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING,
+                        outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))
+    return stages

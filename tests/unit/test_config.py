@@ -1,0 +1,89 @@
+import pytest
+
+from ecr_ray.config import PRESETS_DIR, ConfigError, DataConfig, describe, load_config, output_values
+
+
+def test_presets_load_and_differ():
+    presets = {p.stem: load_config(p.stem) for p in PRESETS_DIR.glob("*.yaml")}
+    assert set(presets) == {"tiny", "cpu", "paper"}
+    assert presets["tiny"].data.max_dialogues == 300
+    assert presets["cpu"].data.max_dialogues is None
+    assert presets["paper"].data.link_pool.actors > presets["cpu"].data.link_pool.actors
+    assert all(cfg.name == name for name, cfg in presets.items())
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["data.dev_fraction=0.25", "ray.num_cpus=1", "data.max_dialogues=null", "data.split_files.test=/x.jsonl"])
+    assert cfg.data.dev_fraction == 0.25 and cfg.ray.num_cpus == 1 and cfg.data.max_dialogues is None
+    assert cfg.data.split_files == {"test": "/x.jsonl"}
+    assert load_config("tiny", ["data.dev_fraction=1"]).data.dev_fraction == 1.0  # int accepted for float
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.dev_fractoin=0.1", "unknown config key data.dev_fractoin"),
+        ("nope.key=1", "unknown config key nope"),
+        ("data.dev_fraction=abc", "data.dev_fraction should be float"),
+        ("ray.num_cpus=true", "ray.num_cpus should be int"),
+        ("data.pool_file=null", "data.pool_file should be str"),
+        ("data", "is not key=value"),
+        ("rec.context_encoder=bert", "rec.context_encoder should be one of 'minilm', 'prompt', got 'bert'"),
+        ("gen.generator.dtype=fp8", "gen.generator.dtype should be one of 'float32', 'bfloat16', 'float16'"),
+        ("rec.early_stop_metric=recall@5", "should be one of 'recall@1'"),
+        ("rec.train.epoch=3", "unknown config key rec.train.epoch"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", [override])
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ConfigError, match="preset 'huge' not found"):
+        load_config("huge")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  colour: red\n")
+    with pytest.raises(ConfigError, match="unknown config key data.colour"):
+        load_config(bad)
+
+
+def test_missing_data_names_the_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("ECR_DATA_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="ECR_DATA_DIR"):
+        DataConfig(pool_file="redial/raw/absent.jsonl").root()
+
+
+def test_data_dir_setting_wins(monkeypatch, data_root, tmp_path):
+    monkeypatch.setenv("ECR_DATA_DIR", str(data_root))
+    assert DataConfig(data_dir=str(tmp_path / "nowhere")).root() == data_root
+
+
+def test_every_knob_is_described():
+    rows = describe()
+    assert {"data.dev_fraction", "ray.address", "data.split_files", "rec.train.lr", "emotion.infer_pool.actors"} <= {k for k, _, _ in rows}
+    assert dict((k, d) for k, d, _ in rows)["rec.train.lr"] == "0.001"  # a section's own default, not the class's
+    assert all(doc for key, _, doc in rows if key != "name") and len(rows) >= 15
+
+
+def test_sections_keep_their_own_defaults():
+    cfg = load_config(None, ["emotion.teacher.train.epochs=7", "gen.respond_pool.actors=3"])
+    assert (cfg.emotion.teacher.train.epochs, cfg.emotion.teacher.train.lr, cfg.emotion.teacher.train.weight_decay) == (7, 5e-5, 0.01)
+    assert (cfg.rec.train.lr, cfg.rec.train.weight_decay, cfg.gen.generator.train.lr) == (1e-3, 0.0, 1e-4)
+    assert (cfg.gen.respond_pool.actors, cfg.gen.respond_pool.cpus, cfg.gen.respond_pool.batch_size) == (3, 1.0, 8)
+    assert cfg.eval.scorer.max_tokens == 80 and cfg.emotion.llm.max_tokens == 40
+    assert load_config(None, base=cfg.to_dict()) == cfg  # a recorded config loads back as it was
+
+
+def test_stage_keys_leave_out_runtime_knobs():
+    from ecr_ray.pipeline import stage_graph
+
+    base = load_config("tiny")
+    faster = load_config("tiny", ["rec.train.cpus_per_worker=2", "rec.context_pool.actors=2", "rec.eval_batch_size=64",
+                                  "ray.num_cpus=1", "gen.respond_pool.batch_size=4", "eval.scorer.qps=1"])
+    other = load_config("tiny", ["rec.train.lr=0.01"])
+    assert "cpus_per_worker" not in output_values(base, "rec.train") and "lr" in output_values(base, "rec.train")
+    hashes = lambda cfg: {s.name: s.digest(cfg, {n: "" for n in s.needs}) for s in stage_graph(cfg)}  # noqa: E731
+    assert hashes(faster) == hashes(base)
+    changed = {name for name, h in hashes(other).items() if h != hashes(base)[name]}
+    assert changed == {"rec-train", "rec-ablations"}  # later stages follow through `needs`
