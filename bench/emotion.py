@@ -13,8 +13,9 @@ import time
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from ecr_ray.config import ClassifierConfig, load_config
-from ecr_ray.data.prepare import POOL, _prepare_group
+from ecr_ray.artifacts import POOL, prepared
+from ecr_ray.config import ClassifierConfig, TrainKnobs, load_config
+from ecr_ray.data.prepare import prepare_group
 from ecr_ray.emotion.labels import read_goemotions
 from ecr_ray.rundir import RunDir
 
@@ -22,10 +23,9 @@ from ecr_ray.rundir import RunDir
 def _utterances(cfg, run_dir, n):
     import pyarrow.dataset as pads
 
-    from ecr_ray.data.prepare import prepared
     from ecr_ray.emotion.annotate import cache_key
 
-    _prepare_group(cfg, run_dir, POOL, cfg.data.path(cfg.data.pool_file))
+    prepare_group(cfg, run_dir, POOL, cfg.data.path(cfg.data.pool_file))
     rows = pads.dataset(run_dir.path(prepared(POOL, "user_utterances"))).to_table().to_pylist()[:n]
     return [{**r, "key": cache_key("bench", r["context"], r["text"])} for r in rows]
 
@@ -33,25 +33,27 @@ def _utterances(cfg, run_dir, n):
 def bench_annotate(cfg, run_dir, n):
     import ray
 
+    from ecr_ray.config import ActorPool
     from ecr_ray.emotion.annotate import LLMAnnotator
-    from ecr_ray.serving.llm import start_llm_server, stop_llm_server
+    from ecr_ray.llm.server import start_llm_server, stop_llm_server
+    from ecr_ray.raytools import map_actors
 
-    cfg.emotion.server.replicas, cfg.emotion.server.replica_cpus = 2, 0.5
+    cfg.llm_server.replicas, cfg.llm_server.replica_cpus = 2, 0.5
     rows = _utterances(cfg, run_dir, n)
-    url = start_llm_server(cfg)
+    url = start_llm_server(cfg, cfg.emotion.llm.model)
+    cache = run_dir.location("cache")
+    run_dir.fs.create_dir(run_dir.path("cache"), recursive=True)
     try:
         llm = {**dataclasses.asdict(cfg.emotion.llm), "base_url": url, "max_tokens": 24, "qps": 100.0}
-        plain = LLMAnnotator({**llm, "concurrency": 1}, 1, 4, 1000)
+        plain = LLMAnnotator({**llm, "concurrency": 1}, 1, "plain", cache, context_turns=4, max_chars=1000)
         start = time.perf_counter()
         for row in rows:
-            plain.annotate(row)
+            plain.ask(row)
         base = time.perf_counter() - start
         start = time.perf_counter()
-        out = (ray.data.from_items(rows, override_num_blocks=4)
-               .map_batches(LLMAnnotator, batch_format="pyarrow", batch_size=max(1, n // 4),
-                            fn_constructor_kwargs={"llm": {**llm, "concurrency": 4}, "actors": 2, "context_turns": 4, "max_chars": 1000},
-                            compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.25)
-               .take_all())
+        kwargs = {"llm": {**llm, "concurrency": 4}, "actors": 2, "run": "ray", "cache": cache, "context_turns": 4, "max_chars": 1000}
+        ds = ray.data.from_items(rows, override_num_blocks=4)
+        out = map_actors(ds, LLMAnnotator, kwargs, ActorPool(actors=2, cpus=0.25, batch_size=max(1, n // 4))).take_all()
         took = time.perf_counter() - start
         assert len(out) == n
     finally:
@@ -67,7 +69,7 @@ def bench_train(cfg, run_dir, n):
     val = rows[:32]
     rates = {}
     for workers in (1, 2):
-        ccfg = ClassifierConfig(max_length=48, epochs=1, num_workers=workers, cpus_per_worker=0.5, lr=1e-4)
+        ccfg = ClassifierConfig(max_length=48, train=TrainKnobs(epochs=1, num_workers=workers, cpus_per_worker=0.5, lr=1e-4))
         start = time.perf_counter()
         fit_classifier(cfg, f"bench{workers}", ccfg, rows, val, run_dir)
         rates[workers] = n / (time.perf_counter() - start)
@@ -78,8 +80,10 @@ def bench_train(cfg, run_dir, n):
 def bench_infer(cfg, run_dir, n):
     import ray
 
+    from ecr_ray.config import ActorPool
     from ecr_ray.emotion.classifier import build_classifier, save_classifier
     from ecr_ray.emotion.infer import EmotionPredictor
+    from ecr_ray.raytools import map_actors
 
     ccfg = ClassifierConfig(max_length=48)
     model, tokenizer = build_classifier(ccfg)
@@ -91,11 +95,8 @@ def bench_infer(cfg, run_dir, n):
     predictor.predict(texts)
     base = time.perf_counter() - start
     start = time.perf_counter()
-    rows = (ray.data.from_items([{"text": t} for t in texts], override_num_blocks=8)
-            .map_batches(EmotionPredictor, batch_format="pyarrow", batch_size=64,
-                         fn_constructor_kwargs={"model_dir": folder, "second_threshold": 0.3},
-                         compute=ray.data.ActorPoolStrategy(size=2), num_cpus=0.5)
-            .count())
+    ds = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=8)
+    rows = map_actors(ds, EmotionPredictor, {"model_dir": folder, "second_threshold": 0.3}, ActorPool(actors=2, cpus=0.5, batch_size=64)).count()
     took = time.perf_counter() - start
     assert rows == n
     print(f"infer {n} utterances: plain loop (1 thread) {n / base:.0f}/s, actor pool (2 x 1 thread) {n / took:.0f}/s, ratio {base / took:.2f}")

@@ -20,24 +20,24 @@ from ecr_ray.rundir import RunDir
 def bench_generate(cfg, run_dir, n):
     import ray
 
-    from ecr_ray.gen.generate import ResponseGenerator, decoding_settings
-    from ecr_ray.gen.stages import generate, responses
+    from ecr_ray.artifacts import responses
+    from ecr_ray.gen.generate import ResponseGenerator
+    from ecr_ray.gen.respond import generate
 
     prompts = [{k: v for k, v in r.items() if k not in ("response", "prompt_truncated", "variant", "retrieval")}
                for r in run_dir.read_table(responses("ecr", "pool")).to_pylist()[:n]]
-    g = cfg.gen
-    decoding = decoding_settings(g)
+    g, batch = cfg.gen, cfg.gen.respond_pool.batch_size
     start = time.perf_counter()
-    local = ResponseGenerator(run_dir.local_copy("models/generator"), dataclasses.asdict(g.generator), decoding, retrieval=True, threads=1)
+    local = ResponseGenerator(run_dir.local_copy("models/generator"), g.generator, g.decoding, retrieval=True, threads=1)
     loop = []
-    for i in range(0, len(prompts), g.batch_size):
-        part = prompts[i : i + g.batch_size]
+    for i in range(0, len(prompts), batch):
+        part = prompts[i : i + batch]
         loop += local.respond([{**p, "knowledge": {"entities": p["entities"], "triples": p["triples"]}} for p in part])[0]
     loop_s = time.perf_counter() - start
     tokens = lambda texts: sum(len(local.tokenizer(t)["input_ids"]) for t in texts)  # noqa: E731
     loop_rate = tokens(loop) / loop_s
     actors = max(1, int(ray.cluster_resources()["CPU"]))
-    pooled = dataclasses.replace(cfg, gen=dataclasses.replace(g, actors=actors, actor_cpus=1.0))
+    pooled = dataclasses.replace(cfg, gen=dataclasses.replace(g, respond_pool=dataclasses.replace(g.respond_pool, actors=actors, cpus=1.0)))
     with tempfile.TemporaryDirectory() as scratch:
         out = RunDir(scratch)
         out.upload(run_dir.local_copy("models/generator"), "models/generator")
@@ -45,23 +45,24 @@ def bench_generate(cfg, run_dir, n):
         generate(pooled, out, prompts, "ecr", "bench")
         pool_s = time.perf_counter() - start
         pool_rate = tokens(out.read_table("bench").column("response").to_pylist()) / pool_s
-    print(f"generate {len(prompts)} responses (<= {g.max_new_tokens} tokens, batches of {g.batch_size}, incl. model loading): "
+    print(f"generate {len(prompts)} responses (<= {g.decoding.max_new_tokens} tokens, batches of {batch}, incl. model loading): "
           f"plain loop 1 thread {loop_rate:.1f} tokens/s; Ray Data {actors} actors x 1 CPU {pool_rate:.1f} tokens/s "
           f"({pool_rate / actors:.1f} per replica); ratio {pool_rate / loop_rate:.2f} (per replica {pool_rate / actors / loop_rate:.2f})")
 
 
 def bench_lora(cfg, run_dir, n):
-    from ecr_ray.gen.stages import training_examples
-    from ecr_ray.gen.train import fit_generator
+    from ecr_ray.gen.train import fit_generator, training_examples
 
     train, val, _ = training_examples(cfg, run_dir, retrieval=True)
     train, val = train[:n], val[:4]
     rates = {}
     with tempfile.TemporaryDirectory() as scratch:  # the benchmark's models stay out of the run directory
         for workers in (1, 2):
-            g = dataclasses.asdict(dataclasses.replace(cfg.gen.generator, epochs=1, num_workers=workers, cpus_per_worker=2 / workers))
+            g = cfg.gen.generator
+            g = dataclasses.replace(g, train=dataclasses.replace(g.train, epochs=1, num_workers=workers, cpus_per_worker=2 / workers))
             start = time.perf_counter()
-            fit_generator(cfg, g, f"bench-{workers}", train, val, RunDir(scratch), {"retrieval": True})
+            fit_generator(dataclasses.replace(cfg, gen=dataclasses.replace(cfg.gen, generator=g)), f"bench-{workers}", train, val,
+                          RunDir(scratch), {"retrieval": True})
             rates[workers] = len(train) / (time.perf_counter() - start)
     print(f"LoRA training of {cfg.gen.generator.model} on {len(train)} examples (<= {cfg.gen.generator.max_length} tokens), 1 epoch "
           f"incl. Ray Train start-up: 1 worker x 2 CPUs {rates[1]:.2f} samples/s, 2 workers x 1 CPU {rates[2]:.2f} samples/s, "

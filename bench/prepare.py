@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 
 from ecr_ray.config import load_config
 from ecr_ray.data.linking import DialogueLinker
-from ecr_ray.data.prepare import POOL, _prepare_group, read_group
+from ecr_ray.artifacts import POOL
+from ecr_ray.data.prepare import prepare_group, read_group
 from ecr_ray.data.turns import (
     REC_TURN_SCHEMA,
     USER_UTTERANCE_SCHEMA,
@@ -56,10 +57,10 @@ def main():
         base = time.perf_counter() - start
         print(f"plain loop: {base:.2f}s for {rows} rec turns")
         for actors in args.actors:
-            cfg = load_config(args.config, [f"ray.link_actors={actors}"])
+            cfg = load_config(args.config, [f"data.link_pool.actors={actors}"])
             run_dir = RunDir(f"{work}/ray{actors}")
             start = time.perf_counter()
-            summary = _prepare_group(cfg, run_dir, POOL, cfg.data.path(cfg.data.pool_file))
+            summary = prepare_group(cfg, run_dir, POOL, cfg.data.path(cfg.data.pool_file))
             took = time.perf_counter() - start
             assert summary["rec_turns"] == rows, (summary["rec_turns"], rows)
             print(f"ray data, {actors} linking actor(s): {took:.2f}s  ratio plain/ray = {base / took:.2f}")

@@ -30,7 +30,7 @@ def bench_kg(cfg, run_dir, n):
     import torch
 
     from ecr_ray.rec.checkpoint import build_recommender
-    from ecr_ray.rec.stages import model_inputs
+    from ecr_ray.rec.examples import model_inputs
 
     meta, *_ = model_inputs(cfg, run_dir)
     model = build_recommender(cfg.rec, meta)
@@ -44,7 +44,7 @@ def bench_kg(cfg, run_dir, n):
 
 
 def bench_train(cfg, run_dir, n):
-    from ecr_ray.rec.stages import model_inputs
+    from ecr_ray.rec.examples import model_inputs
     from ecr_ray.rec.train import fit_recommender
 
     meta, train, dev, _ = model_inputs(cfg, run_dir)
@@ -52,7 +52,7 @@ def bench_train(cfg, run_dir, n):
     rates = {}
     with tempfile.TemporaryDirectory() as scratch:  # the benchmark's models stay out of the run directory
         for workers in (1, 2):
-            rcfg = dataclasses.replace(cfg.rec, epochs=1, num_workers=workers, cpus_per_worker=2 / workers)
+            rcfg = dataclasses.replace(cfg.rec, train=dataclasses.replace(cfg.rec.train, epochs=1, num_workers=workers, cpus_per_worker=2 / workers))
             start = time.perf_counter()
             fit_recommender(cfg, rcfg, f"bench-{workers}", meta, train, dev, RunDir(scratch))
             rates[workers] = len(train) / (time.perf_counter() - start)
@@ -61,12 +61,12 @@ def bench_train(cfg, run_dir, n):
 
 
 def bench_eval(cfg, run_dir, n):
-    from ecr_ray.rec.checkpoint import load_recommender
-    from ecr_ray.rec.stages import MODEL, evaluate_rows, model_inputs
+    from ecr_ray.rec.evaluate import evaluate_rows, load_trained
+    from ecr_ray.rec.examples import model_inputs
 
     _, _, dev, _ = model_inputs(cfg, run_dir)
     dev = dev[:n]
-    model, _ = load_recommender(run_dir.local_copy(f"models/{MODEL}"), cfg.rec)
+    model = load_trained(cfg, run_dir)
     one = dataclasses.replace(cfg.rec, eval_batch_size=1)
     start = time.perf_counter()
     single = evaluate_rows(model, dev[:64], one)

@@ -3,7 +3,7 @@
 Needs a trained run directory (`ecr-ray run --config cpu --run-dir DIR`). Conversations are real
 ReDial dialogue histories (the dev split's recommendation turns).
 
-    python bench/serve.py load --run-dir DIR [--n 24] [--concurrency 1,2,4] [--set gen.max_new_tokens=48]
+    python bench/serve.py load --run-dir DIR [--n 24] [--concurrency 1,2,4] [--set gen.decoding.max_new_tokens=48]
         p50/p99 latency and throughput of POST /recommend and of a full chat turn at each concurrency,
         against the same parts called in-process one after another (ratio), and the chat with 1 vs 2
         replicas of the bottleneck deployment (Generator).
@@ -23,7 +23,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import requests
 
-from ecr_ray.data.prepare import POOL, prepared
+from ecr_ray.artifacts import POOL, prepared
 from ecr_ray.serving.components import ROLES, LocalParts, answer, load_run, recommend
 
 PORT = 8125
@@ -59,7 +59,7 @@ def in_process(parts, talks, top_k: int) -> dict:
 
     async def turn(m):
         found, args = await answer(parts, m, top_k)
-        return await parts.call("respond", *args)
+        return await parts.respond(*args)
 
     return {"recommend": timed(lambda m: recommend(parts, m, top_k)), "chat": timed(turn)}
 
@@ -91,7 +91,7 @@ def bench_load(args, cfg, run):
     import ray
 
     talks = conversations(run, args.n, cfg.serve.max_turns)
-    parts = LocalParts(cfg, run)
+    parts = LocalParts(run, args.overrides)
     for m in talks[:2]:  # warm-up
         asyncio.run(recommend(parts, m, cfg.serve.top_k))
     base_line = in_process(parts, talks, cfg.serve.top_k)

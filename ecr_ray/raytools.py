@@ -2,7 +2,7 @@
 
 `connect` joins the configured cluster, the job's cluster or a local Ray; `map_actors` runs a plain
 callable class over a dataset on an actor pool; `fit` runs a training loop on Ray Train and returns
-its final checkpoint; inside a loop, `restore` and `report_epoch` are the checkpoint/resume discipline.
+its final checkpoint; inside a loop, `restore`, `step` and `report_epoch` are the checkpoint/resume discipline.
 Models, losses and metrics never import Ray.
 """
 from __future__ import annotations
@@ -96,6 +96,14 @@ def restore(model, optimizer) -> dict | None:
     model.load_state_dict(state.pop("model"), strict=False)  # LoRA checkpoints hold the adapters only
     optimizer.load_state_dict(state.pop("optimizer"))
     return state
+
+
+def step(optimizer, loss) -> float:
+    """Inside a loop: one optimiser step on `loss` (DDP averages the gradients across workers); returns the loss."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def report_epoch(metrics: dict, state: Callable[[], dict]) -> None:

@@ -27,7 +27,7 @@ def train_loop(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from ecr_ray.emotion.classifier import build_classifier, encode
-    from ecr_ray.raytools import report_epoch, restore
+    from ecr_ray.raytools import report_epoch, restore, step
 
     cfg = from_dict(ClassifierConfig, config["classifier"])
     t = cfg.train
@@ -45,10 +45,7 @@ def train_loop(config: dict) -> None:
         for batch in batches:
             logits = ddp(**encode(tokenizer, batch["text"], cfg.max_length))
             loss = loss_fn(logits, torch.as_tensor(np.stack(batch["targets"]), dtype=torch.float32))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step(optimizer, loss))
         metrics = {"epoch": epoch, "resumed_from": start, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                    **_evaluate(ddp, tokenizer, ray.train.get_dataset_shard("val"), cfg)}
         report_epoch(metrics, lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch})

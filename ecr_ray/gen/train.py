@@ -58,7 +58,7 @@ def train_loop(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from ecr_ray.gen.model import build_generator
-    from ecr_ray.raytools import report_epoch, restore, world_rank
+    from ecr_ray.raytools import report_epoch, restore, step, world_rank
 
     g = from_dict(GeneratorConfig, config["generator"])
     t = g.train
@@ -77,10 +77,7 @@ def train_loop(config: dict) -> None:
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + epoch):
             loss = ddp(**{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step(optimizer, loss))
             if rank == 0 and len(losses) % every == 0:  # progress: epochs of a 7B model on CPUs are long
                 pace = (time.perf_counter() - began) / len(losses)
                 print(f"[generator] epoch {epoch + 1}/{t.epochs} step {len(losses)}/{steps} loss {np.mean(losses[-every:]):.3f} "

@@ -19,7 +19,7 @@ def train_loop(config: dict) -> None:
     import torch
     from ray.train.torch import prepare_model
 
-    from ecr_ray.raytools import report_epoch, restore
+    from ecr_ray.raytools import report_epoch, restore, step
     from ecr_ray.rec.checkpoint import build_recommender
     from ecr_ray.rec.evaluate import evaluate
     from ecr_ray.rec.model import rec_loss
@@ -49,10 +49,7 @@ def train_loop(config: dict) -> None:
                 targets = model.item_ids[targets]
             logits = ddp(inputs, all_entities=pretraining)
             loss = rec_loss(logits, targets, torch.as_tensor(batch["feedback"], device=device), cfg.reweight and not pretraining)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step(optimizer, loss))
         metrics = {"epoch": epoch, "phase": "pretrain" if pretraining else "train",
                    "train_loss": float(np.mean(losses)) if losses else float("nan")}
         if not pretraining:

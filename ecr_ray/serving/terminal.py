@@ -22,7 +22,7 @@ def chat(run_dir: str, overrides: list[str], top_k: int | None = None, stdin=Non
 
     hf_logging.set_verbosity_error()  # load reports and progress bars are noise in a conversation
     hf_logging.disable_progress_bar()
-    parts = LocalParts(cfg, run)
+    parts = LocalParts(run, overrides)
     print(HELP, file=stdout, flush=True)
     messages: list[dict] = []
     while True:

@@ -4,15 +4,12 @@ import pyarrow.dataset as pads
 import pytest
 
 from ecr_ray.config import ConfigError, load_config
-from ecr_ray.emotion.annotate import RESULT_SCHEMA, InvalidAnswer, build_messages, parse_labels
+from ecr_ray.artifacts import ANNOTATION_CACHE as CACHE
+from ecr_ray.artifacts import ANNOTATIONS
+from ecr_ray.emotion.annotate import RESULT_SCHEMA, annotate_sample, annotation_sample, build_messages, parse_labels
 from ecr_ray.emotion.labels import LABELS
-from ecr_ray.emotion.stages import (
-    ANNOTATIONS,
-    CACHE,
-    annotate_sample,
-    annotation_sample,
-)
-from ecr_ray.llm_client import read_cache
+from ecr_ray.llm.cache import read_cache
+from ecr_ray.llm.client import InvalidAnswer
 from ecr_ray.pipeline import run_stages
 
 from tests.conftest import SERVE_PORT, TINY_DIALOGUES, free_port
@@ -57,10 +54,10 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
     """The packaged SmolLM2 behind Ray Serve answers the official client; the stage uses it."""
     import openai
 
-    from ecr_ray.serving.llm import start_llm_server, stop_llm_server
+    from ecr_ray.llm.server import start_llm_server, stop_llm_server
 
-    cfg = _cfg(f"emotion.server.port={SERVE_PORT}", "emotion.sample_size=6", "emotion.llm.max_tokens=24")
-    base_url = start_llm_server(cfg)
+    cfg = _cfg(f"llm_server.port={SERVE_PORT}", "emotion.sample_size=6", "emotion.llm.max_tokens=24")
+    base_url = start_llm_server(cfg, cfg.emotion.llm.model)
     try:
         client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list()] == ["smollm2-135m-instruct"]
@@ -93,7 +90,7 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
 
 
 def test_faults_are_retried_validated_and_nothing_is_lost(fresh_run, ray_local):
-    cfg = _cfg("emotion.sample_size=24", "emotion.annotate_batch_size=8", "emotion.llm.timeout_s=1.0", "emotion.llm.backoff_s=0.01", "emotion.llm.max_retries=3",
+    cfg = _cfg("emotion.sample_size=24", "emotion.annotate_pool.batch_size=8", "emotion.llm.timeout_s=1.0", "emotion.llm.backoff_s=0.01", "emotion.llm.max_retries=3",
                "emotion.llm.model=fault", "emotion.llm.api_key_env=ECR_TEST_KEY")
     sample = annotation_sample(cfg, fresh_run)
     prompt = lambda s: build_messages(s["context"], s["context_roles"], s["text"], cfg.emotion.context_turns, cfg.emotion.max_chars)[1]["content"]  # noqa: E731
@@ -144,7 +141,7 @@ def test_a_killed_annotation_run_resumes_from_its_cached_batches(fresh_run, ray_
 
     import pyarrow.fs as pafs
 
-    overrides = ["emotion.sample_size=48", "emotion.annotate_batch_size=4", "emotion.llm.model=fault", "emotion.llm.api_key_env=ECR_TEST_KEY"]
+    overrides = ["emotion.sample_size=48", "emotion.annotate_pool.batch_size=4", "emotion.llm.model=fault", "emotion.llm.api_key_env=ECR_TEST_KEY"]
     cfg = _cfg(*overrides)
     sample = annotation_sample(cfg, fresh_run)
     prompt = lambda s: build_messages(s["context"], s["context_roles"], s["text"], cfg.emotion.context_turns, cfg.emotion.max_chars)[1]["content"]  # noqa: E731

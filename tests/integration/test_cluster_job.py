@@ -106,9 +106,9 @@ def test_ray_job_submit_runs_on_both_nodes(two_nodes, tmp_path, data_root):
     address, env = two_nodes
     run_dir = tmp_path / "run"
     runtime_env = json.dumps({"env_vars": {"ECR_DATA_DIR": str(data_root)}})
-    spread = ["ray.link_actors=2", "ray.link_actor_cpus=1.6", "ray.batch_size=16", "emotion.teacher.num_workers=2",
-              "emotion.teacher.cpus_per_worker=1.6", "emotion.teacher.max_examples=200", "emotion.eval_examples=100",
-              "emotion.sample_size=60", "emotion.classifier.epochs=1", "emotion.infer_actors=2", "emotion.infer_actor_gpus=0.5"]
+    spread = ["data.link_pool.actors=2", "data.link_pool.cpus=1.6", "data.link_pool.batch_size=16", "emotion.teacher.train.num_workers=2",
+              "emotion.teacher.train.cpus_per_worker=1.6", "emotion.teacher.max_examples=200", "emotion.eval_examples=100",
+              "emotion.sample_size=60", "emotion.classifier.train.epochs=1", "emotion.infer_pool.actors=2", "emotion.infer_pool.gpus=0.5"]
     result = subprocess.run(
         [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO), "--runtime-env-json", runtime_env,
          "--", sys.executable, "jobs/train.py", "--config", "configs/tiny.yaml", "--run-dir", str(run_dir),
@@ -133,4 +133,4 @@ def test_ray_job_submit_runs_on_both_nodes(two_nodes, tmp_path, data_root):
     placed = lambda name: {a.node_id for a in actors if name in a.class_name}  # noqa: E731
     assert len(nodes) == 2 and placed("DialogueLinker") == set(nodes), [(a.class_name, a.node_id) for a in actors]  # Ray Data actors
     assert placed("RayTrainWorker") == set(nodes)  # the teacher's two DDP workers, one per node
-    assert len(gpu_node) == 1 and placed("EmotionPredictor") == gpu_node  # emotion.infer_actor_gpus: only where a GPU is
+    assert len(gpu_node) == 1 and placed("EmotionPredictor") == gpu_node  # emotion.infer_pool.gpus: only where a GPU is

@@ -3,7 +3,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from ecr_ray.config import load_config
-from ecr_ray.data.prepare import POOL, prepared
+from ecr_ray.artifacts import POOL, prepared
 from ecr_ray.emotion.labels import LABELS
 from ecr_ray.pipeline import run_stages
 
@@ -16,8 +16,8 @@ def _rows(run_dir, path):
 
 def test_teacher_annotate_classifier_infer(fresh_run, ray_local):
     cfg = load_config("tiny", [f"data.max_dialogues={TINY_DIALOGUES}", "emotion.teacher.max_examples=600", "emotion.eval_examples=200",
-                               "emotion.sample_size=80", "emotion.classifier.epochs=1", "emotion.classifier.num_workers=2",
-                               "emotion.classifier.cpus_per_worker=0.5"])
+                               "emotion.sample_size=80", "emotion.classifier.train.epochs=1", "emotion.classifier.train.num_workers=2",
+                               "emotion.classifier.train.cpus_per_worker=0.5"])
     summaries = run_stages(cfg, fresh_run, only=["emotion"])
     assert list(summaries) == ["emotion-teacher", "emotion-annotate", "emotion-classifier", "emotion-infer-pool"]
 

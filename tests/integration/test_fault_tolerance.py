@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from ecr_ray.data.prepare import POOL, prepared
+from ecr_ray.artifacts import POOL, prepared
 from ecr_ray.pipeline import run_stages
 from ecr_ray.rundir import RunDir
 
@@ -50,7 +50,7 @@ def _in_thread(fn):
 def test_a_killed_training_worker_resumes_from_the_last_checkpoint(labelled_run, ray_local, tmp_path):
     run_dir = RunDir(tmp_path / "run")
     shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
-    cfg = fast_config("rec.num_workers=2", "rec.cpus_per_worker=0.5", "rec.epochs=6", "rec.patience=10")
+    cfg = fast_config("rec.train.num_workers=2", "rec.train.cpus_per_worker=0.5", "rec.train.epochs=6", "rec.patience=10")
     run_stages(cfg, run_dir, only=["rec-context-pool", "rec-cooccurrence"])
 
     started = time.time()
@@ -71,7 +71,7 @@ def test_a_killed_training_worker_resumes_from_the_last_checkpoint(labelled_run,
 def test_a_killed_inference_actor_loses_and_duplicates_no_row(labelled_run, ray_local, tmp_path):
     run_dir = RunDir(tmp_path / "run")
     shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
-    cfg = fast_config("emotion.infer_batch_size=8")  # many small batches: the kill lands mid-stage
+    cfg = fast_config("emotion.infer_pool.batch_size=8")  # many small batches: the kill lands mid-stage
 
     started = time.time()
     thread, out = _in_thread(lambda: run_stages(cfg, run_dir, only=["emotion-infer-pool"], force=True))

@@ -55,7 +55,7 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["dist-1"] > 0 and report["bleu-1"] > 0
     # the scorer: every sampled response ends answered, failed (with its raw answer) or unanswered
-    assert report["scored"] == cfg.gen.score_sample == report["ok"] + report["failed"] + report["unanswered"]
+    assert report["scored"] == cfg.eval.score_sample == report["ok"] + report["failed"] + report["unanswered"]
     assert report["unanswered"] == 0
     for c in ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness"):
         value = report[f"llm_{c}"]
@@ -73,7 +73,7 @@ def test_scores_are_cached_and_the_comparison_is_written(gen_run):
     run_stages(cfg, run_dir, only=["gen-compare"])
     results = run_dir.read_json("reports/generation.json")
     assert set(results) == {"base model (no fine-tuning)", "fine-tuned, no retrieval", "ECR: fine-tuned + retrieval"}
-    assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.gen.score_sample for m in results.values())
+    assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.eval.score_sample for m in results.values())
     table = run_dir.read_text("reports/generation.md")
     assert all(f"| {name} |" in table for name in results)
     assert open(run_dir.path("reports/generation.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -84,29 +84,25 @@ def test_scores_are_cached_and_the_comparison_is_written(gen_run):
 
 def test_lora_generator_on_two_workers_resumes_and_generates(gen_run, tmp_path):
     """The offline default: LoRA on SmolLM2-135M-Instruct, DDP over two Ray Train workers."""
-    import dataclasses
-
+    from ecr_ray.config import DecodingConfig
     from ecr_ray.gen.generate import ResponseGenerator
-    from ecr_ray.gen.stages import training_examples
-    from ecr_ray.gen.train import fit_generator
+    from ecr_ray.gen.train import fit_generator, training_examples
     from ecr_ray.rundir import RunDir
 
     cfg, run_dir, _ = gen_run
     lora = fast_config(*TINY_GEN, "gen.generator.method=lora", "gen.generator.model=smollm2-135m-instruct",
                        "gen.generator.max_length=96", "gen.generator.response_tokens=32", "gen.generator.max_examples=8",
-                       "gen.generator.epochs=1", "gen.generator.batch_size=2", "gen.generator.num_workers=2",
-                       "gen.generator.cpus_per_worker=0.5", "gen.generator.lr=1.0e-3")
+                       "gen.generator.train.epochs=1", "gen.generator.train.batch_size=2", "gen.generator.train.num_workers=2",
+                       "gen.generator.train.cpus_per_worker=0.5", "gen.generator.train.lr=1.0e-3")
     train, val, _ = training_examples(lora, run_dir, retrieval=True)
     assert len(train) == 8
     out = RunDir(tmp_path)
-    g = dataclasses.asdict(lora.gen.generator)
-    first = fit_generator(lora, g, "lora", train, val[:2], out, {"retrieval": True})
+    first = fit_generator(lora, "lora", train, val[:2], out, {"retrieval": True})
     assert first["epochs_run"] == 1 and first["steps"] == 2  # 8 examples, 2 workers, batches of 2
     assert out.exists("models/lora/adapter_model.safetensors") and not out.exists("models/lora/model.safetensors")
-    again = fit_generator(lora, g, "lora", train, val[:2], out, {"retrieval": True})  # the same run: resumed, nothing left to train
+    again = fit_generator(lora, "lora", train, val[:2], out, {"retrieval": True})  # the same run: resumed, nothing left to train
     assert again["epochs_run"] == 1 and len(list((tmp_path / "train").iterdir())) == 1
-    generator = ResponseGenerator(out.path("models/lora"), g, {"max_new_tokens": 8, "no_repeat_ngram_size": 3, "do_sample": False,
-                                                                "temperature": 1.0, "top_p": 1.0}, retrieval=True)
+    generator = ResponseGenerator(out.path("models/lora"), lora.gen.generator, DecodingConfig(max_new_tokens=8), retrieval=True)
     responses, truncated = generator.respond([{"context": "User: I love space adventures", "title": "Star Wars",
                                                "knowledge": {"entities": ["Harrison Ford"], "triples": [["Star Wars", "starring", "Harrison Ford"]]}}])
     assert len(responses) == 1 and responses[0].strip()
@@ -128,4 +124,4 @@ def test_evaluate_generates_for_a_raw_redial_file(gen_run, data_root, tmp_path):
     turns = {(t["conversation_id"], t["turn"]) for t in run_dir.read_table("prepared/test/rec_turns").to_pylist()}
     assert 0 < len(responses) <= cfg.gen.sample_size and all((r["conversation_id"], r["turn"]) in turns for r in responses)
     report = run_dir.read_json("reports/gen-eval-test.json")
-    assert report["responses"] == len(responses) and report["scored"] == min(cfg.gen.score_sample, len(responses))
+    assert report["responses"] == len(responses) and report["scored"] == min(cfg.eval.score_sample, len(responses))

@@ -7,14 +7,15 @@ import pytest
 
 from ecr_ray.cli import main
 from ecr_ray.data.kg import load_kg
-from ecr_ray.data.prepare import POOL, prepared
+from ecr_ray.artifacts import POOL, prepared
 from ecr_ray.pipeline import run_stages
-from ecr_ray.rec.stages import METRIC_KEYS, VARIANTS
+from ecr_ray.config import REC_METRICS as METRIC_KEYS
+from ecr_ray.rec.ablations import VARIANTS
 from ecr_ray.rundir import RunDir
 
 from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config
 
-DDP = ["rec.num_workers=2", "rec.cpus_per_worker=0.5"]
+DDP = ["rec.train.num_workers=2", "rec.train.cpus_per_worker=0.5"]
 
 
 def _cli(command, run_dir, *extra):
@@ -47,7 +48,7 @@ def test_train_and_evaluate_on_dev(trained):
     assert report["recall@50"] > 3 * 50 / len(items)  # a random ranking finds 0.8% at 50 (3 tiny epochs: ~6%)
     trained_with = run_dir.read_json("reports/recommender.json")
     assert trained_with["train_examples"] + trained_with["dev_examples"] == trained_with["examples"]["examples"]
-    assert trained_with["training"]["epochs_run"] <= cfg.rec.epochs
+    assert trained_with["training"]["epochs_run"] <= cfg.rec.train.epochs
 
     again = run_stages(cfg, run_dir, only=["rec"])
     assert all(s.get("skipped") for s in again.values())

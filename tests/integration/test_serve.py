@@ -44,9 +44,10 @@ def served(gen_run, ray_local):
 
 @pytest.fixture(scope="module")
 def local_parts(gen_run):
-    from ecr_ray.serving.components import LocalParts, load_run
+    from ecr_ray.rundir import RunDir
+    from ecr_ray.serving.components import LocalParts
 
-    return LocalParts(*load_run(gen_run[1].root))
+    return LocalParts(RunDir(gen_run[1].root))
 
 
 def test_chat_completions_with_the_openai_client_plain_and_streamed(served, local_parts):
@@ -74,7 +75,7 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     # the same parts in-process give the same recommendation and, decoding greedily, the same response
     found, args = asyncio.run(answer(local_parts, TALK, 5))
     assert [i["item"] for i in found["items"]] == [i["item"] for i in items]
-    assert asyncio.run(local_parts.call("respond", *args)) == text
+    assert asyncio.run(local_parts.respond(*args)) == text
 
     stream = client.chat.completions.create(model="ecr-ray", messages=TALK, stream=True)
     chunks = list(stream)
@@ -190,7 +191,7 @@ def test_chat_in_the_terminal(served, local_parts, monkeypatch, capsys):
     out = capsys.readouterr().out
     found, args = asyncio.run(answer(local_parts, TALK, 3))
     assert "recommended: " + "; ".join(i["title"] for i in found["items"]) in _without_scores(out)
-    assert f"ecr> {asyncio.run(local_parts.call('respond', *args))}\n" in out
+    assert f"ecr> {asyncio.run(local_parts.respond(*args))}\n" in out
     assert "(a new conversation)" in out
 
     empty = run_dir.root + "-missing"
