@@ -20,7 +20,7 @@ from ecr_ray.rundir import RunDir
 def bench_generate(cfg, run_dir, n):
     import ray
 
-    from ecr_ray.artifacts import responses
+    from ecr_ray.artifacts import GENERATOR, model, responses
     from ecr_ray.gen.generate import ResponseGenerator
     from ecr_ray.gen.respond import generate
 
@@ -28,7 +28,7 @@ def bench_generate(cfg, run_dir, n):
                for r in run_dir.read_table(responses("ecr", "pool")).to_pylist()[:n]]
     g, batch = cfg.gen, cfg.gen.respond_pool.batch_size
     start = time.perf_counter()
-    local = ResponseGenerator(run_dir.local_copy("models/generator"), g.generator, g.decoding, retrieval=True, threads=1)
+    local = ResponseGenerator(run_dir.local_copy(model(GENERATOR)), g.generator, g.decoding, retrieval=True, threads=1)
     loop = []
     for i in range(0, len(prompts), batch):
         part = prompts[i : i + batch]
@@ -40,7 +40,7 @@ def bench_generate(cfg, run_dir, n):
     pooled = dataclasses.replace(cfg, gen=dataclasses.replace(g, respond_pool=dataclasses.replace(g.respond_pool, actors=actors, cpus=1.0)))
     with tempfile.TemporaryDirectory() as scratch:
         out = RunDir(scratch)
-        out.upload(run_dir.local_copy("models/generator"), "models/generator")
+        out.upload(run_dir.local_copy(model(GENERATOR)), model(GENERATOR))
         start = time.perf_counter()
         generate(pooled, out, prompts, "ecr", "bench")
         pool_s = time.perf_counter() - start

@@ -61,6 +61,7 @@ def bench_train(cfg, run_dir, n):
 
 
 def bench_eval(cfg, run_dir, n):
+    from ecr_ray.config import IntervalConfig
     from ecr_ray.rec.evaluate import evaluate_rows, load_trained
     from ecr_ray.rec.examples import model_inputs
 
@@ -69,10 +70,10 @@ def bench_eval(cfg, run_dir, n):
     model = load_trained(cfg, run_dir)
     one = dataclasses.replace(cfg.rec, eval_batch_size=1)
     start = time.perf_counter()
-    single = evaluate_rows(model, dev[:64], one)
+    single = evaluate_rows(model, dev[:64], one, IntervalConfig(samples=0))  # scoring alone, no bootstrap
     base = 64 / (time.perf_counter() - start)
     start = time.perf_counter()
-    batched = evaluate_rows(model, dev, cfg.rec)
+    batched = evaluate_rows(model, dev, cfg.rec, IntervalConfig(samples=0))
     rate = len(dev) / (time.perf_counter() - start)
     assert single["examples"] == 64 and batched["examples"] == len(dev)
     print(f"evaluate {len(dev)} dev turns: one at a time {base:.0f} turns/s, batches of {cfg.rec.eval_batch_size} "

@@ -27,7 +27,7 @@ ANNOTATION_CACHE = "cache/annotations"
 
 # recommender (rec/)
 NEIGHBOURS = "rec/neighbours"
-ABLATION_MODELS = "models/ablations"  # models/ablations/<variant>
+ABLATIONS = "ablations"  # the ablation variants' models: models/ablations/<variant>
 ABLATION_REPORTS = ("reports/ablations.json", "reports/ablations.md", "reports/ablations.png")
 
 # generation (gen/) and its evaluation (eval/)

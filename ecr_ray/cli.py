@@ -81,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ecr-ray: {err}", file=sys.stderr)
             return 2
     elif args.command in OPTIONAL:
-        run(cfg, run_dir, with_needs(cfg, OPTIONAL[args.command]), force=args.force)
+        run(cfg, run_dir, with_needs(cfg, OPTIONAL[args.command]), force=args.force, report=False)
     else:
         stages = ["prepare"] if args.command == "prepare" else args.stages.split(",") if args.stages else None
-        run(cfg, run_dir, stages, force=args.force)
+        run(cfg, run_dir, stages, force=args.force, report=args.command == "run")
     print(f"summary: {run_dir.location(SUMMARY)}")
-    if args.command == "run" and not args.stages:
+    if args.command == "run":
         print(f"report: {run_dir.location(RUN_REPORT)}")
     return 0
 

@@ -250,7 +250,21 @@ class GenConfig:
 
 
 @dataclass
+class IntervalConfig:
+    samples: int = _knob(1000, "bootstrap resamples of whole dialogues behind every 95% interval (0: no intervals)")
+    seed: int = _knob(0, "seed of the resampling")
+
+
+@dataclass
+class BaselineConfig:
+    decay: float = _knob(0.8, "co-occurrence baselines: weight of an entity per step back from the latest mention")
+    copy_bonus: float = _knob(1.0, "co-occurrence + copy: added to the log co-occurrence score of an item the context mentions")
+
+
+@dataclass
 class EvalConfig:
+    intervals: IntervalConfig = field(default_factory=IntervalConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
     score_sample: int = _knob(1000, "responses per variant scored by the LLM scorer (seeded; the paper: 1,000)")
     score_seed: int = _knob(0, "seed of the scored sample")
     score_pool: ActorPool = _section(ActorPool, "actors sending scoring requests (they only wait on the endpoint)", cpus=0.25, batch_size=8)

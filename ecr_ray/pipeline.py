@@ -61,16 +61,17 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
     return summaries
 
 
-def run(cfg: Config, run_dir: RunDir | str, stages: Sequence[str] | None = None, force: bool = False) -> dict[str, dict]:
+def run(cfg: Config, run_dir: RunDir | str, stages: Sequence[str] | None = None, force: bool = False,
+        report: bool = True) -> dict[str, dict]:
     """Every stage (or the named ones: full names or prefixes such as "rec"), skipping those up to date;
-    writes reports/summary.json and, for a whole run, reports/run.md. Returns name -> summary."""
+    writes reports/summary.json and (`report`) reports/run.md. Returns name -> summary."""
     from ecr_ray.run_report import run_report
 
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     start = time.perf_counter()
     summaries = run_stages(cfg, run_dir, only=stages, force=force)
     run_dir.write_json(SUMMARY, summaries)
-    if stages is None:
+    if report:
         run_dir.write_text(RUN_REPORT, run_report(summaries, cfg.name, run_dir.uri, time.perf_counter() - start))
     return summaries
 
@@ -92,7 +93,7 @@ def evaluate(cfg: Config, run_dir: RunDir | str, force: bool = False) -> dict[st
     if run_dir.exists(f"{model(GENERATOR)}/{MODEL_CONFIG}"):  # responses too, once a generator is trained
         kinds += ["gen-respond", "gen-eval"]
     only = [f"{kind}-{name}" for name in cfg.data.split_files for kind in kinds if f"{kind}-{name}" in known]
-    return run(cfg, run_dir, only, force)
+    return run(cfg, run_dir, only, force, report=False)
 
 
 def with_needs(cfg: Config, name: str) -> list[str]:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ecr_ray.artifacts import TRAIN_STORAGE
 from ecr_ray.config import ActorPool, RayConfig, TrainKnobs
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def fit(loop: Callable[[dict], None], knobs: TrainKnobs, loop_config: dict, data
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=knobs.num_workers, use_gpu=knobs.use_gpu,
                                      resources_per_worker={"CPU": knobs.cpus_per_worker, **({"GPU": 1} if knobs.use_gpu else {})}),
-        run_config=RunConfig(name=f"{name}-{digest}", storage_path=run_dir.location("train"),
+        run_config=RunConfig(name=f"{name}-{digest}", storage_path=run_dir.location(TRAIN_STORAGE),
                              failure_config=FailureConfig(max_failures=knobs.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={k: ray.data.from_items(rows) for k, rows in datasets.items()},

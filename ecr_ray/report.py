@@ -6,9 +6,14 @@ import io
 
 
 def comparison_table(results: dict[str, dict], metrics: list[str]) -> str:
+    """A row per variant; a metric with an interval (`intervals` of the variant) reads "value [low, high]"."""
     head = "| variant | " + " | ".join(metrics) + " |\n|---|" + "---:|" * len(metrics) + "\n"
-    cell = lambda v: "n/a" if v is None else f"{v:.4f}"
-    return head + "".join(f"| {name} | " + " | ".join(cell(m.get(k)) for k in metrics) + " |\n" for name, m in results.items())
+
+    def cell(m: dict, k: str) -> str:
+        value, interval = m.get(k), m.get("intervals", {}).get(k)
+        return "n/a" if value is None else f"{value:.4f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+    return head + "".join(f"| {name} | " + " | ".join(cell(m, k) for k in metrics) + " |\n" for name, m in results.items())
 
 
 def comparison_chart(results: dict[str, dict], panels: list[tuple[str, list[str]]]) -> bytes:

@@ -32,7 +32,8 @@ FIGURES = [  # (stage, summary key, what it is)
 
 
 def run_report(summaries: dict[str, dict], preset: str, location: str, wall_s: float) -> str:
-    """Markdown: a row per stage (its wall time when it last ran, and whether this invocation ran it), then the figures."""
+    """Markdown: a row per stage (its wall time when it last ran, and whether this invocation ran it), then the
+    figures (with their 95% interval over dialogues where the stage gives one)."""
     lines = [f"# Run report: preset `{preset}`, {location}", "",
              "| stage | wall time | this invocation |", "|---|---:|---|"]
     for name, s in summaries.items():
@@ -44,7 +45,9 @@ def run_report(summaries: dict[str, dict], preset: str, location: str, wall_s: f
     for stage, key, label in FIGURES:
         if stage in summaries and key in summaries[stage]:
             paper = PAPER.get((stage, key))
-            lines.append(f"| {label} | {_value(summaries[stage][key])} | {'' if paper is None else _value(paper)} |")
+            interval = summaries[stage].get("intervals", {}).get(key)
+            shown = _value(summaries[stage][key]) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+            lines.append(f"| {label} | {shown} | {'' if paper is None else _value(paper)} |")
     return "\n".join(lines) + "\n"
 
 

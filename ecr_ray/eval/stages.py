@@ -16,7 +16,7 @@ from ecr_ray.eval.generation import evaluate_group
 from ecr_ray.llm.client import require_api_key
 from ecr_ray.stage import Stage
 
-SCORING = ("eval",)  # gen-respond-<g> (needed) covers the generator, retrieval and decoding
+SCORING = ("eval.scorer", "eval.score_sample", "eval.score_seed")  # gen-respond-<g> (needed) covers the generator and decoding
 
 
 def eval_stages(cfg: Config) -> list[Stage]:

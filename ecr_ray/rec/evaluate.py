@@ -1,19 +1,27 @@
-"""Scoring the recommender: metrics over example batches (the training loop's dev pass too), the top
-item per turn (what generation answers about), the rec-eval stage and the popularity baseline."""
+"""Scoring the recommender: metrics over example batches (the training loop's dev pass too), reported
+metrics with 95% intervals over dialogues, the top item per turn (what generation answers about), the
+rec-eval stage, and the training-free baselines in the same harness."""
 from __future__ import annotations
 
 import numpy as np
 
 from ecr_ray.artifacts import POOL, RECOMMENDER, model, report, split_name
-from ecr_ray.config import REC_METRICS, Config, RecConfig
+from ecr_ray.config import REC_METRICS, Config, EvalConfig, IntervalConfig, RecConfig
 from ecr_ray.rundir import RunDir
 
 
 def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None) -> dict:
     """Metrics of a model over numpy batches of examples (in order), through the scoring path."""
+    from ecr_ray.rec.metrics import rec_metrics
+
+    return rec_metrics(*_ranked(recommender, batches, entity_embeds), auc_batch_size)
+
+
+def _ranked(recommender, batches, entity_embeds=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rank, probability, feedback) of every example's target."""
     import torch
 
-    from ecr_ray.rec.metrics import rec_metrics, target_ranks
+    from ecr_ray.rec.metrics import target_ranks
 
     recommender.eval()
     ranks, probs, feedback = [], [], []
@@ -23,7 +31,18 @@ def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None) -> d
             r, p = target_ranks(recommender(recommender.inputs(batch), embeds), batch["item"])
             ranks.append(r), probs.append(p), feedback.append(np.asarray(batch["feedback"]))
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
-    return rec_metrics(cat(ranks), cat(probs), cat(feedback), auc_batch_size)
+    return cat(ranks), cat(probs), cat(feedback)
+
+
+def reported_metrics(ranks, probs, rows: list[dict], auc_batch_size: int, intervals: IntervalConfig) -> dict:
+    """Metrics of ranked examples and their 95% intervals (`intervals`), resampling whole dialogues."""
+    from ecr_ray.rec.metrics import bootstrap_intervals, rec_metrics
+
+    feedback, dialogues = [r["feedback"] for r in rows], [r["conversation_id"] for r in rows]
+    out = rec_metrics(ranks, probs, feedback, auc_batch_size)
+    if intervals.samples:
+        out["intervals"] = bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size, intervals.samples, intervals.seed)
+    return out
 
 
 def _columns(part: list[dict]) -> dict:
@@ -34,8 +53,10 @@ def _batches(rows: list[dict], size: int):
     return (_columns(rows[i : i + size]) for i in range(0, len(rows), size))
 
 
-def evaluate_rows(recommender, rows: list[dict], rcfg: RecConfig) -> dict:
-    return evaluate(recommender, _batches(rows, rcfg.eval_batch_size), rcfg.auc_batch_size)
+def evaluate_rows(recommender, rows: list[dict], rcfg: RecConfig, intervals: IntervalConfig) -> dict:
+    """Metrics of a model on example rows, with intervals."""
+    ranks, probs, _ = _ranked(recommender, _batches(rows, rcfg.eval_batch_size))
+    return reported_metrics(ranks, probs, rows, rcfg.auc_batch_size, intervals)
 
 
 def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, item_index: dict[int, int]) -> list[int]:
@@ -73,16 +94,22 @@ def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
         rows = [r for r in rows if r["split"] == "dev"]
     if not rows:
         raise RuntimeError(f"split {group!r} has no recommender turn with a target item in the KG: nothing to evaluate")
-    result = {**evaluate_rows(recommender, rows, cfg.rec), "counts": counts}
+    result = {**evaluate_rows(recommender, rows, cfg.rec, cfg.eval.intervals), "counts": counts}
     run_dir.write_json(report(f"eval-{split_name(group)}"), result)
-    return {k: result[k] for k in [*REC_METRICS, "auc_per_batch", "examples"]}
+    return {k: result[k] for k in [*REC_METRICS, "auc_per_batch", "examples"] + (["intervals"] if "intervals" in result else [])}
 
 
-def popularity_metrics(train: list[dict], dev: list[dict], num_items: int, rcfg: RecConfig) -> dict:
-    """The popularity baseline: every turn gets the items most often recommended in training."""
-    from ecr_ray.rec.metrics import rec_metrics, target_ranks
+def baseline_metrics(train: list[dict], dev: list[dict], dialogues: list[dict], kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, dict]:
+    """Every training-free baseline on `dev`, counted from the `train` examples and training `dialogues`."""
+    from ecr_ray.rec.baselines import BASELINES, baseline_scores, item_cooccurrence, item_popularity
+    from ecr_ray.rec.examples import item_index
+    from ecr_ray.rec.metrics import target_ranks
 
-    counts = np.bincount([r["item"] for r in train], minlength=num_items).astype(np.float64)
-    scores = np.log1p(counts) - 1e-9 * np.arange(num_items)  # ties broken by item order
-    ranks, probs = target_ranks(np.broadcast_to(scores, (len(dev), num_items)).copy(), [r["item"] for r in dev])
-    return rec_metrics(ranks, probs, [r["feedback"] for r in dev], rcfg.auc_batch_size)
+    index = item_index(kg)
+    popularity, cooccurrence = item_popularity(train, len(index)), item_cooccurrence(dialogues, index)
+    results = {}
+    for kind in BASELINES:
+        scores = baseline_scores(kind, dev, popularity, cooccurrence, index, ecfg.baselines.decay, ecfg.baselines.copy_bonus)
+        ranks, probs = target_ranks(scores, [r["item"] for r in dev])
+        results[kind] = reported_metrics(ranks, probs, dev, rcfg.auc_batch_size, ecfg.intervals)
+    return results

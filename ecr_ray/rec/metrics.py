@@ -62,3 +62,21 @@ def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
     out.update({"examples": len(ranks), "liked": int(liked.sum()), "disliked": int(disliked.sum()),
                 "not_said": int((~liked & ~disliked).sum()), "auc_batches": len(batch_aucs)})
     return out
+
+
+def bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size: int, samples: int, seed: int,
+                        level: float = 0.95) -> dict[str, list[float]]:
+    """A `level` interval of every metric, resampling whole dialogues (`dialogues`: each example's) with
+    replacement: the examples of one dialogue are not independent, so they move together."""
+    ranks, probs, feedback = np.asarray(ranks), np.asarray(probs), np.asarray(feedback)
+    _, inverse = np.unique(np.asarray(dialogues), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if len(inverse) else []
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(samples if members else 0):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        for key, value in rec_metrics(ranks[pick], probs[pick], feedback[pick], auc_batch_size).items():
+            if isinstance(value, float):
+                draws.setdefault(key, []).append(value)
+    tail = (1 - level) / 2
+    return {k: [float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))] for k, v in draws.items()}

@@ -5,14 +5,15 @@ rec-cooccurrence   emotion-related neighbours P(e_i|e_j) from the training dialo
 rec-train          the emotion-aware recommender (Ray Train), best epoch on the dev split
 rec-eval-<g>       R@1/10/50, RT@1/10/50, AUC of the trained model on group g
                    (the pool's dev split -> reports/eval-dev.json; a --split-file NAME -> eval-NAME.json)
-rec-ablations      popularity and five model variants on the dev split, as a table and a chart
+rec-ablations      the training-free baselines (popularity, co-occurrence, co-occurrence + copy) and
+                   five model variants on the dev split, with 95% intervals, as a table and a chart
                    (optional: `ecr-ray ablations` or `--stages rec-ablations`)
 """
 from __future__ import annotations
 
 from functools import partial
 
-from ecr_ray.artifacts import (ABLATION_MODELS, ABLATION_REPORTS, NEIGHBOURS, POOL, RECOMMENDER, context_vectors_of, model, report,
+from ecr_ray.artifacts import (ABLATION_REPORTS, ABLATIONS, NEIGHBOURS, POOL, RECOMMENDER, context_vectors_of, model, report,
                                split_name)
 from ecr_ray.config import Config
 from ecr_ray.rec.ablations import run_ablations
@@ -36,7 +37,9 @@ def rec_stages(cfg: Config) -> list[Stage]:
                         needs=("rec-cooccurrence", f"emotion-infer-{POOL}", *context_stage(cfg, POOL))))
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"eval-{split_name(g)}"),),
-                            needs=("rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)), config=("rec.auc_batch_size",)))
-    stages.append(Stage("rec-ablations", run=run_ablations, needs=("rec-train",), config=TRAINING, optional=True,
-                        outputs=(ABLATION_MODELS, *ABLATION_REPORTS)))
+                            needs=("rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)),
+                            config=("rec.auc_batch_size", "eval.intervals")))
+    stages.append(Stage("rec-ablations", run=run_ablations, needs=("rec-train",), config=(*TRAINING, "eval.intervals", "eval.baselines"),
+                        optional=True,
+                        outputs=(model(ABLATIONS), *ABLATION_REPORTS)))
     return stages

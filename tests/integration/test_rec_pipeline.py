@@ -11,6 +11,7 @@ from ecr_ray.artifacts import POOL, prepared
 from ecr_ray.pipeline import run_stages
 from ecr_ray.config import REC_METRICS as METRIC_KEYS
 from ecr_ray.rec.ablations import VARIANTS
+from ecr_ray.rec.baselines import BASELINES
 from ecr_ray.rundir import RunDir
 
 from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config
@@ -45,6 +46,8 @@ def test_train_and_evaluate_on_dev(trained):
     assert report["counts"]["targets_outside_kg"] == sum(i == -1 for t in turns for i in t["target_items"])
     assert all(0 <= report[k] <= 1 for k in METRIC_KEYS)
     assert report["recall@1"] <= report["recall@10"] <= report["recall@50"]
+    assert all(0 <= lo <= report[k] <= hi <= 1 for k, (lo, hi) in report["intervals"].items() if k in METRIC_KEYS)
+    assert report["intervals"]["recall@50"][1] - report["intervals"]["recall@50"][0] > 0.01  # a few hundred examples: wide
     assert report["recall@50"] > 3 * 50 / len(items)  # a random ranking finds 0.8% at 50 (3 tiny epochs: ~6%)
     trained_with = run_dir.read_json("reports/recommender.json")
     assert trained_with["train_examples"] + trained_with["dev_examples"] == trained_with["examples"]["examples"]
@@ -83,13 +86,16 @@ def test_ablations_table_and_chart(trained):
     _, run_dir, _ = trained
     assert _cli("ablations", run_dir) == 0
     results = run_dir.read_json("reports/ablations.json")
-    assert set(results) == {"popularity", *VARIANTS}
+    assert set(results) == {*BASELINES, *VARIANTS}
     for name, metrics in results.items():
         assert all(0 <= metrics[k] <= 1 for k in METRIC_KEYS if metrics[k] is not None), name
         assert metrics["examples"] == results["popularity"]["examples"]
+        assert all(lo <= metrics[k] <= hi for k, (lo, hi) in metrics["intervals"].items() if k in METRIC_KEYS), name
     table = run_dir.read_text("reports/ablations.md").splitlines()
     assert len(table) == 2 + len(results) and table[0].startswith("| variant | recall@1 |")
-    assert [row.split(" | ")[0] for row in table[2:]] == [f"| {name}" for name in ("popularity", *VARIANTS)]
+    assert [row.split(" | ")[0] for row in table[2:]] == [f"| {name}" for name in (*BASELINES, *VARIANTS)]
+    assert " [" in table[2]  # every figure with its interval
     with run_dir.fs.open_input_stream(run_dir.path("reports/ablations.png")) as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert results["popularity"]["recall@50"] > 0.05  # popular films are often the answer in ReDial
+    assert results["co-occurrence + copy"]["recall@50"] >= results["co-occurrence"]["recall@50"] > results["popularity"]["recall@50"]
