@@ -17,7 +17,8 @@ def comparison_table(results: dict[str, dict], metrics: list[str]) -> str:
 
 
 def comparison_chart(results: dict[str, dict], panels: list[tuple[str, list[str]]]) -> bytes:
-    """One bar group per metric, one bar per variant; a panel per (title, metrics) sharing a scale."""
+    """One bar group per metric, one bar per variant (with its 95% interval where it has one); a panel per
+    (title, metrics) sharing a scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,7 +30,10 @@ def comparison_chart(results: dict[str, dict], panels: list[tuple[str, list[str]
     for ax, (title, metrics) in zip(axes[0], panels, strict=True):
         x = np.arange(len(metrics))
         for i, (name, m) in enumerate(results.items()):
-            ax.bar(x + i * width - 0.4 + width / 2, [m.get(k) or 0.0 for k in metrics], width, label=name)
+            values = [m.get(k) or 0.0 for k in metrics]
+            bounds = [m.get("intervals", {}).get(k) or (v, v) for k, v in zip(metrics, values, strict=True)]
+            errors = [[max(v - lo, 0.0) for v, (lo, _) in zip(values, bounds)], [max(hi - v, 0.0) for v, (_, hi) in zip(values, bounds)]]
+            ax.bar(x + i * width - 0.4 + width / 2, values, width, yerr=errors, capsize=1.5, error_kw={"linewidth": 0.6}, label=name)
         ax.set_xticks(x, metrics, rotation=20, ha="right", fontsize=8)
         ax.set_title(title)
     axes[0][0].legend(fontsize=8, ncol=2)

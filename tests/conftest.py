@@ -85,6 +85,16 @@ def labelled_run(prepared_run, tmp_path_factory):
     return run_dir
 
 
+def raw_file_outside_the_tiny_pool(cfg, data_root, folder, n: int):
+    """The pool file's last `n` dialogues by conversationId (beyond the tiny pool) as a raw ReDial file."""
+    import json
+
+    lines = (data_root / cfg.data.pool_file).read_text().splitlines()
+    path = folder / "test_data.jsonl"
+    path.write_text("\n".join(sorted(lines, key=lambda line: int(json.loads(line)["conversationId"]))[-n:]) + "\n")
+    return path
+
+
 def free_port() -> int:
     import socket
 

@@ -4,7 +4,7 @@ against the local OpenAI-compatible server (SmolLM2 on Ray Serve)."""
 import json
 import math
 
-from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, TINY_GEN, fast_config
+from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, TINY_GEN, fast_config, raw_file_outside_the_tiny_pool
 
 
 def test_review_funnel_and_retrieval_base(gen_run):
@@ -113,10 +113,7 @@ def test_evaluate_generates_for_a_raw_redial_file(gen_run, data_root, tmp_path):
     from ecr_ray.cli import main
 
     cfg, run_dir, _ = gen_run
-    lines = (data_root / cfg.data.pool_file).read_text().splitlines()
-    last = sorted(lines, key=lambda line: int(json.loads(line)["conversationId"]))[-20:]  # not in the tiny pool
-    test_file = tmp_path / "test_data.jsonl"
-    test_file.write_text("\n".join(last) + "\n")
+    test_file = raw_file_outside_the_tiny_pool(cfg, data_root, tmp_path, 20)
     sets = [f"data.max_dialogues={TINY_DIALOGUES}", *FAST_EMOTION, *TINY_GEN]
     assert main(["evaluate", "--config", "tiny", "--run-dir", run_dir.root, *[a for s in sets for a in ("--set", s)],
                  "--split-file", f"test={test_file}"]) == 0

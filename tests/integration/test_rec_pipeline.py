@@ -1,6 +1,5 @@
 """The recommender stages end to end on the tiny labelled pool: Ray Data context embeddings, DDP
 training on Ray Train, evaluation of the dev split and of a raw ReDial file, the ablations."""
-import json
 import shutil
 
 import pytest
@@ -14,7 +13,7 @@ from ecr_ray.rec.ablations import VARIANTS
 from ecr_ray.rec.baselines import BASELINES
 from ecr_ray.rundir import RunDir
 
-from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config
+from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, fast_config, raw_file_outside_the_tiny_pool
 
 DDP = ["rec.train.num_workers=2", "rec.train.cpus_per_worker=0.5"]
 
@@ -62,10 +61,7 @@ def test_train_and_evaluate_on_dev(trained):
 
 def test_evaluate_a_raw_redial_file_and_refuse_another_config(trained, data_root, tmp_path, capsys):
     cfg, run_dir, _ = trained
-    lines = (data_root / cfg.data.pool_file).read_text().splitlines()
-    last = sorted(lines, key=lambda line: int(json.loads(line)["conversationId"]))[-30:]  # not in the tiny pool
-    test_file = tmp_path / "test_data.jsonl"
-    test_file.write_text("\n".join(last) + "\n")
+    test_file = raw_file_outside_the_tiny_pool(cfg, data_root, tmp_path, 30)
 
     assert _cli("evaluate", run_dir, "--split-file", f"test={test_file}") == 0
     report = run_dir.read_json("reports/eval-test.json")
