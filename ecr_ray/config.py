@@ -385,14 +385,14 @@ def _check(value, hint, key: str):
     raise ConfigError(f"config key {key} should be {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def describe(node=None, prefix: str = "") -> list[tuple[str, str, str]]:
+def describe(node=None, prefix: str = "", section: str = "") -> list[tuple[str, str, str]]:
     """(key, default, description) of every knob, for `ecr-ray config --describe`; [runtime]: not in stage hashes."""
     node = Config() if node is None else node
     rows = []
     for f in dataclasses.fields(node):
-        value = getattr(node, f.name)
+        value, doc = getattr(node, f.name), f.metadata.get("doc", "")
         if dataclasses.is_dataclass(value):
-            rows += describe(value, f"{prefix}{f.name}.")
+            rows += describe(value, f"{prefix}{f.name}.", doc or section)
         else:
-            rows.append((f"{prefix}{f.name}", repr(value), f.metadata.get("doc", "") + (" [runtime]" if f.metadata.get("runtime") else "")))
+            rows.append((f"{prefix}{f.name}", repr(value), (f"{section}: " if section else "") + doc + (" [runtime]" if f.metadata.get("runtime") else "")))
     return rows
