@@ -84,16 +84,19 @@ def read_rows(run: RunDir, group: str, artifact: str, columns: list[str] | None 
     return run.read_table(prepared(group, artifact), columns=columns).to_pylist()
 
 
+def _by_turn(run: RunDir, path: str, column: str) -> dict[tuple[int, int], list[float]]:
+    t = run.read_table(path, columns=["conversation_id", "turn", column]).to_pydict()
+    return dict(zip(zip(t["conversation_id"], t["turn"], strict=True), t[column], strict=True))
+
+
 def emotion_probs(run: RunDir, group: str) -> dict[tuple[int, int], list[float]]:
     """(conversation_id, turn) -> the classifier's nine probabilities of that user utterance."""
-    t = run.read_table(utterance_emotions(group), columns=["conversation_id", "turn", "probs"]).to_pydict()
-    return {(c, u): p for c, u, p in zip(t["conversation_id"], t["turn"], t["probs"], strict=True)}
+    return _by_turn(run, utterance_emotions(group), "probs")
 
 
 def context_vectors(run: RunDir, group: str) -> dict[tuple[int, int], list[float]]:
     """(conversation_id, turn) -> the cached sentence embedding of that recommender turn's context."""
-    t = run.read_table(context_vectors_of(group)).to_pydict()
-    return {(c, u): v for c, u, v in zip(t["conversation_id"], t["turn"], t["context_vec"], strict=True)}
+    return _by_turn(run, context_vectors_of(group), "context_vec")
 
 
 def write_neighbours(run: RunDir, ids: np.ndarray, weights: np.ndarray) -> None:
@@ -114,6 +117,15 @@ def read_neighbours(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
 def read_retrieval_base(run: RunDir) -> list[dict]:
     """Per item, the entities and KG triples its emotional review sentences name."""
     return run.read_table(RETRIEVAL).to_pylist()
+
+
+class NotTrained(RuntimeError):
+    """A run directory lacks a model that is asked for; the message names the command that trains it."""
+
+
+def is_trained(run: RunDir, name: str) -> bool:
+    """Whether models/<name> holds a finished model (its config is written with it, last)."""
+    return run.exists(f"{model(name)}/{MODEL_CONFIG}")
 
 
 def write_model_config(folder: str | Path, cfg) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from ecr_ray.artifacts import GENERATOR, MODEL_CONFIG, RECOMMENDER, RUN_REPORT, SUMMARY, manifest, model
+from ecr_ray.artifacts import GENERATOR, RECOMMENDER, RUN_REPORT, SUMMARY, NotTrained, is_trained, manifest
 from ecr_ray.config import Config
 from ecr_ray.rundir import RunDir
 from ecr_ray.stage import Stage
@@ -76,21 +76,17 @@ def run(cfg: Config, run_dir: RunDir | str, stages: Sequence[str] | None = None,
     return summaries
 
 
-class NotTrained(RuntimeError):
-    """Evaluation asked of a run without a trained recommender."""
-
-
 def evaluate(cfg: Config, run_dir: RunDir | str, force: bool = False) -> dict[str, dict]:
     """A trained run on each `data.split_files` group: prepare, emotions, the recommender's metrics and, once
     a generator is trained, its responses and their metrics (reports/eval-NAME.json, reports/gen-eval-NAME.json)."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     if not cfg.data.split_files:
         raise ValueError("evaluation needs at least one split file (data.split_files, `--split-file NAME=PATH`)")
-    if not run_dir.exists(f"{model(RECOMMENDER)}/{MODEL_CONFIG}"):
+    if not is_trained(run_dir, RECOMMENDER):
         raise NotTrained(f"no trained recommender in {run_dir.uri}; train it first with `ecr-ray run --config {cfg.name} --run-dir {run_dir.uri}`")
     known = {s.name for s in stage_graph(cfg)}
     kinds = ["prepare", "emotion-infer", "rec-context", "rec-eval"]
-    if run_dir.exists(f"{model(GENERATOR)}/{MODEL_CONFIG}"):  # responses too, once a generator is trained
+    if is_trained(run_dir, GENERATOR):  # responses too, once a generator is trained
         kinds += ["gen-respond", "gen-eval"]
     only = [f"{kind}-{name}" for name in cfg.data.split_files for kind in kinds if f"{kind}-{name}" in known]
     return run(cfg, run_dir, only, force, report=False)

@@ -46,10 +46,9 @@ def map_actors(ds, udf: type, kwargs: dict, pool: ActorPool):
                           compute=ray.data.ActorPoolStrategy(size=pool.actors), num_cpus=pool.cpus, num_gpus=pool.gpus)
 
 
-def blocks_for(rows: int, batch_size: int, limit: int | None = None) -> int:
-    """Blocks for a dataset made from `rows` items: one per batch (so an actor pool gets work), at most `limit`."""
-    blocks = max(1, -(-rows // batch_size))
-    return min(blocks, limit) if limit else blocks
+def blocks_for(rows: int, batch_size: int) -> int:
+    """Blocks for a dataset made from `rows` items: one per batch (so an actor pool gets work)."""
+    return max(1, -(-rows // batch_size))
 
 
 def fit(loop: Callable[[dict], None], knobs: TrainKnobs, loop_config: dict, datasets: dict[str, list[dict]], name: str,
@@ -114,7 +113,7 @@ def report_epoch(metrics: dict, state: Callable[[], dict]) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         saved = None
-        if ray.train.get_context().get_world_rank() == 0:
+        if world_rank() == 0:
             torch.save(state(), Path(folder) / STATE_FILE)
             saved = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=saved)

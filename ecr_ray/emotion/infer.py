@@ -55,6 +55,12 @@ class EmotionPredictor:
         return batch.append_column(PREDICTION_FIELDS[1], pa.array(labels, PREDICTION_FIELDS[1].type))
 
 
+def predictor_kwargs(cfg: Config, run_dir: RunDir, batch_size: int) -> dict:
+    """What an EmotionPredictor actor is built from: the run's classifier, fetched on the actor's node."""
+    return {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": cfg.emotion.second_label_threshold,
+            "batch_size": batch_size}
+
+
 def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     """The emotion-infer-<group> stage: the classifier over every seeker utterance of the group (actor pool)."""
     import ray
@@ -65,9 +71,8 @@ def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     e, out = cfg.emotion, utterance_emotions(group)
     ds = ray.data.read_parquet(run_dir.location(prepared(group, "user_utterances"))).select_columns(
         ["split", "conversation_id", "turn", "utterance_id", "text"])
-    kwargs = {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": e.second_label_threshold,
-              "batch_size": e.infer_pool.batch_size}
-    map_actors(ds, EmotionPredictor, kwargs, e.infer_pool).drop_columns(["text"]).write_parquet(run_dir.location(out))
+    labelled = map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, e.infer_pool.batch_size), e.infer_pool)
+    labelled.drop_columns(["text"]).write_parquet(run_dir.location(out))
     labels = run_dir.read_table(out, columns=["labels"]).column("labels").to_pylist()
     counts, top = Counter(x for row in labels for x in row), Counter(row[0] for row in labels)
     return {"utterances": len(labels), "label_share": {k: round(counts[k] / max(len(labels), 1), 4) for k in LABELS},

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ecr_ray.artifacts import CLASSIFIER, RETRIEVAL, REVIEWS, SENTENCES, model, report
+from ecr_ray.artifacts import RETRIEVAL, REVIEWS, SENTENCES, report
 from ecr_ray.config import Config
 from ecr_ray.data.kg import KnowledgeGraph, load_kg
 from ecr_ray.data.linking import TextEntityLinker
@@ -141,7 +141,7 @@ def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
     then what survives each step -> gen/reviews (per review), gen/retrieval (per item), reports/reviews.json."""
     import ray
 
-    from ecr_ray.emotion.infer import EmotionPredictor
+    from ecr_ray.emotion.infer import EmotionPredictor, predictor_kwargs
     from ecr_ray.raytools import connect, map_actors
 
     g, kg_dir = cfg.gen, str(cfg.data.path(cfg.data.kg_dir))
@@ -153,9 +153,7 @@ def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
     ds = ray.data.from_items(reviews, override_num_blocks=max(1, min(16, len(reviews) // 100)))
     ds = map_actors(ds, ReviewSentences, {"kg_dir": kg_dir, "min_words": g.min_sentence_words}, g.sentence_pool)
     ds = ds.repartition(target_num_rows_per_block=8 * g.review_pool.batch_size)  # sentences outnumber reviews: blocks for the pool
-    kwargs = {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": cfg.emotion.second_label_threshold,
-              "batch_size": g.review_pool.batch_size}
-    map_actors(ds, EmotionPredictor, kwargs, g.review_pool).write_parquet(run_dir.location(SENTENCES))
+    map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, g.review_pool.batch_size), g.review_pool).write_parquet(run_dir.location(SENTENCES))
     sentences = run_dir.read_table(SENTENCES).to_pylist() if run_dir.exists(SENTENCES) else []
     kept, funnel = review_knowledge(sentences, item_neighbours(kg), g.emotion_threshold)
     originals = {r["review_id"]: r for r in reviews}

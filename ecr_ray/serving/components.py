@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ecr_ray.artifacts import CLASSIFIER, GENERATOR, MODEL_CONFIG, RECOMMENDER, RETRIEVAL, model, model_config
+from ecr_ray.artifacts import CLASSIFIER, GENERATOR, RECOMMENDER, RETRIEVAL, NotTrained, is_trained, model, model_config
 from ecr_ray.config import Config
 from ecr_ray.data.redial import RECOMMENDER as RECOMMENDER_ROLE
 from ecr_ray.data.redial import SEEKER
@@ -21,15 +21,11 @@ ROLES = {"user": SEEKER, "assistant": RECOMMENDER_ROLE}  # chat API roles -> ReD
 NEEDED = {"emotion classifier": CLASSIFIER, "recommender": RECOMMENDER, "response generator": GENERATOR}  # models the chat loads
 
 
-class NotTrained(RuntimeError):
-    """The run directory lacks a model the chat needs; the message names the command that trains it."""
-
-
 def load_run(run_dir: str | RunDir, overrides: Sequence[str] = ()) -> tuple[Config, RunDir]:
     """The chat's config (the generator's, the last model trained, plus overrides) and the run directory,
     once every model the chat needs and the retrieval base are there."""
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    trained = [name for name in NEEDED.values() if run.exists(f"{model(name)}/{MODEL_CONFIG}")]
+    trained = [name for name in NEEDED.values() if is_trained(run, name)]
     missing = [what for what, name in NEEDED.items() if name not in trained] + ([] if run.exists(RETRIEVAL) else ["retrieval base"])
     if missing:
         preset = model_config(run, trained[0]).name if trained else "tiny"  # the preset the run was started with, if any

@@ -5,7 +5,8 @@ import asyncio
 import sys
 
 from ecr_ray.serving.api import BadRequest, RecommendRequest, check_conversation
-from ecr_ray.serving.components import LocalParts, NotTrained, answer, load_run
+from ecr_ray.artifacts import NotTrained
+from ecr_ray.serving.components import LocalParts, answer, load_run
 
 HELP = "type a message (/reset starts over, /quit or an empty line ends)"
 
