@@ -3,6 +3,8 @@
 Needs a run directory whose recommender inputs exist (`ecr-ray run --config cpu --run-dir DIR`):
 
     python bench/rec.py kg --run-dir DIR [--config cpu]      RGCN over the full KG: forward, forward+backward (ratio)
+    python bench/rec.py channels --run-dir DIR [--n 20]     one training step (collate + forward + backward) with
+                                                            each channel added in turn, against the plain model (ratios)
     python bench/rec.py train --run-dir DIR [--n 4096]      training samples/s, 2 Ray Train workers vs 1 (ratio)
     python bench/rec.py eval --run-dir DIR [--n 1024]       evaluation turns/s, batched vs one turn at a time (ratio)
 """
@@ -32,8 +34,7 @@ def bench_kg(cfg, run_dir, n):
     from ecr_ray.rec.checkpoint import build_recommender
     from ecr_ray.rec.examples import model_inputs
 
-    meta, *_ = model_inputs(cfg, run_dir)
-    model = build_recommender(cfg.rec, meta)
+    model = build_recommender(cfg.rec, model_inputs(cfg, run_dir)[0].meta)
     edges = model.kg.edge_index.shape[1]
     with torch.no_grad():
         forward = _timed(model.kg, n)
@@ -43,20 +44,55 @@ def bench_kg(cfg, run_dir, n):
           f"ratio {both / forward:.2f}")
 
 
+CHANNELS = {  # each row adds one part to the one above
+    "plain (user . item)": {"cooccurrence_channel": False, "copy_channel": False, "local_emotion": False, "global_emotion": False},
+    "+ co-occurrence": {"cooccurrence_channel": True},
+    "+ copy": {"copy_channel": True},
+    "+ local emotion": {"local_emotion": True},
+    "+ global emotion": {"global_emotion": True},
+}
+
+
+def bench_channels(cfg, run_dir, n):
+    import torch
+
+    from ecr_ray.rec.checkpoint import build_recommender
+    from ecr_ray.rec.evaluate import as_columns
+    from ecr_ray.rec.examples import model_inputs
+    from ecr_ray.rec.model import rec_loss
+
+    inputs = model_inputs(cfg, run_dir)[0]
+    batch = as_columns(inputs.train[: cfg.rec.train.batch_size])
+    flags, times = {}, {}
+    for name, change in CHANNELS.items():
+        flags.update(change)
+        model = build_recommender(dataclasses.replace(cfg.rec, **flags), inputs.meta)
+
+        def one_step():
+            logits = model(model.inputs(batch, inputs.own))
+            rec_loss(logits, torch.as_tensor(batch["item"]), torch.as_tensor(batch["feedback"]), None).backward()
+
+        times[name] = _timed(one_step, n)
+    base = times[next(iter(CHANNELS))]
+    print(f"one training step, batch {len(batch['item'])}, {cfg.rec.hidden} dims, {torch.get_num_threads()} threads:")
+    for name, seconds in times.items():
+        print(f"  {name:22s} {seconds * 1000:6.0f} ms  ratio {seconds / base:.2f}")
+
+
 def bench_train(cfg, run_dir, n):
     from ecr_ray.rec.examples import model_inputs
     from ecr_ray.rec.train import fit_recommender
 
-    meta, train, dev, _ = model_inputs(cfg, run_dir)
-    train, dev = train[:n], dev[:256]
+    inputs = model_inputs(cfg, run_dir)[0]
+    inputs = inputs._replace(train=inputs.train[:n])
     rates = {}
     with tempfile.TemporaryDirectory() as scratch:  # the benchmark's models stay out of the run directory
         for workers in (1, 2):
             rcfg = dataclasses.replace(cfg.rec, train=dataclasses.replace(cfg.rec.train, epochs=1, num_workers=workers, cpus_per_worker=2 / workers))
             start = time.perf_counter()
-            fit_recommender(cfg, rcfg, f"bench-{workers}", meta, train, dev, RunDir(scratch))
-            rates[workers] = len(train) / (time.perf_counter() - start)
-    print(f"train the recommender on {len(train)} examples, 1 epoch (incl. Ray Train start-up): 1 worker x 2 CPUs "
+            fit_recommender(cfg, rcfg, f"bench-{workers}", inputs, RunDir(scratch))
+            rates[workers] = len(inputs.train) / (time.perf_counter() - start)
+    print(f"train the recommender on {len(inputs.train)} examples, 1 epoch (incl. Ray Train start-up): 1 worker x 2 CPUs "
           f"{rates[1]:.1f} samples/s, 2 workers x 1 CPU {rates[2]:.1f} samples/s, ratio {rates[2] / rates[1]:.2f}")
 
 
@@ -65,8 +101,7 @@ def bench_eval(cfg, run_dir, n):
     from ecr_ray.rec.evaluate import evaluate_rows, load_trained
     from ecr_ray.rec.examples import model_inputs
 
-    _, _, dev, _ = model_inputs(cfg, run_dir)
-    dev = dev[:n]
+    dev = model_inputs(cfg, run_dir)[0].held_out[:n]
     model = load_trained(cfg, run_dir)
     one = dataclasses.replace(cfg.rec, eval_batch_size=1)
     start = time.perf_counter()
@@ -82,7 +117,7 @@ def bench_eval(cfg, run_dir, n):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["kg", "train", "eval"])
+    parser.add_argument("what", choices=["kg", "channels", "train", "eval"])
     parser.add_argument("--run-dir", required=True, help="a run directory holding the recommender's inputs")
     parser.add_argument("--config", default="cpu")
     parser.add_argument("--n", type=int)
@@ -91,7 +126,7 @@ def main():
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    run = {"kg": (bench_kg, 5), "train": (bench_train, 4096), "eval": (bench_eval, 1024)}[args.what]
+    run = {"kg": (bench_kg, 5), "channels": (bench_channels, 20), "train": (bench_train, 4096), "eval": (bench_eval, 1024)}[args.what]
     run[0](load_config(args.config), RunDir(args.run_dir), args.n or run[1])
     ray.shutdown()
 

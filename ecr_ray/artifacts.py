@@ -26,7 +26,7 @@ ANNOTATIONS = "emotion/annotations"
 ANNOTATION_CACHE = "cache/annotations"
 
 # recommender (rec/)
-NEIGHBOURS = "rec/neighbours"
+TABLES = "rec/tables.npz"  # co-occurrence counts, emotion neighbours and node init of the training dialogues
 ABLATIONS = "ablations"  # the ablation variants' models: models/ablations/<variant>
 ABLATION_REPORTS = ("reports/ablations.json", "reports/ablations.md", "reports/ablations.png")
 
@@ -99,19 +99,42 @@ def context_vectors(run: RunDir, group: str) -> dict[tuple[int, int], list[float
     return _by_turn(run, context_vectors_of(group), "context_vec")
 
 
-def write_neighbours(run: RunDir, ids: np.ndarray, weights: np.ndarray) -> None:
-    import pyarrow as pa
+def tables_bytes(tables: dict) -> bytes:
+    """Sparse (torch COO) and dense tables by name as one .npz file."""
+    import io
 
-    run.write_parquet(f"{NEIGHBOURS}/part-0.parquet", pa.table({
-        "neighbour_ids": pa.array(ids.tolist(), pa.list_(pa.int64())),
-        "neighbour_weights": pa.array(weights.tolist(), pa.list_(pa.float32()))}))
+    arrays = {}
+    for name, value in tables.items():
+        if getattr(value, "is_sparse", False):
+            value = value.coalesce()
+            arrays.update({f"{name}.indices": value.indices().numpy(), f"{name}.values": value.values().numpy(),
+                           f"{name}.shape": np.asarray(value.shape)})
+        elif value is not None:
+            arrays[name] = np.asarray(value)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
-def read_neighbours(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
-    """Per entity, its emotion-related neighbours and their weights P(e_i|e_j)."""
-    t = run.read_table(NEIGHBOURS)
-    return (np.array(t.column("neighbour_ids").to_pylist(), dtype=np.int64),
-            np.array(t.column("neighbour_weights").to_pylist(), dtype=np.float32))
+def tables_from_file(path: str | Path) -> dict:
+    import torch
+
+    with np.load(path) as f:
+        arrays = dict(f)
+    tables = {k: v for k, v in arrays.items() if "." not in k}
+    for name in {k.split(".")[0] for k in arrays if "." in k}:
+        tables[name] = torch.sparse_coo_tensor(arrays[f"{name}.indices"], arrays[f"{name}.values"],
+                                               tuple(arrays[f"{name}.shape"]), is_coalesced=True, check_invariants=True)
+    return tables
+
+
+def write_tables(run: RunDir, tables: dict) -> None:
+    run.write_bytes(TABLES, tables_bytes(tables))
+
+
+def read_tables(run: RunDir) -> dict:
+    """The recommender's tables of the pool's training dialogues (rec/cooccurrence.py)."""
+    return tables_from_file(run.local_copy(TABLES))
 
 
 def read_retrieval_base(run: RunDir) -> list[dict]:

@@ -175,6 +175,15 @@ class PromptConfig:
 
 REC_KS = (1, 10, 50)  # Recall@k and Recall_True@k cut-offs (the paper's)
 REC_METRICS = (*(f"recall@{k}" for k in REC_KS), *(f"recall_true@{k}" for k in REC_KS), "auc")
+MEAN_RECALL = "mean_recall"  # the mean of Recall@10 and Recall@50: a steadier epoch selector than either
+
+
+@dataclass
+class FeedbackWeights:
+    """m(feedback): how much a target item's loss counts by what the seeker said of it (the paper's values)."""
+    like: float = _knob(2.0, "the seeker liked the item")
+    dislike: float = _knob(1.0, "the seeker disliked it")
+    not_said: float = _knob(0.5, "the seeker did not say")
 
 
 @dataclass
@@ -186,18 +195,26 @@ class RecConfig:
     hidden: int = _knob(128, "entity / user representation size")
     num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")
     max_entities: int = _knob(32, "most recently mentioned entities kept per context")
-    local_emotion: bool = _knob(True, "fuse the emotion of the utterance that mentioned an entity into its representation")
-    global_emotion: bool = _knob(True, "add emotion-related co-occurring neighbours of the mentioned entities")
-    reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (like 2.0, dislike 1.0, not said 0.5)")
-    beta: float = _knob(0.1, "weight of the global emotion-aware representation (the paper: 0.1)")
-    top_emotions: int = _knob(3, "emotions per entity compared for co-occurrence (the paper: top-3 overlap)")
-    neighbours: int = _knob(10, "n_f: emotion-related neighbours kept per entity")
-    min_cooccurrence: int = _knob(2, "training dialogues a pair must share before it counts")
-    patience: int = _knob(2, "epochs without a better dev metric before stopping")
-    early_stop_metric: Literal[REC_METRICS] = _knob("recall@50", "dev metric that selects the best epoch")
+    node_init: Literal["random", "ppmi-svd"] = _knob("ppmi-svd", "initial entity table: random | ppmi-svd (an SVD of the positive PMI of entity co-occurrence in the training dialogues)")
+    dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
+    recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
+    cooccurrence_channel: bool = _knob(True, "score log(1 + recency-weighted count of training dialogues an item shares with the context's entities), with a learned weight (counts leave the example's own dialogue out)")
+    copy_channel: bool = _knob(True, "score items the context already mentions, last by the seeker or by the recommender, with learned weights (gated by the user's emotion towards the item when local_emotion)")
+    local_emotion: bool = _knob(True, "fuse the user's emotion towards each mentioned entity into it (a zero-initialised fusion) and gate the copy channel by it")
+    global_emotion: bool = _knob(True, "the emotion-related neighbours' distribution P(later entity | earlier entity) as its own channel: a neighbour representation and an item score, each with a learned weight")
+    reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (rec.feedback_weights)")
+    feedback_weights: FeedbackWeights = _section(FeedbackWeights, "feedback-aware reweighting (rec.reweight)")
+    beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero")
+    max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
+    stop_fraction: float = _knob(0.1, "share of the training dialogues held out to select the epoch (never the reported split)")
+    warmup: float = _knob(0.1, "share of the training steps over which the learning rate rises linearly; it then decays along a cosine to 0")
+    patience: int = _knob(2, "epochs without a better selection metric before stopping")
+    early_stop_metric: Literal[(MEAN_RECALL, *REC_METRICS)] = _knob(MEAN_RECALL, "metric on the held-out training dialogues that selects the best epoch (mean_recall: the mean of recall@10 and recall@50)")
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
-    auc_batch_size: int = _knob(64, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches)")
-    train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on the dev split)", epochs=10, lr=1e-3, batch_size=64)
+    auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
+    cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")
+    train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on held-out training dialogues)", epochs=10, lr=1e-3,
+                                 weight_decay=0.01, batch_size=64)
     prompt: PromptConfig = _section(PromptConfig, "the prompt context path (rec.context_encoder=prompt)")
 
 
@@ -257,7 +274,6 @@ class IntervalConfig:
 
 @dataclass
 class BaselineConfig:
-    decay: float = _knob(0.8, "co-occurrence baselines: weight of an entity per step back from the latest mention")
     copy_bonus: float = _knob(1.0, "co-occurrence + copy: added to the log co-occurrence score of an item the context mentions")
 
 

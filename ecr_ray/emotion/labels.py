@@ -1,4 +1,4 @@
-"""The one home of ECR's emotion labels, the feedback weights and the GoEmotions mapping."""
+"""The one home of ECR's emotion labels and the GoEmotions mapping."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,6 @@ LABELS = ("like", "curious", "happy", "grateful", "negative", "neutral", "nostal
 LABEL_INDEX = {label: i for i, label in enumerate(LABELS)}
 GOEMOTIONS_FILES = ("labels.txt", "train.tsv", "dev.tsv", "test.tsv")
 MAX_LABELS = 2  # an utterance carries at most two emotions (the paper's annotation rule)
-
-# Feedback-aware item reweighting m(feedback): ReDial's questionnaire liked=1 / 0 / 2.
-FEEDBACK_WEIGHTS = {1: 2.0, 0: 1.0, 2: 0.5}  # like, dislike, not said
 
 # GoEmotions' 28 labels -> ECR's nine. 'caring' (concern for someone) has no counterpart and is
 # dropped; ECR's 'nostalgia' has no GoEmotions source, so the teacher never predicts it.

@@ -1,11 +1,16 @@
-"""The paper's ablations as config flags, each trained on the pool's train split and scored on dev
-(95% intervals over dialogues), beside the training-free baselines: reports/ablations.{json,md,png}."""
+"""The paper's ablations as config flags beside the training-free baselines, cross-validated over the
+pool's dialogues: for each of `rec.cv_folds` folds, the tables and models come from the other folds'
+dialogues and every system ranks the fold's examples, so each pool example is scored once by each
+system. Metrics with 95% intervals over dialogues, and paired differences (same resamples) against
+co-occurrence + copy and the base model: reports/ablations.{json,md,png}."""
 from __future__ import annotations
 
 import dataclasses
 import re
 
-from ecr_ray.artifacts import ABLATION_REPORTS, ABLATIONS, POOL, RECOMMENDER, model, read_rows
+import numpy as np
+
+from ecr_ray.artifacts import ABLATION_REPORTS, ABLATIONS, POOL, emotion_probs, model, read_rows
 from ecr_ray.config import REC_METRICS, Config
 from ecr_ray.rundir import RunDir
 
@@ -16,32 +21,53 @@ VARIANTS = {
     "+local +global": {"local_emotion": True, "global_emotion": True, "reweight": False},
     "full ECR": {"local_emotion": True, "global_emotion": True, "reweight": True},
 }
+COMPARED = (("full ECR", "co-occurrence + copy"), ("full ECR", "base"), ("+local", "base"), ("+local +global", "+local"))
+
+
+def folds(dialogue_ids, k: int) -> list[set[int]]:
+    """`k` disjoint sets of whole dialogues covering them all (seeded)."""
+    if k < 2:
+        raise ValueError(f"rec.cv_folds is {k}: cross-validation needs at least 2 folds")
+    order = np.random.default_rng(0).permutation(sorted(dialogue_ids))
+    return [set(order[i::k].tolist()) for i in range(k)]
 
 
 def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import load_recommender
-    from ecr_ray.rec.evaluate import baseline_metrics, evaluate_rows
-    from ecr_ray.rec.examples import model_inputs
+    from ecr_ray.rec.evaluate import baseline_ranks, rank_rows, reported_metrics
+    from ecr_ray.rec.examples import load_examples, training_inputs
     from ecr_ray.rec.train import fit_recommender
     from ecr_ray.report import comparison_chart, comparison_table
 
-    meta, train, dev, _ = model_inputs(cfg, run_dir)
-    dialogues = [d for d in read_rows(run_dir, POOL, "dialogues") if d["split"] == "train"]
-    results = baseline_metrics(train, dev, dialogues, load_kg(meta["kg_dir"]), cfg.rec, cfg.eval)
-    for name, flags in VARIANTS.items():
-        rcfg = dataclasses.replace(cfg.rec, **flags)
-        folder = RECOMMENDER  # the variant the config asks for is the trained recommender itself
-        if rcfg != cfg.rec:
-            folder = f"{ABLATIONS}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
-            print(f"[rec-ablations] training variant {name!r}", flush=True)
-            fit_recommender(cfg, rcfg, folder, meta, train, dev, run_dir)
-        recommender, _ = load_recommender(run_dir.local_copy(model(folder)), rcfg)
-        results[name] = evaluate_rows(recommender, dev, rcfg, cfg.eval.intervals)
+    rows, _ = load_examples(cfg, run_dir, POOL)
+    dialogues, probs = read_rows(run_dir, POOL, "dialogues"), emotion_probs(run_dir, POOL)
+    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
+    everyone = {d["conversation_id"] for d in dialogues}
+    held_rows, ranked = [], {}
+    for f, held in enumerate(folds(everyone, cfg.rec.cv_folds)):
+        inputs = training_inputs(cfg, rows, dialogues, probs, everyone - held)
+        held_rows += inputs.held_out
+        for kind, result in baseline_ranks(inputs, kg, cfg.rec, cfg.eval).items():
+            ranked.setdefault(kind, []).append(result)
+        for name, flags in VARIANTS.items():
+            rcfg = dataclasses.replace(cfg.rec, **flags)
+            folder = f"{ABLATIONS}/fold-{f}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
+            print(f"[rec-ablations] fold {f + 1}/{cfg.rec.cv_folds}: training {name!r}", flush=True)
+            fit_recommender(cfg, rcfg, folder, inputs, run_dir)
+            recommender, _ = load_recommender(run_dir.local_copy(model(folder)), rcfg)
+            ranked.setdefault(name, []).append(rank_rows(recommender, inputs.held_out, rcfg))
+    joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
+    results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
+    differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
+                   for a, b in COMPARED}
     json_path, md_path, png_path = ABLATION_REPORTS
-    run_dir.write_json(json_path, results)
-    table = comparison_table(results, list(REC_METRICS))
+    run_dir.write_json(json_path, {"folds": cfg.rec.cv_folds, "systems": results, "differences": differences})
+    table = (f"Cross-validated over the pool ({cfg.rec.cv_folds} folds, {len(held_rows)} examples, 95% intervals over dialogues)\n\n"
+             + comparison_table(results, list(REC_METRICS)) + "\nPaired differences (same examples and resamples)\n\n"
+             + comparison_table(differences, list(REC_METRICS)))
     run_dir.write_text(md_path, table)
-    run_dir.write_bytes(png_path, comparison_chart(results, [("Recommender ablations (dev split)", list(REC_METRICS))]))
+    run_dir.write_bytes(png_path, comparison_chart(results, [(f"Recommender ablations ({cfg.rec.cv_folds}-fold CV over the pool)",
+                                                              list(REC_METRICS))]))
     print(table, flush=True)
     return {name: {k: results[name][k] for k in ("recall@50", "recall_true@50", "auc")} for name in results}

@@ -1,7 +1,7 @@
 """Building, saving and loading the recommender, with the config it was trained with beside it.
 
-A saved model is `model.safetensors` + `recommender.json` (the resolved rec config, the KG and
-context sizes, metrics). Loading with a config whose architecture differs is refused, naming
+A saved model is `model.safetensors` + `tables.npz` (the co-occurrence tables its channels read) +
+`recommender.json` (the resolved rec config, the KG and context sizes, metrics). Loading with a config whose architecture differs is refused, naming
 every mismatching key.
 """
 from __future__ import annotations
@@ -10,20 +10,20 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
-
+from ecr_ray.artifacts import tables_bytes, tables_from_file
 from ecr_ray.config import RecConfig, from_dict
 
 # keys that change the weights' shapes or meaning; training knobs (lr, epochs, ...) may differ
 ARCHITECTURE_KEYS = ("context_encoder", "context_model", "context_max_length", "hidden", "num_bases", "max_entities",
-                     "local_emotion", "global_emotion", "beta", "neighbours", "prompt")
-META_FILE = "recommender.json"
+                     "local_emotion", "global_emotion", "cooccurrence_channel", "copy_channel", "recency_decay", "beta",
+                     "max_emotions", "prompt")
+META_FILE, TABLES_FILE = "recommender.json", "tables.npz"
 
 
-def model_meta(kg_dir: str, context_dim: int, neighbour_ids: np.ndarray, neighbour_weights: np.ndarray) -> dict:
-    """What, besides the config, a model is built from (sent to every Ray Train worker)."""
-    return {"kg_dir": str(kg_dir), "context_dim": int(context_dim),
-            "neighbour_ids": neighbour_ids, "neighbour_weights": neighbour_weights}
+def model_meta(kg_dir: str, context_dim: int, tables: dict) -> dict:
+    """What, besides the config, a model is built from (sent to every Ray Train worker): the KG, the
+    context size and the training dialogues' tables (rec/cooccurrence.py)."""
+    return {"kg_dir": str(kg_dir), "context_dim": int(context_dim), "tables": tables}
 
 
 def build_recommender(cfg: RecConfig, meta: dict, allow_download: bool = False):
@@ -34,8 +34,8 @@ def build_recommender(cfg: RecConfig, meta: dict, allow_download: bool = False):
 
     kg = load_kg(meta["kg_dir"])
     torch.manual_seed(cfg.train.seed)
-    return ECRRecommender(cfg, kg.num_entities, kg.num_relations, kg.edges(), kg.item_ids, meta["neighbour_ids"],
-                          meta["neighbour_weights"], meta["context_dim"], allow_download)
+    return ECRRecommender(cfg, kg.num_entities, kg.num_relations, kg.edges(), kg.item_ids, meta["tables"], meta["context_dim"],
+                          allow_download)
 
 
 def save_recommender(model, meta: dict, folder: str | Path, metrics: dict) -> None:
@@ -45,6 +45,7 @@ def save_recommender(model, meta: dict, folder: str | Path, metrics: dict) -> No
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not _frozen(model, k)}
     save_file(state, folder / "model.safetensors")
+    (folder / TABLES_FILE).write_bytes(tables_bytes(model.tables))
     info = {"rec": dataclasses.asdict(model.cfg), "kg_dir": meta["kg_dir"], "context_dim": meta["context_dim"],
             "num_entities": int(model.kg.nodes.shape[0]), "num_items": int(model.item_ids.shape[0]), "metrics": metrics}
     (folder / META_FILE).write_text(json.dumps(info, indent=2))
@@ -76,8 +77,7 @@ def load_recommender(folder: str | Path, cfg: RecConfig | None = None, allow_dow
     if cfg is not None:
         check_compatible(info, cfg, str(folder))
     state = load_file(folder / "model.safetensors")
-    shape = tuple(state["neighbour_ids"].shape)  # placeholders: the saved buffers replace them below
-    meta = model_meta(info["kg_dir"], info["context_dim"], np.zeros(shape, np.int64), np.zeros(shape, np.float32))
+    meta = model_meta(info["kg_dir"], info["context_dim"], tables_from_file(folder / TABLES_FILE))
     model = build_recommender(from_dict(RecConfig, info["rec"]), meta, allow_download)
     if model.kg.nodes.shape[0] != info["num_entities"]:
         raise ValueError(f"the recommender in {folder} was trained on a KG of {info['num_entities']} entities, "

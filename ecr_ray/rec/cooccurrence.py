@@ -1,64 +1,151 @@
-"""Global emotion-aware neighbours: P(e_i | e_j) over training dialogues, counted only where the
-user's top emotions towards e_i and e_j overlap (plain functions, no Ray)."""
+"""What the training dialogues say about entities, counted once (plain functions, no Ray): the
+tables behind the recommender's channels and its node initialisation.
+
+items       C[e, i]: training dialogues in which entity e and item i both occur (any speaker, e != i)
+popularity  training dialogues in which each item occurs
+neighbours  K[i, j]: the paper's global emotion-aware neighbours, as counts: every ordered pair of
+            mentions in a dialogue (earlier i -> later j, per occurrence) whose kept emotion labels
+            overlap; the model reads P(j | i) = K[i, j] / sum_j K[i, j]
+init        an entity table from an SVD of the positive PMI of entities sharing a dialogue
+
+A training example's own dialogue is in these counts; `own_contributions` gives what the model
+subtracts for it, so that no example sees its own answer.
+"""
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+import warnings
+from collections import Counter
 from collections.abc import Iterable
-from itertools import permutations
 
 import numpy as np
 
-from ecr_ray.artifacts import POOL, emotion_probs, read_rows, write_neighbours
-from ecr_ray.config import Config
-from ecr_ray.rec.features import emotion_turn
+from ecr_ray.artifacts import POOL, emotion_probs, read_rows, write_tables
+from ecr_ray.config import Config, RecConfig
+from ecr_ray.rec.features import emotion_turn, kept_emotions
 from ecr_ray.rundir import RunDir
 
 
-def entity_emotion_sets(dialogue: dict, probs: dict[tuple[int, int], list[float]], top: int) -> dict[int, frozenset[int]]:
-    """Entity -> the union of the user's top-`top` emotions towards it over one dialogue."""
+def dialogue_entities(dialogue: dict) -> set[int]:
+    return {e for u in dialogue["utterances"] for e in u["entities"]}
+
+
+def emotional_mentions(dialogue: dict, probs: dict[tuple[int, int], list[float]], rcfg: RecConfig) -> list[tuple[int, int]]:
+    """(entity, bit set of the user's kept emotion labels towards it) per mention, in dialogue order;
+    mentions the user has no emotion towards are left out (they relate to nothing)."""
     utterances = dialogue["utterances"]
     roles = [u["role"] for u in utterances]
-    sets: dict[int, set[int]] = defaultdict(set)
+    mentions = []
     for t, utterance in enumerate(utterances):
-        for entity in utterance["entities"]:
-            et = emotion_turn(t, roles, len(utterances))
-            p = probs.get((dialogue["conversation_id"], et)) if et is not None else None
-            if p is not None:
-                sets[entity] |= set(np.argsort(-np.asarray(p), kind="stable")[:top].tolist())
-    return {e: frozenset(s) for e, s in sets.items()}
+        et = emotion_turn(t, roles, len(utterances))
+        p = probs.get((dialogue["conversation_id"], et)) if et is not None else None
+        bits = sum(1 << i for i, v in enumerate(kept_emotions(p, rcfg.beta, rcfg.max_emotions)) if v) if p is not None else 0
+        mentions += [(int(e), bits) for e in utterance["entities"] if bits]
+    return mentions
 
 
-def emotion_neighbours(dialogues: Iterable[dict], probs: dict[tuple[int, int], list[float]], num_entities: int,
-                       top: int, k: int, min_count: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(ids [N, k], P(neighbour | entity) [N, k], stats); unused slots hold id 0 with weight 0."""
-    seen, pairs = Counter(), Counter()
+def emotion_pairs(mentions: list[tuple[int, int]]) -> Counter:
+    """Directed (earlier, later) entity pairs of one dialogue's mentions whose emotions overlap."""
+    pairs = Counter()
+    for a, (i, bits_i) in enumerate(mentions):
+        for j, bits_j in mentions[a + 1:]:
+            if i != j and bits_i & bits_j:
+                pairs[i, j] += 1
+    return pairs
+
+
+def sparse(counts: Counter, shape: tuple[int, int]):
+    """A torch sparse COO matrix of {(row, column): value}."""
+    import torch
+
+    keys = torch.tensor(list(counts.keys()), dtype=torch.long).reshape(-1, 2)
+    return torch.sparse_coo_tensor(keys.T, torch.tensor(list(counts.values()), dtype=torch.float32), shape,
+                                   check_invariants=True).coalesce()
+
+
+def weighted_rows(table, ids: np.ndarray, weights: np.ndarray):
+    """sum_p weights[b, p] * table[ids[b, p]] for every row b (ids padded with -1): sparse [B, columns]."""
+    import torch
+
+    rows, cols = np.nonzero(ids >= 0)
+    mix = torch.sparse_coo_tensor(torch.from_numpy(np.vstack([rows, ids[rows, cols]])),
+                                  torch.as_tensor(weights[rows, cols], dtype=torch.float32), (len(ids), table.shape[0]),
+                                  check_invariants=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # used inside sparse @ sparse
+        return torch.sparse.mm(mix, table)
+
+
+def item_cooccurrence(dialogues: Iterable[dict], item_index: dict[int, int], num_entities: int):
+    """C [entities, items]: training dialogues holding both (an item is no evidence for itself)."""
+    counts = Counter()
     for dialogue in dialogues:
-        sets = entity_emotion_sets(dialogue, probs, top)
-        seen.update(sets.keys())
-        pairs.update((i, j) for i, j in permutations(sets, 2) if sets[i] & sets[j])
-    ranked: dict[int, list[tuple[float, int]]] = defaultdict(list)
-    for (i, j), count in pairs.items():
-        if count >= min_count:
-            ranked[j].append((count / seen[j], i))
-    ids = np.zeros((num_entities, k), dtype=np.int64)
-    weights = np.zeros((num_entities, k), dtype=np.float32)
-    for j, candidates in ranked.items():
-        best = sorted(candidates, key=lambda c: (-c[0], c[1]))[:k]
-        ids[j, : len(best)] = [i for _, i in best]
-        weights[j, : len(best)] = [p for p, _ in best]
-    stats = {"entities_with_emotion": len(seen), "pairs_counted": sum(c >= min_count for c in pairs.values()),
-             "entities_with_neighbours": len(ranked)}
-    return ids, weights, stats
+        entities = dialogue_entities(dialogue)
+        items = {item_index[e] for e in entities if e in item_index}
+        counts.update((e, i) for e in entities for i in items if item_index.get(e) != i)
+    return sparse(counts, (num_entities, len(item_index)))
 
 
-def build_neighbours(cfg: Config, run_dir: RunDir) -> dict:
-    """The rec-cooccurrence stage: neighbours from the pool's training dialogues -> rec/neighbours."""
+def ppmi_svd(dialogues: Iterable[dict], num_entities: int, dim: int, seed: int) -> np.ndarray:
+    """Entity table [entities, dim]: rows of U sqrt(S) of the positive PMI of entities sharing a
+    dialogue, scaled to the random initialisation's norm; entities never seen keep a random row."""
+    import torch
+
+    counts = Counter()
+    for dialogue in dialogues:
+        entities = sorted(dialogue_entities(dialogue))
+        counts.update((i, j) for i in entities for j in entities if i != j)
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((num_entities, dim)).astype(np.float32) * dim**-0.5
+    if len(counts) <= dim:
+        return table
+    m = sparse(counts, (num_entities, num_entities))
+    (i, j), n = m.indices(), m.values().double()
+    totals = torch.zeros(num_entities, dtype=torch.float64).index_add_(0, i, n)
+    pmi = torch.log(n * n.sum() / (totals[i] * totals[j]))
+    keep = pmi > 0
+    ppmi = torch.sparse_coo_tensor(m.indices()[:, keep], pmi[keep].float(), m.shape, check_invariants=True).coalesce()
+    torch.manual_seed(seed)
+    u, s, _ = torch.svd_lowrank(ppmi, q=dim, niter=4)
+    vectors = (u * s.sqrt()).numpy()
+    seen = np.zeros(num_entities, dtype=bool)
+    seen[ppmi.indices()[0].numpy()] = True
+    table[seen] = vectors[seen] / max(float(np.linalg.norm(vectors[seen], axis=1).mean()), 1e-8)  # random rows' norm: about 1
+    return table
+
+
+def cooccurrence_tables(dialogues: list[dict], probs: dict[tuple[int, int], list[float]], kg, item_index: dict[int, int],
+                        rcfg: RecConfig) -> tuple[dict, dict]:
+    """(tables, stats) of training dialogues, for `build_recommender` (meta["tables"])."""
+    pairs = Counter()
+    for dialogue in dialogues:
+        pairs.update(emotion_pairs(emotional_mentions(dialogue, probs, rcfg)))
+    popularity = np.zeros(len(item_index), dtype=np.float32)
+    for dialogue in dialogues:
+        popularity[[item_index[e] for e in dialogue_entities(dialogue) if e in item_index]] += 1
+    tables = {"items": item_cooccurrence(dialogues, item_index, kg.num_entities), "popularity": popularity,
+              "neighbours": sparse(pairs, (kg.num_entities, kg.num_entities))}
+    if rcfg.node_init == "ppmi-svd":
+        tables["init"] = ppmi_svd(dialogues, kg.num_entities, rcfg.hidden, rcfg.train.seed)
+    stats = {"dialogues": len(dialogues), "item_pairs": int(tables["items"].values().numel()), "emotion_pairs": len(pairs),
+             "entities_with_neighbours": int(tables["neighbours"].indices()[0].unique().numel())}
+    return tables, stats
+
+
+def own_contributions(dialogues: Iterable[dict], probs: dict[tuple[int, int], list[float]], item_index: dict[int, int],
+                      rcfg: RecConfig) -> dict[int, tuple[list[int], list[tuple[int, int]]]]:
+    """conversation_id -> what a counted dialogue put into the tables: its items and its emotional
+    mentions. The model subtracts them for the dialogue's own examples (`ECRRecommender.inputs`)."""
+    return {d["conversation_id"]: (sorted({item_index[e] for e in dialogue_entities(d) if e in item_index}),
+                                   emotional_mentions(d, probs, rcfg)) for d in dialogues}
+
+
+def build_tables(cfg: Config, run_dir: RunDir) -> dict:
+    """The rec-cooccurrence stage: the tables of the pool's training dialogues -> rec/tables.npz."""
     from ecr_ray.data.kg import load_kg
+    from ecr_ray.rec.examples import item_index
 
-    r = cfg.rec
     dialogues = [d for d in read_rows(run_dir, POOL, "dialogues") if d["split"] == "train"]
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
-    ids, weights, stats = emotion_neighbours(dialogues, emotion_probs(run_dir, POOL), kg.num_entities, r.top_emotions,
-                                             r.neighbours, r.min_cooccurrence)
-    write_neighbours(run_dir, ids, weights)
-    return {"dialogues": len(dialogues), **stats}
+    tables, stats = cooccurrence_tables(dialogues, emotion_probs(run_dir, POOL), kg, item_index(kg), cfg.rec)
+    write_tables(run_dir, tables)
+    return stats

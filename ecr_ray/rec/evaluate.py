@@ -10,14 +10,15 @@ from ecr_ray.config import REC_METRICS, Config, EvalConfig, IntervalConfig, RecC
 from ecr_ray.rundir import RunDir
 
 
-def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None) -> dict:
-    """Metrics of a model over numpy batches of examples (in order), through the scoring path."""
+def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None, own: dict | None = None) -> dict:
+    """Metrics of a model over numpy batches of examples (in order), through the scoring path; `own`:
+    the counted dialogues' contributions to the tables, left out for their examples."""
     from ecr_ray.rec.metrics import rec_metrics
 
-    return rec_metrics(*_ranked(recommender, batches, entity_embeds), auc_batch_size)
+    return rec_metrics(*_ranked(recommender, batches, entity_embeds, own), auc_batch_size)
 
 
-def _ranked(recommender, batches, entity_embeds=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ranked(recommender, batches, entity_embeds=None, own: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rank, probability, feedback) of every example's target."""
     import torch
 
@@ -28,35 +29,45 @@ def _ranked(recommender, batches, entity_embeds=None) -> tuple[np.ndarray, np.nd
     with torch.no_grad():
         embeds = recommender.kg() if entity_embeds is None else entity_embeds
         for batch in batches:
-            r, p = target_ranks(recommender(recommender.inputs(batch), embeds), batch["item"])
+            r, p = target_ranks(recommender(recommender.inputs(batch, own), embeds), batch["item"])
             ranks.append(r), probs.append(p), feedback.append(np.asarray(batch["feedback"]))
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
     return cat(ranks), cat(probs), cat(feedback)
 
 
-def reported_metrics(ranks, probs, rows: list[dict], auc_batch_size: int, intervals: IntervalConfig) -> dict:
-    """Metrics of ranked examples and their 95% intervals (`intervals`), resampling whole dialogues."""
+def reported_metrics(ranks, probs, rows: list[dict], auc_batch_size: int, intervals: IntervalConfig, minus: tuple | None = None) -> dict:
+    """Metrics of ranked examples and their 95% intervals (`intervals`), resampling whole dialogues;
+    with `minus` (ranks, probs of another system on the same rows): the paired differences."""
     from ecr_ray.rec.metrics import bootstrap_intervals, rec_metrics
 
     feedback, dialogues = [r["feedback"] for r in rows], [r["conversation_id"] for r in rows]
     out = rec_metrics(ranks, probs, feedback, auc_batch_size)
+    if minus is not None:
+        other = rec_metrics(*minus, feedback, auc_batch_size)
+        out = {k: (v - other[k] if isinstance(v, float) and isinstance(other[k], float) else None) for k, v in out.items()
+               if k in (*REC_METRICS, "auc_per_batch")}
     if intervals.samples:
-        out["intervals"] = bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size, intervals.samples, intervals.seed)
+        out["intervals"] = bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size, intervals.samples, intervals.seed,
+                                               minus=minus)
     return out
 
 
-def _columns(part: list[dict]) -> dict:
+def as_columns(part: list[dict]) -> dict:
     return {k: [r[k] for r in part] for k in part[0]}
 
 
 def _batches(rows: list[dict], size: int):
-    return (_columns(rows[i : i + size]) for i in range(0, len(rows), size))
+    return (as_columns(rows[i : i + size]) for i in range(0, len(rows), size))
+
+
+def rank_rows(recommender, rows: list[dict], rcfg: RecConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, probability) of every example row's target under a model."""
+    return _ranked(recommender, _batches(rows, rcfg.eval_batch_size))[:2]
 
 
 def evaluate_rows(recommender, rows: list[dict], rcfg: RecConfig, intervals: IntervalConfig) -> dict:
     """Metrics of a model on example rows, with intervals."""
-    ranks, probs, _ = _ranked(recommender, _batches(rows, rcfg.eval_batch_size))
-    return reported_metrics(ranks, probs, rows, rcfg.auc_batch_size, intervals)
+    return reported_metrics(*rank_rows(recommender, rows, rcfg), rows, rcfg.auc_batch_size, intervals)
 
 
 def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, item_index: dict[int, int]) -> list[int]:
@@ -69,7 +80,7 @@ def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, item_index: d
         embeds = recommender.kg()
         for i in range(0, len(rows), rcfg.eval_batch_size):
             part = rows[i : i + rcfg.eval_batch_size]
-            logits = recommender(recommender.inputs(_columns(part)), embeds)
+            logits = recommender(recommender.inputs(as_columns(part)), embeds)
             for j, row in enumerate(part):
                 logits[j, [item_index[e] for e in row["entities"] if e in item_index]] = float("-inf")
             top += logits.argmax(1).tolist()
@@ -99,17 +110,17 @@ def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     return {k: result[k] for k in [*REC_METRICS, "auc_per_batch", "examples"] + (["intervals"] if "intervals" in result else [])}
 
 
-def baseline_metrics(train: list[dict], dev: list[dict], dialogues: list[dict], kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, dict]:
-    """Every training-free baseline on `dev`, counted from the `train` examples and training `dialogues`."""
-    from ecr_ray.rec.baselines import BASELINES, baseline_scores, item_cooccurrence, item_popularity
+def baseline_ranks(inputs, kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, dict]:
+    """(ranks, probabilities) of every training-free baseline on the held-out examples of `inputs`
+    (a TrainingInputs), from its training examples and tables."""
+    from ecr_ray.rec.baselines import BASELINES, baseline_scores, item_popularity
     from ecr_ray.rec.examples import item_index
     from ecr_ray.rec.metrics import target_ranks
 
-    index = item_index(kg)
-    popularity, cooccurrence = item_popularity(train, len(index)), item_cooccurrence(dialogues, index)
+    index, rows = item_index(kg), inputs.held_out
+    popularity, items = item_popularity(inputs.train, len(index)), inputs.meta["tables"]["items"]
     results = {}
     for kind in BASELINES:
-        scores = baseline_scores(kind, dev, popularity, cooccurrence, index, ecfg.baselines.decay, ecfg.baselines.copy_bonus)
-        ranks, probs = target_ranks(scores, [r["item"] for r in dev])
-        results[kind] = reported_metrics(ranks, probs, dev, rcfg.auc_batch_size, ecfg.intervals)
+        scores = baseline_scores(kind, rows, popularity, items, index, rcfg.recency_decay, ecfg.baselines.copy_bonus)
+        results[kind] = target_ranks(scores, [r["item"] for r in rows])
     return results

@@ -1,10 +1,19 @@
 """The recommender's examples of a group, read from the artifacts of earlier stages: prepared turns,
-utterance emotions, cached context vectors and the emotion-related neighbours."""
+utterance emotions, cached context vectors and the tables of the training dialogues."""
 from __future__ import annotations
 
-from ecr_ray.artifacts import POOL, context_vectors, emotion_probs, read_neighbours, read_rows
+from typing import NamedTuple
+
+from ecr_ray.artifacts import POOL, context_vectors, emotion_probs, read_rows, read_tables
 from ecr_ray.config import Config
 from ecr_ray.rundir import RunDir
+
+
+class TrainingInputs(NamedTuple):
+    meta: dict  # for build_recommender: KG, context size, the counted dialogues' tables
+    train: list[dict]  # examples of the counted (training) dialogues
+    held_out: list[dict]  # examples of the others, never counted
+    own: dict  # conversation_id -> what a counted dialogue put into the tables (subtracted for its examples)
 
 
 def item_index(kg) -> dict[int, int]:
@@ -19,7 +28,7 @@ def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict],
 
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
     turns = sorted(read_rows(run_dir, group, "rec_turns"), key=lambda t: (t["conversation_id"], t["turn"]))
-    rows, counts = build_examples(turns, emotion_probs(run_dir, group), item_index(kg), cfg.rec.max_entities)
+    rows, counts = build_examples(turns, emotion_probs(run_dir, group), item_index(kg), cfg.rec)
     if cfg.rec.context_encoder == "minilm":
         vectors = context_vectors(run_dir, group)
         missing = sum((row["conversation_id"], row["turn"]) not in vectors for row in rows)
@@ -30,12 +39,28 @@ def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict],
     return rows, counts
 
 
-def model_inputs(cfg: Config, run_dir: RunDir):
-    """(meta for build_recommender, train rows, dev rows, example counts) of the pool."""
+def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs: dict, counted: set[int], tables: dict | None = None) -> TrainingInputs:
+    """Examples split by whether their dialogue is `counted` (the training dialogues), with the tables
+    of the counted dialogues (computed unless given) and their own contributions."""
+    from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import model_meta
+    from ecr_ray.rec.cooccurrence import cooccurrence_tables, own_contributions
 
-    rows, counts = load_examples(cfg, run_dir, POOL)
-    ids, weights = read_neighbours(run_dir)
+    kg_dir = cfg.data.path(cfg.data.kg_dir)
+    kg = load_kg(kg_dir)
+    counted_dialogues = [d for d in dialogues if d["conversation_id"] in counted]
+    if tables is None:
+        tables, _ = cooccurrence_tables(counted_dialogues, probs, kg, item_index(kg), cfg.rec)
     dim = len(rows[0]["context_vec"]) if rows and "context_vec" in rows[0] else 0
-    meta = model_meta(str(cfg.data.path(cfg.data.kg_dir)), dim, ids, weights)
-    return meta, [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "dev"], counts
+    return TrainingInputs(model_meta(str(kg_dir), dim, tables), [r for r in rows if r["conversation_id"] in counted],
+                          [r for r in rows if r["conversation_id"] not in counted],
+                          own_contributions(counted_dialogues, probs, item_index(kg), cfg.rec))
+
+
+def model_inputs(cfg: Config, run_dir: RunDir) -> tuple[TrainingInputs, dict]:
+    """The pool's training inputs (train split counted, dev held out; the tables of rec-cooccurrence)
+    and the example counts."""
+    rows, counts = load_examples(cfg, run_dir, POOL)
+    dialogues = read_rows(run_dir, POOL, "dialogues")
+    counted = {d["conversation_id"] for d in dialogues if d["split"] == "train"}
+    return training_inputs(cfg, rows, dialogues, emotion_probs(run_dir, POOL), counted, read_tables(run_dir)), counts

@@ -1,9 +1,9 @@
 """Recommender examples from prepared turns and utterance emotions (plain functions, no Ray).
 
 One example per (recommender turn, target item in the KG), as UniCRS and ECR flatten them. Each
-mentioned entity carries the user's emotion towards it: the probabilities of the seeker utterance
-that mentioned it, or, for an entity the recommender brought up, of the seeker's reply to it
-(zeros when the user has not reacted yet).
+mentioned entity carries the user's emotion towards it: the kept labels (probability above β, at
+most n_f) of the seeker utterance that mentioned it, or, for an entity the recommender brought up,
+of the seeker's reply to it (zeros when the user has not reacted yet); and who mentioned it last.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ecr_ray.config import RecConfig
 from ecr_ray.data.redial import RECOMMENDER, SEEKER
 from ecr_ray.emotion.labels import LABELS
 
@@ -33,19 +34,33 @@ def emotion_turn(mention: int, roles: list[str], now: int) -> int | None:
     return None
 
 
-def entity_emotions(turn: dict, probs: dict[tuple[int, int], list[float]], max_entities: int) -> tuple[list[int], list[list[float]]]:
-    """The most recent `max_entities` entities of a turn and the user's emotion towards each."""
-    entities, emotions = [], []
-    pairs = list(zip(turn["entities"], turn["entity_turns"], strict=True))[-max_entities:]
+def kept_emotions(probs, beta: float, most: int) -> list[float]:
+    """The paper's utterance emotions: the labels above probability `beta`, at most `most` of the most
+    likely, with their probabilities; the others count zero."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:most]
+    kept = [0.0] * len(probs)
+    for i in order:
+        if probs[i] > beta:
+            kept[i] = float(probs[i])
+    return kept
+
+
+def entity_emotions(turn: dict, probs: dict[tuple[int, int], list[float]], rcfg: RecConfig) -> dict:
+    """The most recent `rcfg.max_entities` entities of a turn, the user's emotion towards each (the
+    kept labels of the utterance that carries it) and whether the seeker mentioned it last."""
+    entities, emotions, by_seeker = [], [], []
+    pairs = list(zip(turn["entities"], turn["entity_turns"], strict=True))[-rcfg.max_entities:]
     for entity, mention in pairs:
         t = emotion_turn(mention, turn["context_roles"], turn["turn"])
+        p = probs.get((turn["conversation_id"], t)) if t is not None else None
         entities.append(int(entity))
-        emotions.append(list(probs.get((turn["conversation_id"], t), NO_EMOTION)) if t is not None else NO_EMOTION)
-    return entities, emotions
+        emotions.append(kept_emotions(p, rcfg.beta, rcfg.max_emotions) if p is not None else NO_EMOTION)
+        by_seeker.append(int(turn["context_roles"][mention] == SEEKER))
+    return {"entities": entities, "entity_emotions": emotions, "entity_by_seeker": by_seeker}
 
 
 def build_examples(turns: Iterable[dict], probs: dict[tuple[int, int], list[float]], item_index: dict[int, int],
-                   max_entities: int) -> tuple[list[dict], dict]:
+                   rcfg: RecConfig) -> tuple[list[dict], dict]:
     """(examples, counts of what was skipped and why)."""
     rows, counts = [], Counter()
     for turn in turns:
@@ -53,7 +68,7 @@ def build_examples(turns: Iterable[dict], probs: dict[tuple[int, int], list[floa
         if not turn["target_items"]:
             counts["turns_without_target"] += 1
             continue
-        entities, emotions = entity_emotions(turn, probs, max_entities)
+        mentioned = entity_emotions(turn, probs, rcfg)
         made = 0
         for item, feedback in zip(turn["target_items"], turn["target_feedback"], strict=True):
             if item not in item_index:
@@ -63,22 +78,32 @@ def build_examples(turns: Iterable[dict], probs: dict[tuple[int, int], list[floa
             rows.append({
                 "split": turn["split"], "conversation_id": turn["conversation_id"], "turn": turn["turn"],
                 "context_text": context_text(turn["context"], turn["context_roles"]),
-                "entities": entities, "entity_emotions": emotions, "item": item_index[item], "feedback": int(feedback),
+                **mentioned, "item": item_index[item], "feedback": int(feedback),
             })
         counts["turns_with_kg_target"] += made > 0
-        counts["examples_without_entities"] += made * (not entities)
+        counts["examples_without_entities"] += made * (not mentioned["entities"])
     counts["examples"] = len(rows)
     return rows, dict(counts)
 
 
-def pad_batch(entities: Iterable, emotions: Iterable) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged entity lists -> (ids [B, L] padded with -1, emotions [B, L, 9]); L >= 1."""
-    entities, emotions = list(entities), list(emotions)
+def pad_mentions(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A batch's ragged mentions -> (entity ids [B, L] padded with -1, emotions [B, L, 9], by the
+    seeker [B, L] as 1.0/0.0); L >= 1."""
+    entities = list(batch["entities"])
     width = max([len(e) for e in entities] + [1])
     ids = np.full((len(entities), width), -1, dtype=np.int64)
     emo = np.zeros((len(entities), width, len(LABELS)), dtype=np.float32)
-    for i, (ents, emos) in enumerate(zip(entities, emotions, strict=True)):
+    seeker = np.zeros((len(entities), width), dtype=np.float32)
+    for i, (ents, emos, by) in enumerate(zip(entities, batch["entity_emotions"], batch["entity_by_seeker"], strict=True)):
         if len(ents):
             ids[i, : len(ents)] = np.asarray(ents, dtype=np.int64)
             emo[i, : len(ents)] = np.stack([np.asarray(e, dtype=np.float32) for e in emos])
-    return ids, emo
+            seeker[i, : len(ents)] = np.asarray(by, dtype=np.float32)
+    return ids, emo, seeker
+
+
+def recency_weights(ids: np.ndarray, decay: float) -> np.ndarray:
+    """decay ** (steps back from the latest mention) per padded entity [B, L] (0 at padding): the latest weighs 1."""
+    mask = ids >= 0
+    ages = mask.sum(1, keepdims=True) - 1 - np.arange(ids.shape[1])
+    return np.where(mask, decay ** np.maximum(ages, 0), 0.0)

@@ -11,17 +11,19 @@ from __future__ import annotations
 import numpy as np
 
 from ecr_ray.config import REC_KS as KS
-LIKE, DISLIKE = 1, 0
+from ecr_ray.data.redial import FEEDBACK_DISLIKE as DISLIKE
+from ecr_ray.data.redial import FEEDBACK_LIKE as LIKE
 
 
 def target_ranks(logits, targets) -> tuple[np.ndarray, np.ndarray]:
-    """(0-based rank of each target among all items, its softmax probability) for a batch."""
+    """(0-based rank of each target among all items, its softmax probability) for a batch. Items
+    scored the same as the target rank above it: ties never count as hits."""
     import torch
 
     logits = torch.as_tensor(logits)
     targets = torch.as_tensor(targets, dtype=torch.long)
     target_logit = logits.gather(1, targets.unsqueeze(1))
-    ranks = (logits > target_logit).sum(1)
+    ranks = (logits >= target_logit).sum(1) - 1
     probs = torch.softmax(logits, -1).gather(1, targets.unsqueeze(1)).squeeze(1)
     return ranks.numpy(), probs.numpy()
 
@@ -65,9 +67,11 @@ def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
 
 
 def bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size: int, samples: int, seed: int,
-                        level: float = 0.95) -> dict[str, list[float]]:
+                        level: float = 0.95, minus: tuple | None = None) -> dict[str, list[float]]:
     """A `level` interval of every metric, resampling whole dialogues (`dialogues`: each example's) with
-    replacement: the examples of one dialogue are not independent, so they move together."""
+    replacement: the examples of one dialogue are not independent, so they move together. With `minus`
+    (the ranks and probabilities of another model on the same examples): intervals of the difference,
+    both models scored on the same resamples."""
     ranks, probs, feedback = np.asarray(ranks), np.asarray(probs), np.asarray(feedback)
     _, inverse = np.unique(np.asarray(dialogues), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if len(inverse) else []
@@ -75,8 +79,10 @@ def bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size: int, 
     draws: dict[str, list[float]] = {}
     for _ in range(samples if members else 0):
         pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        for key, value in rec_metrics(ranks[pick], probs[pick], feedback[pick], auc_batch_size).items():
-            if isinstance(value, float):
-                draws.setdefault(key, []).append(value)
+        values = rec_metrics(ranks[pick], probs[pick], feedback[pick], auc_batch_size)
+        other = rec_metrics(np.asarray(minus[0])[pick], np.asarray(minus[1])[pick], feedback[pick], auc_batch_size) if minus else {}
+        for key, value in values.items():
+            if isinstance(value, float) and (not minus or isinstance(other.get(key), float)):
+                draws.setdefault(key, []).append(value - other.get(key, 0.0))
     tail = (1 - level) / 2
     return {k: [float(np.quantile(v, tail)), float(np.quantile(v, 1 - tail))] for k, v in draws.items()}

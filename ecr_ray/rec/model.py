@@ -1,9 +1,19 @@
 """The emotion-aware recommender (plain PyTorch; knows nothing of Ray or devices).
 
-KG encoder: learned node embeddings -> RGCN -> residual projections, as in UniCRS/ECR.
-User: attention over the mentioned entities (each fused with the user's emotion towards it when
-`local_emotion`), plus beta times the emotion-related co-occurring neighbours (`global_emotion`),
-combined with a context encoder from a registry. Scores: user . item embeddings over all items.
+KG encoder: an entity table (random, or from the PPMI-SVD of the training dialogues) -> RGCN ->
+residual projections, as in UniCRS/ECR. User: attention over the mentioned entities (with
+`local_emotion` each fused with the user's emotion towards it by a zero-initialised fusion, so an
+untrained fusion leaves them as they are), plus, with `global_emotion`, the emotion-related
+neighbours' representation with a learned weight, combined with a context encoder from a registry.
+
+An item's score is user . item + its bias + channels with learned weights:
+  co-occurrence  log(1 + training dialogues it occurs in) and log(1 + recency-weighted training
+                 dialogues it shares with the context's entities)
+  copy           it was mentioned, last by the seeker / by the recommender (+ the user's emotion
+                 towards it when `local_emotion`)
+  global         log(1 + items x P(it | the context's entities)) over the emotion-related neighbours
+The counts come from the training dialogues (rec/cooccurrence.py); for an example of a counted
+dialogue, `inputs` subtracts what that dialogue put in, so training never sees its own answer.
 """
 from __future__ import annotations
 
@@ -13,16 +23,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from ecr_ray.config import RecConfig
-from ecr_ray.emotion.labels import FEEDBACK_WEIGHTS, LABELS
+from ecr_ray.config import FeedbackWeights, RecConfig
+from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE, FEEDBACK_NOT_SAID
+from ecr_ray.emotion.labels import LABELS
 
 
 class KGEncoder(nn.Module):
-    def __init__(self, num_entities: int, num_relations: int, hidden: int, num_bases: int, edges: tuple[torch.Tensor, torch.Tensor]):
+    def __init__(self, num_entities: int, num_relations: int, hidden: int, num_bases: int, edges: tuple[torch.Tensor, torch.Tensor],
+                 init: np.ndarray | None = None):
         from torch_geometric.nn import RGCNConv
 
         super().__init__()
-        self.nodes = nn.Parameter(torch.randn(num_entities, hidden) * hidden**-0.5)
+        table = torch.randn(num_entities, hidden) * hidden**-0.5 if init is None else torch.as_tensor(init, dtype=torch.float32)
+        self.nodes = nn.Parameter(table)
         self.rgcn = RGCNConv(hidden, hidden, num_relations, num_bases=num_bases)
         self.proj1 = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden))
         self.proj2 = nn.Linear(hidden, hidden)
@@ -60,25 +73,39 @@ CONTEXT_ENCODERS: dict[str, Callable] = {"minilm": SentenceContext, "prompt": _p
 
 
 class ECRRecommender(nn.Module):
-    def __init__(self, cfg: RecConfig, num_entities: int, num_relations: int, edges, item_ids: np.ndarray,
-                 neighbour_ids: np.ndarray, neighbour_weights: np.ndarray, context_dim: int, allow_download: bool = False):
+    def __init__(self, cfg: RecConfig, num_entities: int, num_relations: int, edges, item_ids: np.ndarray, tables: dict,
+                 context_dim: int, allow_download: bool = False):
         super().__init__()
         if cfg.context_encoder not in CONTEXT_ENCODERS:
             raise ValueError(f"unknown rec.context_encoder {cfg.context_encoder!r}; known: {', '.join(CONTEXT_ENCODERS)}")
         h = cfg.hidden
         self.cfg = cfg
-        self.kg = KGEncoder(num_entities, num_relations, h, cfg.num_bases, edges)
-        self.emotions = nn.Embedding(len(LABELS), h)
-        self.fuse = nn.Linear(2 * h, h)
+        self.kg = KGEncoder(num_entities, num_relations, h, cfg.num_bases, edges, tables.get("init"))
+        self.dropout = nn.Dropout(cfg.dropout)
         self.attn = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1, bias=False))
         self.context = CONTEXT_ENCODERS[cfg.context_encoder](cfg, context_dim, allow_download)
         self.user = nn.Linear(2 * h, h)
+        nn.init.zeros_(self.user.weight), nn.init.zeros_(self.user.bias)  # training starts from the channels alone
         self.item_bias = nn.Parameter(torch.zeros(len(item_ids)))
         self.register_buffer("item_ids", torch.as_tensor(item_ids, dtype=torch.long))
-        self.register_buffer("neighbour_ids", torch.as_tensor(neighbour_ids, dtype=torch.long))
-        self.register_buffer("neighbour_weights", torch.as_tensor(neighbour_weights, dtype=torch.float32))
-        if not cfg.local_emotion:  # unused parameters break DDP's gradient sync
-            self.emotions, self.fuse = None, None
+        # parameters exist only for the parts in use: unused ones break DDP's gradient sync
+        if cfg.local_emotion:
+            self.emotions = nn.Embedding(len(LABELS), h)
+            self.fuse = nn.Linear(2 * h, h)
+            nn.init.zeros_(self.fuse.weight), nn.init.zeros_(self.fuse.bias)
+        if cfg.cooccurrence_channel:
+            self.cooccurrence_weights = nn.Parameter(torch.tensor([0.1, 1.0]))  # popularity, shared with the context
+        if cfg.copy_channel:
+            self.copy_weights = nn.Parameter(torch.tensor([1.0, 1.0]))  # last mentioned by the seeker, by the recommender
+            if cfg.local_emotion:
+                self.copy_gate = nn.Parameter(torch.zeros(len(LABELS)))
+        if cfg.global_emotion:
+            self.global_weights = nn.Parameter(torch.zeros(2))  # neighbour representation, item score
+        self.tables = {k: tables[k] for k in ("items", "popularity", "neighbours")}  # counts, read by `inputs`, never trained
+        self.neighbour_totals = torch.sparse.sum(self.tables["neighbours"], 1).to_dense().double().numpy()
+        self.item_entities = torch.as_tensor(item_ids, dtype=torch.long)
+        self.entity_item = np.full(num_entities, -1, dtype=np.int64)
+        self.entity_item[np.asarray(item_ids)] = np.arange(len(item_ids))
 
     def entity_states(self, entity_embeds, entities, emotions):
         """Mentioned entities [B, L, h], fused with the user's emotion towards each (local)."""
@@ -91,41 +118,113 @@ class ECRRecommender(nn.Module):
 
     def user_vector(self, inputs: dict, entity_embeds: torch.Tensor) -> torch.Tensor:
         entities, mask = inputs["entities"], inputs["entities"] >= 0
-        states = self.entity_states(entity_embeds, entities, inputs["emotions"])
+        states = self.dropout(self.entity_states(entity_embeds, entities, inputs["emotions"]))
         scores = self.attn(states).squeeze(-1).masked_fill(~mask, -1e9)  # finite: -inf rows would give NaN gradients
         weights = torch.softmax(scores, -1) * mask  # a context with no entity pools to zeros
         pooled = (weights.unsqueeze(-1) * states).sum(1)
         if self.cfg.global_emotion:
-            w = self.neighbour_weights[entities.clamp(min=0)] * mask.unsqueeze(-1)  # [B, L, k]
-            nb = entity_embeds[self.neighbour_ids[entities.clamp(min=0)]]  # [B, L, k, h]
-            pooled = pooled + self.cfg.beta * (w.unsqueeze(-1) * nb).sum((1, 2)) / w.sum((1, 2)).clamp(min=1e-8).unsqueeze(-1)
+            pooled = pooled + self.global_weights[0] * torch.sparse.mm(inputs["neighbours"], entity_embeds)
         context = self.context(inputs, states, mask)
-        return self.user(torch.cat([pooled, context], -1))
+        return self.dropout(self.user(torch.cat([pooled, context], -1)))
+
+    def channels(self, inputs: dict) -> torch.Tensor | float:
+        """The item scores beside user . item: co-occurrence, copy and global."""
+        out = 0.0
+        if self.cfg.cooccurrence_channel:
+            out = out + self.cooccurrence_weights[0] * inputs["popularity"] + self.cooccurrence_weights[1] * inputs["cooccurrence"]
+        if self.cfg.global_emotion:
+            out = out + self.global_weights[1] * inputs["neighbour_items"]
+        if self.cfg.copy_channel:
+            seeker = inputs["by_seeker"]
+            value = seeker * self.copy_weights[0] + (1 - seeker) * self.copy_weights[1]
+            if self.cfg.local_emotion:
+                value = value + inputs["emotions"] @ self.copy_gate
+            positions = inputs["mentioned_items"]  # [B, L], -1: not an item
+            copy = torch.zeros(len(positions), len(self.item_ids), device=value.device)
+            out = out + copy.scatter_add(1, positions.clamp(min=0), value * (positions >= 0))
+        return out
 
     def forward(self, inputs: dict, entity_embeds: torch.Tensor | None = None, all_entities: bool = False) -> torch.Tensor:
-        """Logits over the items (or over every entity, for pre-training)."""
+        """Logits over the items (or, without the channels, over every entity, for pre-training)."""
         entity_embeds = self.kg() if entity_embeds is None else entity_embeds
         user = self.user_vector(inputs, entity_embeds)
         if all_entities:
             return user @ entity_embeds.T
-        return user @ entity_embeds[self.item_ids].T + self.item_bias
+        return user @ entity_embeds[self.item_ids].T + self.item_bias + self.channels(inputs)
 
-    def inputs(self, batch: dict) -> dict:
-        """Tensors for forward() from a numpy batch of examples (the collate step)."""
-        from ecr_ray.rec.features import pad_batch
+    def inputs(self, batch: dict, own: dict | None = None) -> dict:
+        """Tensors for forward() from a numpy batch of examples (the collate step). `own`:
+        conversation_id -> what that dialogue put into the tables (`own_contributions`), subtracted
+        for its examples."""
+        from ecr_ray.rec.features import pad_mentions, recency_weights
 
-        ids, emo = pad_batch(batch["entities"], batch["entity_emotions"])
-        return {"entities": torch.from_numpy(ids), "emotions": torch.from_numpy(emo), **self.context.features(batch)}
+        ids, emotions, by_seeker = pad_mentions(batch)
+        mask, recency = ids >= 0, recency_weights(ids, self.cfg.recency_decay)
+        out = {"entities": torch.from_numpy(ids), "emotions": torch.from_numpy(emotions), "by_seeker": torch.from_numpy(by_seeker),
+               "mentioned_items": torch.from_numpy(np.where(mask, self.entity_item[np.maximum(ids, 0)], -1)),
+               **self.context.features(batch)}
+        owned = [own.get(int(c)) for c in batch["conversation_id"]] if own else [None] * len(ids)
+        if self.cfg.cooccurrence_channel:
+            popularity, shared = self._item_counts(ids, recency, owned)
+            out["popularity"], out["cooccurrence"] = (torch.from_numpy(np.log1p(x).astype(np.float32)) for x in (popularity, shared))
+        if self.cfg.global_emotion:
+            out.update(self._neighbours(ids, recency, owned))
+        return out
+
+    def _item_counts(self, ids: np.ndarray, recency: np.ndarray, owned: list) -> tuple[np.ndarray, np.ndarray]:
+        """Training dialogues per item and recency-weighted co-occurrence counts with the context
+        [B, items], the example's own dialogue left out: it added 1 to each of its items and to every
+        pair of its entities and its items (an item is no evidence for itself)."""
+        from ecr_ray.rec.cooccurrence import weighted_rows
+
+        popularity = np.tile(self.tables["popularity"].astype(np.float64), (len(ids), 1))
+        counts = weighted_rows(self.tables["items"], ids, recency).to_dense().numpy().astype(np.float64)
+        for b, own in enumerate(owned):
+            if own and own[0]:
+                items = np.asarray(own[0])
+                popularity[b, items] -= 1
+                counts[b, items] -= recency[b].sum()
+                mentioned = self.entity_item[np.maximum(ids[b], 0)]
+                own_item = (ids[b] >= 0) & np.isin(mentioned, items)
+                counts[b, mentioned[own_item]] += recency[b, own_item]
+        return np.maximum(popularity, 0.0), np.maximum(counts, 0.0)
+
+    def _neighbours(self, ids: np.ndarray, recency: np.ndarray, owned: list) -> dict:
+        """The recency-weighted mean of P(. | entity) over the context's entities [B, entities] (sparse),
+        the example's own dialogue left out, and its log-score over the items."""
+        from ecr_ray.rec.cooccurrence import emotion_pairs, weighted_rows
+
+        totals = np.where(ids >= 0, self.neighbour_totals[np.maximum(ids, 0)], 0.0)
+        corrections = []
+        for b, own in enumerate(owned):
+            if own and own[1]:
+                position = {int(e): p for p, e in enumerate(ids[b]) if e >= 0}
+                pairs = [(position[i], j, c) for (i, j), c in emotion_pairs([tuple(m) for m in own[1]]).items() if i in position]
+                for p, _, c in pairs:
+                    totals[b, p] -= c
+                corrections += [(b, p, j, c) for p, j, c in pairs]
+        scale = np.where(totals > 0.5, recency / np.maximum(totals, 1.0), 0.0)  # counts are whole numbers
+        dist = weighted_rows(self.tables["neighbours"], ids, scale)
+        if corrections:
+            b, p, j, c = (np.asarray(x) for x in zip(*corrections, strict=True))
+            dist = dist + torch.sparse_coo_tensor(torch.from_numpy(np.vstack([b, j])), torch.as_tensor(-scale[b, p] * c, dtype=torch.float32),
+                                                  dist.shape, check_invariants=True)
+        dist = dist.coalesce()
+        norm = torch.as_tensor(np.where(totals > 0.5, recency, 0.0).sum(1), dtype=torch.float32).clamp(min=1e-12)
+        values = dist.values().clamp(min=0.0) / norm[dist.indices()[0]]  # clamp: rounding of what was subtracted
+        dist = torch.sparse_coo_tensor(dist.indices(), values, dist.shape, is_coalesced=True, check_invariants=False)
+        items = dist.index_select(1, self.item_entities).to_dense()
+        return {"neighbours": dist, "neighbour_items": torch.log1p(len(self.item_entities) * items)}
 
 
-def feedback_weights(feedback: torch.Tensor) -> torch.Tensor:
-    """m(feedback) per example, from the labels module (like 2.0, dislike 1.0, not said 0.5)."""
-    table = torch.zeros(max(FEEDBACK_WEIGHTS) + 1)
-    for value, weight in FEEDBACK_WEIGHTS.items():
-        table[value] = weight
-    return table[feedback.long()]
+def feedback_weights(feedback: torch.Tensor, weights: FeedbackWeights) -> torch.Tensor:
+    """m(feedback) per example from the rec config (the paper: like 2.0, dislike 1.0, not said 0.5)."""
+    table = torch.zeros(max(FEEDBACK_LIKE, FEEDBACK_DISLIKE, FEEDBACK_NOT_SAID) + 1)
+    table[FEEDBACK_LIKE], table[FEEDBACK_DISLIKE], table[FEEDBACK_NOT_SAID] = weights.like, weights.dislike, weights.not_said
+    return table.to(feedback.device)[feedback.long()]
 
 
-def rec_loss(logits: torch.Tensor, targets: torch.Tensor, feedback: torch.Tensor, reweight: bool) -> torch.Tensor:
+def rec_loss(logits: torch.Tensor, targets: torch.Tensor, feedback: torch.Tensor, weights: FeedbackWeights | None) -> torch.Tensor:
+    """Cross-entropy over the items, each example weighted by m(feedback) when `weights` are given."""
     losses = nn.functional.cross_entropy(logits, targets, reduction="none")
-    return (losses * feedback_weights(feedback)).mean() if reweight else losses.mean()
+    return (losses * feedback_weights(feedback, weights)).mean() if weights is not None else losses.mean()

@@ -76,7 +76,7 @@ class ItemRecommender:
 
         torch.set_num_threads(threads)
         cfg = model_config(run, RECOMMENDER, overrides)
-        self.max_entities = cfg.rec.max_entities
+        self.rcfg = cfg.rec
         self.kg = load_kg(cfg.data.path(cfg.data.kg_dir))
         self.linker = TextEntityLinker(self.kg, items=True)
         self.model = load_trained(cfg, run)
@@ -96,9 +96,9 @@ class ItemRecommender:
 
         turn = conversation_turn(messages, self.linker)
         users = [i for i, r in enumerate(turn["context_roles"]) if r == SEEKER]
-        entities, emotions = entity_emotions(turn, dict(zip(((0, i) for i in users), user_probs)), self.max_entities)
+        mentioned = entity_emotions(turn, dict(zip(((0, i) for i in users), user_probs)), self.rcfg)
         text = context_text(turn["context"], turn["context_roles"])
-        batch = {"context_text": [text], "entities": [entities], "entity_emotions": [emotions]}
+        batch = {"conversation_id": [0], "context_text": [text], **{k: [v] for k, v in mentioned.items()}}
         if self.embedder is not None:
             batch["context_vec"] = [self.embedder.embed([text])[0]]
         with torch.no_grad():

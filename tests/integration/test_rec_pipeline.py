@@ -49,8 +49,12 @@ def test_train_and_evaluate_on_dev(trained):
     assert report["intervals"]["recall@50"][1] - report["intervals"]["recall@50"][0] > 0.01  # a few hundred examples: wide
     assert report["recall@50"] > 3 * 50 / len(items)  # a random ranking finds 0.8% at 50 (3 tiny epochs: ~6%)
     trained_with = run_dir.read_json("reports/recommender.json")
-    assert trained_with["train_examples"] + trained_with["dev_examples"] == trained_with["examples"]["examples"]
-    assert trained_with["training"]["epochs_run"] <= cfg.rec.train.epochs
+    training = trained_with["training"]
+    # the epoch is selected on training dialogues held out from the updates, never on the dev split
+    assert training["train_examples"] + training["stop_examples"] + dev == trained_with["examples"]["examples"]
+    assert 0 < training["stop_examples"] < training["train_examples"] and training["epochs_run"] <= cfg.rec.train.epochs
+    assert trained_with["feedback_weights"] == {"like": 2.0, "dislike": 1.0, "not_said": 0.5}
+    assert run_dir.exists("models/recommender/tables.npz")
 
     again = run_stages(cfg, run_dir, only=["rec"])
     assert all(s.get("skipped") for s in again.values())
@@ -78,19 +82,27 @@ def test_evaluate_a_raw_redial_file_and_refuse_another_config(trained, data_root
     assert "no trained recommender" in capsys.readouterr().err
 
 
-def test_ablations_table_and_chart(trained):
-    _, run_dir, _ = trained
+def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
+    cfg, run_dir, _ = trained
     assert _cli("ablations", run_dir) == 0
-    results = run_dir.read_json("reports/ablations.json")
-    assert set(results) == {*BASELINES, *VARIANTS}
+    report = run_dir.read_json("reports/ablations.json")
+    results, differences = report["systems"], report["differences"]
+    assert report["folds"] == cfg.rec.cv_folds == 2 and set(results) == {*BASELINES, *VARIANTS}
+    pool_examples = run_dir.read_json("reports/recommender.json")["examples"]["examples"]
     for name, metrics in results.items():
+        assert metrics["examples"] == pool_examples, name  # each pool example scored once, by a model that never saw its dialogue
         assert all(0 <= metrics[k] <= 1 for k in METRIC_KEYS if metrics[k] is not None), name
-        assert metrics["examples"] == results["popularity"]["examples"]
         assert all(lo <= metrics[k] <= hi for k, (lo, hi) in metrics["intervals"].items() if k in METRIC_KEYS), name
-    table = run_dir.read_text("reports/ablations.md").splitlines()
-    assert len(table) == 2 + len(results) and table[0].startswith("| variant | recall@1 |")
-    assert [row.split(" | ")[0] for row in table[2:]] == [f"| {name}" for name in (*BASELINES, *VARIANTS)]
-    assert " [" in table[2]  # every figure with its interval
+    for name, diff in differences.items():
+        first, second = name.split(" − ")
+        assert diff["recall@50"] == pytest.approx(results[first]["recall@50"] - results[second]["recall@50"])
+        lo, hi = diff["intervals"]["recall@50"]
+        assert lo <= diff["recall@50"] <= hi
+    assert run_dir.exists("models/ablations/fold-1/full-ecr/tables.npz")
+    table = run_dir.read_text("reports/ablations.md")
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1 : 1 + len(results)]] == [f"| {name}" for name in (*BASELINES, *VARIANTS)]
+    assert "Paired differences" in table and " [" in rows[1]  # every figure with its interval
     with run_dir.fs.open_input_stream(run_dir.path("reports/ablations.png")) as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert results["popularity"]["recall@50"] > 0.05  # popular films are often the answer in ReDial

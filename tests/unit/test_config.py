@@ -30,7 +30,7 @@ def test_overrides_are_typed():
         ("data", "is not key=value"),
         ("rec.context_encoder=bert", "rec.context_encoder should be one of 'minilm', 'prompt', got 'bert'"),
         ("gen.generator.dtype=fp8", "gen.generator.dtype should be one of 'float32', 'bfloat16', 'float16'"),
-        ("rec.early_stop_metric=recall@5", "should be one of 'recall@1'"),
+        ("rec.early_stop_metric=recall@5", "should be one of 'mean_recall', 'recall@1'"),
         ("rec.train.epoch=3", "unknown config key rec.train.epoch"),
     ],
 )
@@ -69,7 +69,7 @@ def test_every_knob_is_described():
 def test_sections_keep_their_own_defaults():
     cfg = load_config(None, ["emotion.teacher.train.epochs=7", "gen.respond_pool.actors=3"])
     assert (cfg.emotion.teacher.train.epochs, cfg.emotion.teacher.train.lr, cfg.emotion.teacher.train.weight_decay) == (7, 5e-5, 0.01)
-    assert (cfg.rec.train.lr, cfg.rec.train.weight_decay, cfg.gen.generator.train.lr) == (1e-3, 0.0, 1e-4)
+    assert (cfg.rec.train.lr, cfg.rec.train.weight_decay, cfg.gen.generator.train.lr) == (1e-3, 0.01, 1e-4)
     assert (cfg.gen.respond_pool.actors, cfg.gen.respond_pool.cpus, cfg.gen.respond_pool.batch_size) == (3, 1.0, 8)
     assert cfg.eval.scorer.max_tokens == 80 and cfg.emotion.llm.max_tokens == 40
     assert load_config(None, base=cfg.to_dict()) == cfg  # a recorded config loads back as it was

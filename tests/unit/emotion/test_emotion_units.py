@@ -10,7 +10,6 @@ from ecr_ray.emotion.classifier import (
     save_classifier,
 )
 from ecr_ray.emotion.labels import (
-    FEEDBACK_WEIGHTS,
     GOEMOTIONS_TO_ECR,
     LABELS,
     multi_hot,
@@ -21,9 +20,8 @@ from ecr_ray.emotion.metrics import emotion_metrics
 from ecr_ray.models import ModelNotFound, resolve_model
 
 
-def test_labels_and_weights():
+def test_labels_and_the_goemotions_mapping():
     assert LABELS == ("like", "curious", "happy", "grateful", "negative", "neutral", "nostalgia", "agreement", "surprise")
-    assert FEEDBACK_WEIGHTS == {1: 2.0, 0: 1.0, 2: 0.5}
     assert len(GOEMOTIONS_TO_ECR) == 28 and set(GOEMOTIONS_TO_ECR.values()) == set(LABELS) - {"nostalgia"} | {None}
     assert GOEMOTIONS_TO_ECR["admiration"] == "like" and GOEMOTIONS_TO_ECR["realization"] == "surprise"
     assert top_labels([0.1, 0.9, 0.35, 0, 0, 0, 0, 0, 0], 0.3) == ["curious", "happy"]

@@ -8,15 +8,13 @@ import torch
 
 from ecr_ray.config import RecConfig, load_config
 from ecr_ray.data.kg import load_kg
-from ecr_ray.emotion.labels import FEEDBACK_WEIGHTS, LABELS
-from ecr_ray.rec.checkpoint import (
-    build_recommender,
-    load_recommender,
-    model_meta,
-    save_recommender,
-)
-from ecr_ray.rec.cooccurrence import emotion_neighbours
-from ecr_ray.rec.features import build_examples, emotion_turn, pad_batch
+from ecr_ray.config import FeedbackWeights
+from ecr_ray.emotion.labels import LABELS
+from ecr_ray.rec.checkpoint import build_recommender, load_recommender, model_meta, save_recommender
+from ecr_ray.rec.cooccurrence import cooccurrence_tables
+from ecr_ray.rec.evaluate import as_columns
+from ecr_ray.rec.examples import item_index
+from ecr_ray.rec.features import build_examples, emotion_turn, kept_emotions, pad_mentions
 from ecr_ray.rec.metrics import auc, rec_metrics, target_ranks
 from ecr_ray.rec.model import feedback_weights, rec_loss
 
@@ -45,32 +43,40 @@ def test_examples_count_what_they_skip():
         {**base, "turn": 5, "entities": [10], "entity_turns": [0], "target_items": [], "target_feedback": []},  # no target
     ]
     probs = {(7, 0): _probs(0), (7, 2): _probs(2)}
-    rows, counts = build_examples(turns, probs, {100: 0, 101: 1}, max_entities=8)
+    rows, counts = build_examples(turns, probs, {100: 0, 101: 1}, RecConfig(max_entities=8))
     assert counts == {"turns": 3, "turns_without_target": 1, "targets_outside_kg": 1, "turns_with_kg_target": 2,
                       "examples_without_entities": 1, "examples": 3}
     assert [(r["item"], r["feedback"]) for r in rows] == [(0, 1), (1, 2), (0, 0)]
-    assert rows[0]["entity_emotions"] == [_probs(0), _probs(2)]  # entity 11 gets the user's reply's emotion
+    kept = lambda top: [0.9 if i == top else 0.0 for i in range(9)]  # noqa: E731  (0.01 is below beta)
+    assert rows[0]["entity_emotions"] == [kept(0), kept(2)]  # entity 11 gets the user's reply's emotion
+    assert rows[0]["entity_by_seeker"] == [1, 0]
     assert rows[0]["context_text"] == "User: hi\nRecommender: try Heat\nUser: loved it"
-    ids, emo = pad_batch([r["entities"] for r in rows], [r["entity_emotions"] for r in rows])
+    ids, emo, seeker = pad_mentions(as_columns(rows))
     assert ids.tolist() == [[10, 11], [10, 11], [-1, -1]] and emo.shape == (3, 2, 9) and emo[2].sum() == 0
+    assert seeker.tolist() == [[1, 0], [1, 0], [0, 0]]
 
 
-def test_cooccurrence_counts_only_overlapping_emotions():
-    def dialogue(cid, mentions):
-        return {"conversation_id": cid, "utterances": [{"role": S, "entities": [e]} for e in mentions]}
+def test_kept_emotions_are_the_labels_above_beta_at_most_n_f():
+    p = [0.5, 0.2, 0.15, 0.12, 0.02, 0.01, 0, 0, 0]
+    assert kept_emotions(p, beta=0.1, most=3) == [0.5, 0.2, 0.15, 0, 0, 0, 0, 0, 0]  # 0.12 is the fourth
+    assert kept_emotions(p, beta=0.18, most=3) == [0.5, 0.2, 0, 0, 0, 0, 0, 0, 0]
+    assert kept_emotions([0.05] * 9, beta=0.1, most=3) == [0.0] * 9
 
-    dialogues = [dialogue(1, [5, 6, 7]), dialogue(2, [5, 6]), dialogue(3, [5, 7])]
+
+def test_neighbours_count_directed_mentions_whose_emotions_overlap(kg):
     happy, sad = LABELS.index("happy"), LABELS.index("negative")
-    probs = {(1, 0): _probs(happy), (1, 1): _probs(happy), (1, 2): _probs(sad),
-             (2, 0): _probs(happy), (2, 1): _probs(happy), (3, 0): _probs(sad), (3, 1): _probs(sad)}
-    ids, weights, stats = emotion_neighbours(dialogues, probs, num_entities=10, top=1, k=2, min_count=1)
-    # 5 met in 3 dialogues; with 6 in two of them (same emotion), with 7 once (dialogue 3: both sad)
-    assert ids[5].tolist() == [6, 7] and weights[5] == pytest.approx([2 / 3, 1 / 3])
-    assert ids[6].tolist()[:1] == [5] and weights[6][0] == pytest.approx(1.0) and weights[6][1] == 0
-    assert stats["entities_with_emotion"] == 3
-    # pairs met only once drop out with min_count=2
-    strict, _, _ = emotion_neighbours(dialogues, probs, 10, top=1, k=2, min_count=2)
-    assert strict[5].tolist() == [6, 0]
+    a, b, c = 5, 6, 7
+    # one dialogue: a (happy), b (happy), a again (happy), c (sad); b's second mention by the
+    # recommender has no reply, so no emotion
+    dialogue = {"conversation_id": 1, "utterances": [
+        {"role": S, "entities": [a]}, {"role": S, "entities": [b]}, {"role": S, "entities": [a]}, {"role": S, "entities": [c]},
+        {"role": R, "entities": [b]}]}
+    probs = {(1, 0): _probs(happy), (1, 1): _probs(happy), (1, 2): _probs(happy), (1, 3): _probs(sad)}
+    tables, stats = cooccurrence_tables([dialogue], probs, kg, item_index(kg), RecConfig(node_init="random"))
+    k = tables["neighbours"].to_dense()
+    # earlier -> later, per occurrence: a->b, a->a (same entity: no), b->a; c shares no emotion
+    assert k[a, b] == 1 and k[b, a] == 1 and k[a, c] == 0 and k[c, a] == 0 and k.sum() == 2
+    assert stats["emotion_pairs"] == 2 and stats["entities_with_neighbours"] == 2
 
 
 def test_auc_matches_pair_counting_and_recall_uses_ranks():
@@ -91,13 +97,14 @@ def test_auc_matches_pair_counting_and_recall_uses_ranks():
     assert (m["liked"], m["disliked"], m["not_said"]) == (2, 1, 1)
 
 
-def test_feedback_weights_come_from_the_labels_module():
-    feedback = torch.tensor([1, 0, 2])
-    assert feedback_weights(feedback).tolist() == [FEEDBACK_WEIGHTS[1], FEEDBACK_WEIGHTS[0], FEEDBACK_WEIGHTS[2]] == [2.0, 1.0, 0.5]
+def test_feedback_weights_are_rec_knobs_with_the_papers_defaults():
+    feedback = torch.tensor([1, 0, 2])  # ReDial's codes: liked, disliked, did not say
+    assert feedback_weights(feedback, FeedbackWeights()).tolist() == [2.0, 1.0, 0.5]
+    assert feedback_weights(feedback, FeedbackWeights(like=3.0, not_said=0.0)).tolist() == [3.0, 1.0, 0.0]
     logits, targets = torch.randn(3, 5), torch.tensor([0, 1, 2])
     plain = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
-    assert rec_loss(logits, targets, feedback, reweight=True).item() == pytest.approx((plain * torch.tensor([2.0, 1.0, 0.5])).mean().item())
-    assert rec_loss(logits, targets, feedback, reweight=False).item() == pytest.approx(plain.mean().item())
+    assert rec_loss(logits, targets, feedback, FeedbackWeights()).item() == pytest.approx((plain * torch.tensor([2.0, 1.0, 0.5])).mean().item())
+    assert rec_loss(logits, targets, feedback, None).item() == pytest.approx(plain.mean().item())
 
 
 @pytest.fixture(scope="module")
@@ -106,46 +113,89 @@ def kg(data_root):
 
 
 def _model(kg, data_root, **flags):
-    cfg = dataclasses.replace(RecConfig(hidden=16, num_bases=2), **flags)
-    ids = np.zeros((kg.num_entities, 2), np.int64)
-    weights = np.zeros((kg.num_entities, 2), np.float32)
-    ids[kg.item_ids[0]] = kg.item_ids[1:3]
-    weights[kg.item_ids[0]] = [0.6, 0.4]
-    meta = model_meta(str(data_root / load_config("tiny").data.kg_dir), 8, ids, weights)
+    """A small model over the real KG, its tables counted from two constructed dialogues."""
+    cfg = dataclasses.replace(RecConfig(hidden=16, num_bases=2, node_init="random", dropout=0.0), **flags)
+    tables, _ = cooccurrence_tables(_dialogues(kg), _emotions(), kg, item_index(kg), cfg)
+    meta = model_meta(str(data_root / load_config("tiny").data.kg_dir), 8, tables)
     return build_recommender(cfg, meta), meta
+
+
+def _dialogues(kg):
+    i0, i1, i2 = (int(i) for i in kg.item_ids[:3])
+    return [{"conversation_id": 1, "utterances": [{"role": S, "entities": [i0, 5]}, {"role": R, "entities": [i1]},
+                                                  {"role": S, "entities": [i2]}]},
+            {"conversation_id": 2, "utterances": [{"role": S, "entities": [5]}, {"role": R, "entities": [i1]}]}]
+
+
+def _emotions():
+    return {(1, 0): _probs(0), (1, 2): _probs(0), (2, 0): _probs(0)}
 
 
 def _batch(kg, emotions_on=True):
     emotion = _probs(0) if emotions_on else [0.0] * 9
-    return {"entities": [[int(kg.item_ids[0]), 5], []], "entity_emotions": [[emotion, [0.0] * 9], []],
-            "context_vec": [np.ones(8, np.float32), np.zeros(8, np.float32)], "item": [0, 1], "feedback": [1, 0]}
+    return {"conversation_id": [1, 3], "entities": [[int(kg.item_ids[0]), 5], []], "entity_emotions": [[emotion, [0.0] * 9], []],
+            "entity_by_seeker": [[1, 1], []], "context_vec": [np.ones(8, np.float32), np.zeros(8, np.float32)], "item": [0, 1],
+            "feedback": [1, 0]}
 
 
 def test_model_scores_every_item_and_handles_a_context_without_entities(kg, data_root):
     model, _ = _model(kg, data_root)
-    logits = model(model.inputs(_batch(kg)))
+    inputs = model.inputs(_batch(kg))
+    logits = model(inputs)
     assert logits.shape == (2, len(kg.item_ids)) == (2, 6281)
-    loss = rec_loss(logits, torch.tensor([0, 1]), torch.tensor([1, 0]), reweight=True)
+    # no entities: no co-occurrence, no copy, no neighbours; the item bias (popularity) and the user vector alone
+    assert inputs["cooccurrence"][1].abs().sum() == 0 and inputs["neighbour_items"][1].abs().sum() == 0
+    assert (inputs["mentioned_items"][1] < 0).all()
+    loss = rec_loss(logits, torch.tensor([0, 1]), torch.tensor([1, 0]), FeedbackWeights())
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)  # the empty context gives no NaN
 
 
-def test_local_and_global_emotion_change_only_what_they_should(kg, data_root):
-    model, _ = _model(kg, data_root)
+def test_counts_leave_the_examples_own_dialogue_out(kg, data_root):
+    """An example of a counted dialogue sees exactly the tables of the other dialogues."""
+    from ecr_ray.rec.cooccurrence import own_contributions
+
+    model, _ = _model(kg, data_root, node_init="random")
+    dialogues = _dialogues(kg)
+    own = own_contributions(dialogues, _emotions(), item_index(kg), model.cfg)
+    batch = {**_batch(kg), "conversation_id": [1, 1]}
+    seen = model.inputs(batch, own)
+    others, _ = cooccurrence_tables(dialogues[1:], _emotions(), kg, item_index(kg), model.cfg)
+    alone = build_recommender(model.cfg, {**_model(kg, data_root)[1], "tables": others})
+    expected = alone.inputs(batch)  # dialogue 1 never counted
+    for key in ("cooccurrence", "neighbour_items"):
+        assert torch.allclose(seen[key], expected[key]), key
+    assert torch.allclose(seen["neighbours"].to_dense(), expected["neighbours"].to_dense())
+    unseen = model.inputs(batch)  # without `own` the counts include dialogue 1: entity 5 met item 1 there and in dialogue 2
+    assert unseen["cooccurrence"][0, 1] > seen["cooccurrence"][0, 1] > 0
+    unknown = model.inputs({**batch, "entities": [[kg.num_entities - 1], []], "entity_emotions": [[[0.0] * 9], []],
+                            "entity_by_seeker": [[1], []]})
+    assert unknown["cooccurrence"].abs().sum() == 0  # an entity never seen in training contributes nothing
+
+
+def test_copy_channel_scores_mentioned_items_by_who_said_them_and_the_users_emotion(kg, data_root):
+    model, _ = _model(kg, data_root, global_emotion=False, cooccurrence_channel=False)
     with torch.no_grad():
-        embeds = model.kg()
-        felt = model(model.inputs(_batch(kg, emotions_on=True)), embeds)
-        unfelt = model(model.inputs(_batch(kg, emotions_on=False)), embeds)
-    assert not torch.allclose(felt[0], unfelt[0]) and torch.allclose(felt[1], unfelt[1])
-    plain, _ = _model(kg, data_root, local_emotion=False, global_emotion=False)
-    assert plain.emotions is None and plain.fuse is None  # no idle parameters for DDP
+        model.copy_weights.copy_(torch.tensor([2.0, 0.5]))
+        model.copy_gate.copy_(torch.arange(9.0))
+        liked, negative = (kept_emotions(_probs(LABELS.index(e)), 0.1, 3) for e in ("like", "negative"))
+        batch = {**_batch(kg), "entities": [[int(kg.item_ids[0]), int(kg.item_ids[1]), 5], []],
+                 "entity_emotions": [[negative, liked, liked], []], "entity_by_seeker": [[1, 0, 1], []]}
+        copy = model.channels(model.inputs(batch))
+    # seeker 2.0 + 0.9 x gate[negative]; recommender 0.5 + 0.9 x gate[like]
+    assert copy[0, 0] == pytest.approx(2.0 + 0.9 * LABELS.index("negative")) and copy[0, 1] == pytest.approx(0.5)
+    assert copy[0, 2:].abs().sum() == 0 and copy[1].abs().sum() == 0  # entity 5 is no item; the empty context has none
+
+
+def test_zero_initialised_fusion_and_emotion_weights_equal_the_base_model_at_step_0(kg, data_root):
+    base, _ = _model(kg, data_root, local_emotion=False, global_emotion=False)
+    full, _ = _model(kg, data_root)
+    missing, unexpected = full.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"emotions.weight", "fuse.weight", "fuse.bias", "copy_gate", "global_weights"}
+    assert not hasattr(base, "fuse") and not hasattr(base, "global_weights")  # no idle parameters for DDP
     with torch.no_grad():
-        no_global, _ = _model(kg, data_root, global_emotion=False)
-        no_global.load_state_dict(model.state_dict())
-        without = no_global(no_global.inputs(_batch(kg)), embeds)
-    assert not torch.allclose(felt[0], without[0])  # entity 0 has neighbours
-    assert torch.allclose(felt[1], without[1])  # no entities, no neighbours
+        assert torch.allclose(full(full.inputs(_batch(kg))), base(base.inputs(_batch(kg))), atol=1e-5)
 
 
 def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root, tmp_path):
@@ -155,7 +205,7 @@ def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root
     batch = _batch(kg)
     with torch.no_grad():
         assert torch.allclose(model.eval()(model.inputs(batch)), loaded(loaded.inputs(batch)))
-    assert loaded.neighbour_ids[kg.item_ids[0]].tolist() == kg.item_ids[1:3].tolist()
+    assert torch.equal(loaded.tables["items"].to_dense(), model.tables["items"].to_dense())
     with pytest.raises(ValueError, match=r"rec\.hidden: trained 16, config 32.*rec\.local_emotion"):
         load_recommender(tmp_path / "rec", dataclasses.replace(model.cfg, hidden=32, local_emotion=False))
     with pytest.raises(FileNotFoundError, match="no trained recommender"):
@@ -170,7 +220,7 @@ def test_prompt_path_trains_the_prompt_module_only(kg, data_root):
     batch = {**_batch(kg), "context_text": ["User: I loved Heat\nRecommender: try Ronin", ""]}
     logits = model(model.inputs(batch))
     assert logits.shape == (2, 6281) and torch.isfinite(logits).all()
-    rec_loss(logits, torch.tensor([0, 1]), torch.tensor([1, 0]), reweight=True).backward()
+    rec_loss(logits, torch.tensor([0, 1]), torch.tensor([1, 0]), FeedbackWeights()).backward()
     assert all(p.grad is None for p in ctx.lm.parameters()) and all(p.grad is None for p in ctx.text_encoder.parameters())
     assert ctx.prefix.grad is not None and ctx.prefix.grad.abs().sum() > 0
     assert model.kg.nodes.grad.abs().sum() > 0  # the entity prompts reach the KG encoder

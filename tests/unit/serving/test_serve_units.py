@@ -4,7 +4,7 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from ecr_ray.config import ServeConfig
+from ecr_ray.config import RecConfig, ServeConfig
 from ecr_ray.data.kg import load_kg
 from ecr_ray.data.linking import TextEntityLinker
 from ecr_ray.data.redial import RECOMMENDER, SEEKER
@@ -88,9 +88,9 @@ def test_a_conversation_becomes_a_recommender_turn_with_the_users_emotions(kg):
     assert turn["context_roles"] == [SEEKER, RECOMMENDER, SEEKER]
     assert turn["entities"] == [titanic, inception] and turn["entity_turns"] == [1, 2]  # latest mention last
     first, second = [1.0] + [0.0] * 8, [0.0] * 4 + [1.0] + [0.0] * 4
-    entities, emotions = entity_emotions(turn, {(0, 0): first, (0, 2): second}, max_entities=8)
+    mentioned = entity_emotions(turn, {(0, 0): first, (0, 2): second}, RecConfig(max_entities=8))
     # the recommender's Titanic takes the user's reply's emotion; Inception its latest (second) mention's
-    assert entities == [titanic, inception] and emotions == [second, second]
+    assert mentioned == {"entities": [titanic, inception], "entity_emotions": [second, second], "entity_by_seeker": [0, 1]}
 
 
 def test_an_untrained_run_names_the_command(tmp_path):
