@@ -170,7 +170,6 @@ class PromptConfig:
     heads: int = _knob(2, "attention heads of each randomly initialised model")
     n_prefix: int = _knob(10, "prefix prompt vectors given to the causal LM")
     max_length: int = _knob(128, "context tokens (the most recent are kept)")
-    pretrain_epochs: int = _knob(1, "emotional-semantic fusion pre-training epochs of the prompt encoder (0: none)")
 
 
 REC_KS = (1, 10, 50)  # Recall@k and Recall_True@k cut-offs (the paper's)
@@ -196,6 +195,7 @@ class RecConfig:
     num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")
     max_entities: int = _knob(32, "most recently mentioned entities kept per context")
     node_init: Literal["random", "ppmi-svd"] = _knob("ppmi-svd", "initial entity table: random | ppmi-svd (an SVD of the positive PMI of entity co-occurrence in the training dialogues)")
+    pretrain_epochs: int = _knob(1, "epochs of entity-prediction pre-training before the recommendation epochs: every entity of every training utterance (both speakers) predicted among all entities from those before it (UniCRS/ECR)")
     dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
     cooccurrence_channel: bool = _knob(True, "score log(1 + recency-weighted count of training dialogues an item shares with the context's entities), with a learned weight (counts leave the example's own dialogue out)")
@@ -207,6 +207,7 @@ class RecConfig:
     beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero")
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
     stop_fraction: float = _knob(0.1, "share of the training dialogues held out to select the epoch (never the reported split)")
+    channel_lr: float = _knob(1e-2, "learning rate of the channel weights and the item bias: a few scalars that need larger steps than the embeddings (follows the same schedule)")
     warmup: float = _knob(0.1, "share of the training steps over which the learning rate rises linearly; it then decays along a cosine to 0")
     patience: int = _knob(2, "epochs without a better selection metric before stopping")
     early_stop_metric: Literal[(MEAN_RECALL, *REC_METRICS)] = _knob(MEAN_RECALL, "metric on the held-out training dialogues that selects the best epoch (mean_recall: the mean of recall@10 and recall@50)")

@@ -53,7 +53,8 @@ def blocks_for(rows: int, batch_size: int) -> int:
 
 def fit(loop: Callable[[dict], None], knobs: TrainKnobs, loop_config: dict, datasets: dict[str, list[dict]], name: str,
         run_dir, ray_cfg: RayConfig) -> tuple[dict, dict]:
-    """Run `loop` on `knobs.num_workers` Ray Train workers over `datasets` ("train" is split between them).
+    """Run `loop` on `knobs.num_workers` Ray Train workers over `datasets` ("train" and "pretrain" are split
+    between them; every worker sees the others whole).
 
     The run is named by `name` and a digest of what it learns from, so a re-run (or Ray Train after a worker
     failure) resumes only its own checkpoints. Returns (the last checkpoint's state, the last numeric metrics).
@@ -74,7 +75,7 @@ def fit(loop: Callable[[dict], None], knobs: TrainKnobs, loop_config: dict, data
                              failure_config=FailureConfig(max_failures=knobs.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={k: ray.data.from_items(rows) for k, rows in datasets.items()},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=[k for k in datasets if k in ("train", "pretrain")]),
     )
     result = trainer.fit()
     with result.checkpoint.as_directory() as folder:
@@ -126,10 +127,19 @@ def world_rank() -> int:
 
 
 def _digest(obj) -> str:
-    """A short hash of JSON-able data holding numpy arrays (hashed by their bytes)."""
+    """A short hash of JSON-able data holding numpy arrays or torch tensors (hashed by their bytes)."""
     import numpy as np
 
+    def arrays(a):
+        if getattr(a, "is_sparse", False):
+            a = a.coalesce()
+            return [arrays(a.indices()), arrays(a.values()), list(a.shape)]
+        if hasattr(a, "numpy"):
+            a = a.detach().cpu().numpy()
+        if isinstance(a, np.ndarray):
+            return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+        return str(a)
+
     h = hashlib.sha256()
-    h.update(json.dumps(obj, sort_keys=True, default=lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-                        if isinstance(a, np.ndarray) else str(a)).encode())
+    h.update(json.dumps(obj, sort_keys=True, default=arrays).encode())
     return h.hexdigest()[:12]

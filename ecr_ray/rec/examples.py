@@ -14,6 +14,7 @@ class TrainingInputs(NamedTuple):
     train: list[dict]  # examples of the counted (training) dialogues
     held_out: list[dict]  # examples of the others, never counted
     own: dict  # conversation_id -> what a counted dialogue put into the tables (subtracted for its examples)
+    pretrain: list[dict]  # entity-prediction examples of the counted dialogues (rec/pretrain.py)
 
 
 def item_index(kg) -> dict[int, int]:
@@ -45,6 +46,7 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
     from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import model_meta
     from ecr_ray.rec.cooccurrence import cooccurrence_tables, own_contributions
+    from ecr_ray.rec.pretrain import entity_examples
 
     kg_dir = cfg.data.path(cfg.data.kg_dir)
     kg = load_kg(kg_dir)
@@ -54,7 +56,8 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
     dim = len(rows[0]["context_vec"]) if rows and "context_vec" in rows[0] else 0
     return TrainingInputs(model_meta(str(kg_dir), dim, tables), [r for r in rows if r["conversation_id"] in counted],
                           [r for r in rows if r["conversation_id"] not in counted],
-                          own_contributions(counted_dialogues, probs, item_index(kg), cfg.rec))
+                          own_contributions(counted_dialogues, probs, item_index(kg), cfg.rec),
+                          entity_examples(counted_dialogues, probs, cfg.rec, dim) if cfg.rec.pretrain_epochs else [])
 
 
 def model_inputs(cfg: Config, run_dir: RunDir) -> tuple[TrainingInputs, dict]:

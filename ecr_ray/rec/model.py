@@ -107,6 +107,11 @@ class ECRRecommender(nn.Module):
         self.entity_item = np.full(num_entities, -1, dtype=np.int64)
         self.entity_item[np.asarray(item_ids)] = np.arange(len(item_ids))
 
+    def channel_parameters(self) -> list[nn.Parameter]:
+        """The channel weights and the item bias (trained at `rec.channel_lr`)."""
+        names = ("cooccurrence_weights", "copy_weights", "copy_gate", "global_weights", "item_bias")
+        return [getattr(self, n) for n in names if hasattr(self, n)]
+
     def entity_states(self, entity_embeds, entities, emotions):
         """Mentioned entities [B, L, h], fused with the user's emotion towards each (local)."""
         states = entity_embeds[entities.clamp(min=0)]

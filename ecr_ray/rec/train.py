@@ -14,12 +14,12 @@ from ecr_ray.config import MEAN_RECALL, Config, RecConfig, from_dict
 from ecr_ray.rundir import RunDir
 
 
-def scheduled_lr(lr: float, step: int, total: int, warmup: float) -> float:
+def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up over the first `warmup` share of `total` steps, then a cosine decay to 0."""
     warm = max(1, round(warmup * total))
     if step < warm:
-        return lr * (step + 1) / warm
-    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
 def selection_metric(metrics: dict, name: str) -> float:
@@ -41,9 +41,13 @@ def train_loop(config: dict) -> None:
     cfg = from_dict(RecConfig, config["rec"])
     t, own = cfg.train, config["own"]
     model = build_recommender(cfg, config["meta"], config["allow_download"])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
-    pretrain = cfg.prompt.pretrain_epochs if cfg.context_encoder == "prompt" else 0
-    steps_per_epoch = math.ceil(config["train_examples"] / (t.num_workers * t.batch_size))
+    channels = model.channel_parameters()
+    embeddings = [p for p in model.parameters() if p.requires_grad and all(p is not c for c in channels)]
+    optimizer = torch.optim.AdamW([{"params": embeddings, "base_lr": t.lr}, {"params": channels, "base_lr": cfg.channel_lr}],
+                                  lr=t.lr, weight_decay=t.weight_decay)
+    pretrain = cfg.pretrain_epochs
+    steps = [math.ceil(config[k] / (t.num_workers * t.batch_size)) for k in ("pretrain_examples", "train_examples")]
+    schedule = [*[steps[0]] * pretrain, *[steps[1]] * t.epochs]  # steps per epoch; one warm-up and decay over them all
     state = restore(model, optimizer) or {"epoch": -1, "best": None, "best_metric": -1.0, "bad_epochs": 0}
     if state["epoch"] >= 0:  # after a worker failure, or a re-run
         state["resumed_at"] = [*state.get("resumed_at", []), state["epoch"] + 1]
@@ -57,14 +61,12 @@ def train_loop(config: dict) -> None:
         pretraining = epoch < pretrain
         ddp.train()
         losses = []
-        for i, batch in enumerate(ray.train.get_dataset_shard("train").iter_batches(
+        for i, batch in enumerate(ray.train.get_dataset_shard("pretrain" if pretraining else "train").iter_batches(
                 batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=8 * t.batch_size, local_shuffle_seed=t.seed + epoch)):
             for group in optimizer.param_groups:
-                group["lr"] = scheduled_lr(t.lr, epoch * steps_per_epoch + i, (pretrain + t.epochs) * steps_per_epoch, cfg.warmup)
+                group["lr"] = group["base_lr"] * lr_factor(sum(schedule[:epoch]) + i, sum(schedule), cfg.warmup)
             inputs = {k: v.to(device) for k, v in model.inputs(batch, own).items()}
-            targets = torch.as_tensor(batch["item"], device=device)
-            if pretraining:
-                targets = model.item_ids[targets]
+            targets = torch.as_tensor(batch["item"], device=device)  # an item position; an entity id when pre-training
             logits = ddp(inputs, all_entities=pretraining)
             loss = rec_loss(logits, targets, torch.as_tensor(batch["feedback"], device=device), None if pretraining else weights)
             losses.append(step(optimizer, loss))
@@ -105,14 +107,18 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     if not train or not stop:
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "
                            "(raise data.max_dialogues or rec.stop_fraction)")
+    datasets = {"train": train, "stop": stop}
+    if rcfg.pretrain_epochs:
+        datasets["pretrain"] = inputs.pretrain
     loop_config = {"rec": dataclasses.asdict(rcfg), "meta": inputs.meta, "own": inputs.own, "train_examples": len(train),
-                   "allow_download": cfg.models.allow_download}
-    state, metrics = fit(train_loop, rcfg.train, loop_config, {"train": train, "stop": stop}, name.replace("/", "-"), run_dir, cfg.ray)
+                   "pretrain_examples": len(inputs.pretrain), "allow_download": cfg.models.allow_download}
+    state, metrics = fit(train_loop, rcfg.train, loop_config, datasets, name.replace("/", "-"), run_dir, cfg.ray)
     recommender = build_recommender(rcfg, inputs.meta, cfg.models.allow_download)
     recommender.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
     metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
-                   resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop))
+                   resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
+                   pretrain_examples=len(inputs.pretrain) if rcfg.pretrain_epochs else 0)
     with tempfile.TemporaryDirectory() as local:
         save_recommender(recommender, inputs.meta, local, metrics)
         write_model_config(local, dataclasses.replace(cfg, rec=rcfg))

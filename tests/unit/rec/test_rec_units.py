@@ -218,6 +218,7 @@ def test_prompt_path_trains_the_prompt_module_only(kg, data_root):
     assert type(ctx.text_encoder).__name__ == "RobertaModel" and type(ctx.lm).__name__ == "GPT2Model"
     assert ctx.lm_tokenizer("Hello world")["input_ids"] == [15496, 995]  # GPT-2's real vocabulary
     batch = {**_batch(kg), "context_text": ["User: I loved Heat\nRecommender: try Ronin", ""]}
+    torch.nn.init.normal_(model.user.weight, std=0.1)  # zero at the start: gradients reach the context from the second step
     logits = model(model.inputs(batch))
     assert logits.shape == (2, 6281) and torch.isfinite(logits).all()
     rec_loss(logits, torch.tensor([0, 1]), torch.tensor([1, 0]), FeedbackWeights()).backward()
@@ -226,3 +227,34 @@ def test_prompt_path_trains_the_prompt_module_only(kg, data_root):
     assert model.kg.nodes.grad.abs().sum() > 0  # the entity prompts reach the KG encoder
     pretrain = model(model.inputs(batch), all_entities=True)
     assert pretrain.shape == (2, kg.num_entities)
+
+
+def test_pretraining_predicts_every_entity_from_those_before_it(kg):
+    from ecr_ray.rec.pretrain import entity_examples
+
+    dialogue = {"conversation_id": 4, "utterances": [
+        {"role": S, "text": "I liked Heat", "entities": [10]}, {"role": R, "text": "then Ronin, with De Niro", "entities": [11, 12]},
+        {"role": S, "text": "hi", "entities": []}, {"role": S, "text": "Heat again", "entities": [10, 10]}]}
+    rows = entity_examples([dialogue], {(4, 0): _probs(0)}, RecConfig(), context_dim=4)
+    # nothing before the first mention; both of the recommender's entities; Heat once, its earlier mention moved last
+    assert [(r["turn"], r["item"]) for r in rows] == [(1, 11), (1, 12), (3, 10)]
+    assert rows[0]["entities"] == [10] and rows[2]["entities"] == [10, 11, 12] and rows[2]["entity_by_seeker"] == [1, 0, 0]
+    assert rows[0]["context_vec"] == [0.0] * 4
+    prompt = entity_examples([dialogue], {}, RecConfig(context_encoder="prompt"), context_dim=0)
+    assert prompt[2]["context_text"] == "User: I liked Heat\nRecommender: then Ronin, with De Niro\nUser: hi"
+
+
+def test_schedule_warm_up_then_cosine_and_the_stopping_split_holds_whole_dialogues():
+    from ecr_ray.rec.ablations import folds
+    from ecr_ray.rec.train import lr_factor, stopping_split
+
+    lrs = [lr_factor(s, 100, 0.1) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 0.001 and all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    rows = [{"conversation_id": c, "turn": t} for c in range(20) for t in range(3)]
+    train, stop = stopping_split(rows, 0.1)
+    assert len(stop) == 6 and not {r["conversation_id"] for r in train} & {r["conversation_id"] for r in stop}
+    parts = folds(range(10), 3)
+    assert sorted(x for p in parts for x in p) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        folds(range(10), 1)
