@@ -17,7 +17,8 @@ def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
     recommender's top item and that item's knowledge."""
     from ecr_ray.gen.retrieval import item_title, load_retriever
     from ecr_ray.rec.evaluate import load_trained, recommend_rows
-    from ecr_ray.rec.examples import item_index, load_examples
+    from ecr_ray.rec.examples import load_examples
+    from ecr_ray.rec.features import item_index
     from ecr_ray.rec.features import context_text
 
     g = cfg.gen

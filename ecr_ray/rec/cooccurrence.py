@@ -142,7 +142,7 @@ def own_contributions(dialogues: Iterable[dict], probs: dict[tuple[int, int], li
 def build_tables(cfg: Config, run_dir: RunDir) -> dict:
     """The rec-cooccurrence stage: the tables of the pool's training dialogues -> rec/tables.npz."""
     from ecr_ray.data.kg import load_kg
-    from ecr_ray.rec.examples import item_index
+    from ecr_ray.rec.features import item_index
 
     dialogues = [d for d in read_rows(run_dir, POOL, "dialogues") if d["split"] == "train"]
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))

@@ -114,7 +114,7 @@ def baseline_ranks(inputs, kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, d
     """(ranks, probabilities) of every training-free baseline on the held-out examples of `inputs`
     (a TrainingInputs), from its training examples and tables."""
     from ecr_ray.rec.baselines import BASELINES, baseline_scores, item_popularity
-    from ecr_ray.rec.examples import item_index
+    from ecr_ray.rec.features import item_index
     from ecr_ray.rec.metrics import target_ranks
 
     index, rows = item_index(kg), inputs.held_out

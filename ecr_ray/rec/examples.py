@@ -17,15 +17,10 @@ class TrainingInputs(NamedTuple):
     pretrain: list[dict]  # entity-prediction examples of the counted dialogues (rec/pretrain.py)
 
 
-def item_index(kg) -> dict[int, int]:
-    """KG entity id of an item -> its index among the items (the recommender's output positions)."""
-    return {int(e): i for i, e in enumerate(kg.item_ids)}
-
-
 def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict], dict]:
     """Examples of a group (with context vectors on the cached path), sorted by dialogue and turn; skip counts."""
     from ecr_ray.data.kg import load_kg
-    from ecr_ray.rec.features import build_examples
+    from ecr_ray.rec.features import build_examples, item_index
 
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
     turns = sorted(read_rows(run_dir, group, "rec_turns"), key=lambda t: (t["conversation_id"], t["turn"]))
@@ -46,6 +41,7 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
     from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import model_meta
     from ecr_ray.rec.cooccurrence import cooccurrence_tables, own_contributions
+    from ecr_ray.rec.features import item_index
     from ecr_ray.rec.pretrain import entity_examples
 
     kg_dir = cfg.data.path(cfg.data.kg_dir)

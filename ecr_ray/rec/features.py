@@ -20,6 +20,11 @@ ROLE_NAMES = {SEEKER: "User", RECOMMENDER: "Recommender"}
 NO_EMOTION = [0.0] * len(LABELS)
 
 
+def item_index(kg) -> dict[int, int]:
+    """KG entity id of an item -> its index among the items (the recommender's output positions)."""
+    return {int(e): i for i, e in enumerate(kg.item_ids)}
+
+
 def context_text(context: list[str], roles: list[str]) -> str:
     """The dialogue so far as one text, one 'Role: text' line per utterance."""
     return "\n".join(f"{ROLE_NAMES.get(r, r)}: {t}" for t, r in zip(context, roles, strict=True))

@@ -72,7 +72,7 @@ class ItemRecommender:
         from ecr_ray.data.linking import TextEntityLinker
         from ecr_ray.rec.context import ContextEmbedder
         from ecr_ray.rec.evaluate import load_trained
-        from ecr_ray.rec.examples import item_index
+        from ecr_ray.rec.features import item_index
 
         torch.set_num_threads(threads)
         cfg = model_config(run, RECOMMENDER, overrides)
