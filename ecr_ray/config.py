@@ -198,7 +198,7 @@ class RecConfig:
     pretrain_epochs: int = _knob(1, "epochs of entity-prediction pre-training before the recommendation epochs: every entity of every training utterance (both speakers) predicted among all entities from those before it (UniCRS/ECR)")
     dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
-    cooccurrence_channel: bool = _knob(True, "score log(1 + recency-weighted count of training dialogues an item shares with the context's entities), with a learned weight (counts leave the example's own dialogue out)")
+    cooccurrence_channel: bool = _knob(True, "score log(1 + training dialogues an item occurs in) and log(1 + recency-weighted training dialogues it shares with the context's entities), each with a learned weight (counts leave the example's own dialogue out)")
     copy_channel: bool = _knob(True, "score items the context already mentions, last by the seeker or by the recommender, with learned weights (gated by the user's emotion towards the item when local_emotion)")
     local_emotion: bool = _knob(True, "fuse the user's emotion towards each mentioned entity into it (a zero-initialised fusion) and gate the copy channel by it")
     global_emotion: bool = _knob(True, "the emotion-related neighbours' distribution P(later entity | earlier entity) as its own channel: a neighbour representation and an item score, each with a learned weight")

@@ -18,8 +18,7 @@ def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
     from ecr_ray.gen.retrieval import item_title, load_retriever
     from ecr_ray.rec.evaluate import load_trained, recommend_rows
     from ecr_ray.rec.examples import load_examples
-    from ecr_ray.rec.features import item_index
-    from ecr_ray.rec.features import context_text
+    from ecr_ray.rec.features import context_text, item_index
 
     g = cfg.gen
     rows, _ = load_examples(cfg, run_dir, group)

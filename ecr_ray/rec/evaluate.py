@@ -1,4 +1,4 @@
-"""Scoring the recommender: metrics over example batches (the training loop's dev pass too), reported
+"""Scoring the recommender: metrics over example batches (the training loop's held-out pass too), reported
 metrics with 95% intervals over dialogues, the top item per turn (what generation answers about), the
 rec-eval stage, and the training-free baselines in the same harness."""
 from __future__ import annotations

@@ -46,13 +46,13 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
 
     kg_dir = cfg.data.path(cfg.data.kg_dir)
     kg = load_kg(kg_dir)
-    counted_dialogues = [d for d in dialogues if d["conversation_id"] in counted]
+    counted_dialogues, index = [d for d in dialogues if d["conversation_id"] in counted], item_index(kg)
     if tables is None:
-        tables, _ = cooccurrence_tables(counted_dialogues, probs, kg, item_index(kg), cfg.rec)
+        tables, _ = cooccurrence_tables(counted_dialogues, probs, kg, index, cfg.rec)
     dim = len(rows[0]["context_vec"]) if rows and "context_vec" in rows[0] else 0
     return TrainingInputs(model_meta(str(kg_dir), dim, tables), [r for r in rows if r["conversation_id"] in counted],
                           [r for r in rows if r["conversation_id"] not in counted],
-                          own_contributions(counted_dialogues, probs, item_index(kg), cfg.rec),
+                          own_contributions(counted_dialogues, probs, index, cfg.rec),
                           entity_examples(counted_dialogues, probs, cfg.rec, dim) if cfg.rec.pretrain_epochs else [])
 
 

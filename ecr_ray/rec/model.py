@@ -103,7 +103,7 @@ class ECRRecommender(nn.Module):
             self.global_weights = nn.Parameter(torch.zeros(2))  # neighbour representation, item score
         self.tables = {k: tables[k] for k in ("items", "popularity", "neighbours")}  # counts, read by `inputs`, never trained
         self.neighbour_totals = torch.sparse.sum(self.tables["neighbours"], 1).to_dense().double().numpy()
-        self.item_entities = torch.as_tensor(item_ids, dtype=torch.long)
+        self.item_entities = torch.as_tensor(item_ids, dtype=torch.long)  # `item_ids` stays on the CPU for `inputs`; the buffer moves
         self.entity_item = np.full(num_entities, -1, dtype=np.int64)
         self.entity_item[np.asarray(item_ids)] = np.arange(len(item_ids))
 
