@@ -59,7 +59,7 @@ def in_process(parts, talks, top_k: int) -> dict:
 
     async def turn(m):
         found, args = await answer(parts, m, top_k)
-        return await parts.respond(*args)
+        return await parts.reply(*args)
 
     return {"recommend": timed(lambda m: recommend(parts, m, top_k)), "chat": timed(turn)}
 

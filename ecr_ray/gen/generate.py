@@ -1,7 +1,7 @@
 """Batch generation: prompts (context, item, knowledge) -> responses, left-padded batches.
 
 `ResponseGenerator` is the Ray Data UDF (the model loads once per actor); `respond` serves plain
-loops and the Serve deployment, `stream` the chat API's streaming.
+loops, `reply` and `stream` the chat API (a request's decoding options, stop strings, token counts).
 """
 from __future__ import annotations
 
@@ -44,29 +44,53 @@ class ResponseGenerator:
             out = self.model.generate(**inputs, **self._decoding())
         return [self.tokenizer.decode(o[width:], skip_special_tokens=True).strip() for o in out], truncated
 
-    def stream(self, row: dict):
-        """One response as it is decoded: text pieces (what a chat server streams)."""
+    def reply(self, row: dict, options: dict | None = None) -> dict:
+        """One response to a chat request: {text, finish_reason, prompt_tokens, completion_tokens}.
+        `options` override the config's decoding for this request (`_decoding`)."""
+        import torch
+
+        inputs, width, _ = self._inputs([row])
+        with torch.no_grad():
+            out = self.model.generate(**inputs, **self._decoding(options))[0, width:]
+        cut = StopCut((options or {}).get("stop"))
+        text = (cut.feed(self.tokenizer.decode(out, skip_special_tokens=True)) + cut.flush()).strip()
+        return {"text": text, **self._finish(inputs, out, options, cut.hit)}
+
+    def stream(self, row: dict, options: dict | None = None):
+        """One response as it is decoded: text pieces (what a chat server streams), then one dict
+        {finish_reason, prompt_tokens, completion_tokens}."""
         import threading
 
         import torch
         from transformers import TextIteratorStreamer
 
-        inputs, _, _ = self._inputs([row])
+        inputs, width, _ = self._inputs([row])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result = {}
 
         def run():
             with torch.no_grad():
-                self.model.generate(**inputs, **self._decoding(), streamer=streamer)
+                result["out"] = self.model.generate(**inputs, **self._decoding(options), streamer=streamer)[0, width:]
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        first = True
+        cut, first = StopCut((options or {}).get("stop")), True
         for piece in streamer:
-            if first:  # respond() strips the response: so does the stream
+            if first:  # reply() strips the response: so does the stream
                 piece, first = piece.lstrip(), not piece.strip()
-            if piece:
+            if piece := cut.feed(piece):
                 yield piece
         thread.join()
+        if rest := cut.flush().rstrip():
+            yield rest
+        yield self._finish(inputs, result["out"], options, cut.hit)
+
+    def _finish(self, inputs: dict, out, options: dict | None, stopped: bool) -> dict:
+        """Why decoding ended ("length" when cut by the token limit) and the token counts."""
+        eos = self.tokenizer.eos_token_id
+        ended = stopped or len(out) < self._decoding(options)["max_new_tokens"] or (len(out) and int(out[-1]) == eos)
+        return {"finish_reason": "stop" if ended else "length", "prompt_tokens": int(inputs["attention_mask"].sum()),
+                "completion_tokens": len(out)}
 
     def _inputs(self, rows: list[dict]):
         """Left-padded prompt ids and mask, the padded width, and which prompts were truncated."""
@@ -84,14 +108,25 @@ class ResponseGenerator:
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
         return {"input_ids": input_ids, "attention_mask": mask}, width, truncated
 
-    def _decoding(self) -> dict:
-        d = self.decoding
-        kwargs = {"max_new_tokens": d.max_new_tokens, "do_sample": d.do_sample, "pad_token_id": self.tokenizer.pad_token_id,
-                  "eos_token_id": self.tokenizer.eos_token_id}
+    def _decoding(self, options: dict | None = None) -> dict:
+        """generate() arguments: the config's decoding, with a request's `options` over it (max_new_tokens
+        at most the config's; temperature 0 is greedy, above 0 samples; top_p, seed, stop, repetition_penalty)."""
+        import torch
+
+        d, o = self.decoding, options or {}
+        temperature = o.get("temperature", d.temperature if d.do_sample else 0.0)
+        kwargs = {"max_new_tokens": min(o.get("max_new_tokens", d.max_new_tokens), d.max_new_tokens), "do_sample": temperature > 0,
+                  "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id}
         if d.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = d.no_repeat_ngram_size
-        if d.do_sample:
-            kwargs.update(temperature=d.temperature, top_p=d.top_p)
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=o.get("top_p", d.top_p))
+            if "seed" in o:
+                torch.manual_seed(o["seed"])
+        if o.get("stop"):
+            kwargs.update(stop_strings=o["stop"], tokenizer=self.tokenizer)
+        if "repetition_penalty" in o:
+            kwargs["repetition_penalty"] = o["repetition_penalty"]
         return kwargs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -99,3 +134,27 @@ class ResponseGenerator:
         responses, truncated = self.respond(rows)
         batch = batch.append_column("response", pa.array(responses, pa.string()))
         return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
+
+
+class StopCut:
+    """Text up to the first stop string, fed piece by piece: a piece's tail that may begin a stop
+    string is held back until the next piece shows whether it does."""
+
+    def __init__(self, stops: list[str] | None):
+        self.stops, self.held, self.hit = stops or [], "", False
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        text = self.held + piece
+        found = [text.find(s) for s in self.stops if s in text]
+        if found:
+            self.hit, self.held = True, ""
+            return text[: min(found)]
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep:]
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        rest, self.held = self.held, ""
+        return rest

@@ -17,26 +17,32 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from ecr_ray.config import REPO_ROOT
 from ecr_ray.rundir import RunDir
-from ecr_ray.serving.api import (BadRequest, ChatRequest, RecommendRequest, check_conversation, chunk, completion, error_body,
-                                 validation_message)
+from ecr_ray.serving.api import (MAX_BODY_BYTES, BadRequest, ChatRequest, RecommendRequest, check_conversation, chunk, completion,
+                                 error_body, json_pieces, usage, validation_message)
 from ecr_ray.serving.components import EmotionDetector, ItemRecommender, KnowledgeRetriever, Responder, answer, load_run, recommend
 
 RUN_DIR_ENV, DEFAULT_RUN_DIR = "ECR_RUN_DIR", "runs/tiny"
 RETRIES = 4  # a request whose replica died is sent again, backing off 0.25-2 s (Serve routes it to a live or new one)
+READY_PROBE_S, RETRY_AFTER_S = 0.5, 5  # how long a readiness probe waits for a part; what a 503 asks the client to wait
 PAGE = Path(__file__).with_name("page.html")
 SERVE_CONFIG = REPO_ROOT / "serve" / "config.yaml"
 log = logging.getLogger("ecr_ray.serve")
 
 
 class _OneCallAtATime:
-    """A part in a replica, called one at a time (parts are not thread-safe; replicas add throughput)."""
+    """A part in a replica, called one at a time (parts are not thread-safe; replicas add throughput).
+    The replica is ready once its model has loaded (the constructor); `ready` answers then."""
 
     def __init__(self, part):
         self.part = part
         self.lock = asyncio.Lock()
+
+    def ready(self) -> bool:
+        return True
 
     async def _call(self, method, *args):
         async with self.lock:
@@ -75,12 +81,12 @@ class Generator(_OneCallAtATime):
     def __init__(self, run_dir: str, overrides: list[str]):
         super().__init__(Responder(RunDir(run_dir), overrides))
 
-    async def respond(self, messages: list[dict], title: str, knowledge: dict) -> str:
-        return await self._call(self.part.respond, messages, title, knowledge)
+    async def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict) -> dict:
+        return await self._call(self.part.reply, messages, title, knowledge, options)
 
-    async def stream(self, messages: list[dict], title: str, knowledge: dict):
+    async def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict):
         async with self.lock:
-            pieces = self.part.stream(messages, title, knowledge)
+            pieces = self.part.stream(messages, title, knowledge, options)
             while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
                 yield piece
 
@@ -91,6 +97,24 @@ class HandleParts:
 
     def __init__(self, classifier, recommender, retriever, generator):
         self.classifier, self.recommender, self.retriever, self.generator = classifier, recommender, retriever, generator
+        self.loaded = dict.fromkeys(self.named(), False)
+
+    def named(self) -> dict:
+        return {"emotion classifier": self.classifier, "recommender": self.recommender, "retriever": self.retriever,
+                "generator": self.generator}
+
+    async def ready(self) -> dict[str, bool]:
+        """Which parts have a replica that answers (probed until each has answered once)."""
+        async def probe(handle) -> bool:
+            try:
+                return await asyncio.wait_for(handle.ready.remote(), READY_PROBE_S)
+            except Exception:  # noqa: BLE001 - a part still loading (or failing) is not ready, whatever the reason
+                return False
+
+        waiting = {name: h for name, h in self.named().items() if not self.loaded[name]}
+        for name, up in zip(waiting, await asyncio.gather(*map(probe, waiting.values()))):
+            self.loaded[name] = up
+        return dict(self.loaded)
 
     async def detect(self, texts: list[str]) -> list[dict]:
         return await _retry(lambda: self.classifier.detect.remote(texts))
@@ -101,11 +125,11 @@ class HandleParts:
     async def knowledge(self, item: int) -> dict:
         return await _retry(lambda: self.retriever.knowledge.remote(item))
 
-    async def respond(self, messages: list[dict], title: str, knowledge: dict) -> str:
-        return await _retry(lambda: self.generator.respond.remote(messages, title, knowledge))
+    async def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None) -> dict:
+        return await _retry(lambda: self.generator.reply.remote(messages, title, knowledge, options))
 
-    async def stream(self, messages: list[dict], title: str, knowledge: dict):
-        async for piece in self.generator.options(stream=True).stream.remote(messages, title, knowledge):
+    async def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None):
+        async for piece in self.generator.options(stream=True).stream.remote(messages, title, knowledge, options):
             yield piece
 
 
@@ -141,7 +165,68 @@ async def _invalid(request: Request, exc: RequestValidationError):
 
 @api.exception_handler(BadRequest)
 async def _bad(request: Request, exc: BadRequest):
-    return JSONResponse(error_body(str(exc), exc.param, exc.code), status_code=exc.status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if exc.status == 503 else None
+    kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return JSONResponse(error_body(str(exc), exc.param, exc.code, kind), status_code=exc.status, headers=headers)
+
+
+HTTP_ERRORS = {400: ("the request body could not be read as JSON in UTF-8", "invalid_json"), 404: ("no such path", "not_found"),
+               405: ("this method is not allowed on this path", "method_not_allowed")}
+
+
+@api.exception_handler(HTTPException)
+async def _http(request: Request, exc: HTTPException):
+    """Starlette's own errors (unknown path, wrong method, a body it cannot parse) in the OpenAI shape."""
+    message, code = HTTP_ERRORS.get(exc.status_code, (str(exc.detail), "http_error"))
+    if exc.status_code in (404, 405):
+        message = f"{message}: {request.method} {request.url.path}"
+    return JSONResponse(error_body(message, None, code), status_code=exc.status_code, headers=exc.headers)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes is a 413 in the OpenAI shape, whether it says its
+    length (refused before reading) or streams in chunks (refused once the limit is passed)."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = JSONResponse(error_body(f"the request body is larger than {self.limit} bytes", None, "request_too_large"), 413)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.limit:
+            return await too_large(scope, receive, send)
+        seen, answered = 0, False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge  # FastAPI may turn this into a 400 of its own: `sent` answers 413 instead
+            return message
+
+        async def sent(message):
+            nonlocal answered
+            if seen <= self.limit:
+                await send(message)
+            elif not answered:
+                answered = True
+                await too_large(scope, receive, send)
+
+        try:
+            await self.app(scope, counted, sent)
+        except _TooLarge:
+            if not answered:
+                await too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+api.add_middleware(BodyLimit)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
@@ -167,8 +252,24 @@ class ChatIngress:
         return PAGE.read_text()
 
     @api.get("/healthz")
-    def healthz(self) -> dict:
-        return {"status": "ok", "model": self.cfg.model_name}
+    async def healthz(self) -> dict:
+        """Alive (always 200 while the ingress runs), and which parts can answer."""
+        parts = await self.parts.ready()
+        return {"status": "ok", "model": self.cfg.model_name, "ready": all(parts.values()), "parts": parts}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """200 once every part has loaded; 503 with Retry-After until then (a load balancer's probe)."""
+        parts = await self.parts.ready()
+        ready = all(parts.values())
+        return JSONResponse({"status": "ready" if ready else "loading", "parts": parts}, status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": str(RETRY_AFTER_S)})
+
+    async def _require_ready(self) -> None:
+        parts = await self.parts.ready()
+        if not all(parts.values()):
+            loading = ", ".join(name for name, up in parts.items() if not up)
+            raise BadRequest(f"the models are still loading ({loading}); retry in {RETRY_AFTER_S} s", None, 503, "not_ready")
 
     @api.get("/v1/models")
     def models(self, request: Request) -> dict:
@@ -179,6 +280,7 @@ class ChatIngress:
     async def recommend(self, body: RecommendRequest, request: Request) -> dict:
         self._authorize(request)
         messages = check_conversation(body, self.cfg)
+        await self._require_ready()
         return await timed(self.cfg.request_timeout_s, recommend(self.parts, messages, body.top_k or self.cfg.top_k))
 
     @api.post("/v1/chat/completions")
@@ -188,31 +290,43 @@ class ChatIngress:
             raise BadRequest(f"model {body.model!r} is not served here; this server serves {self.cfg.model_name!r}", "model", 404,
                              "model_not_found")
         messages = check_conversation(body, self.cfg)
+        body.refuse_unsupported()
+        options = body.decoding()
+        await self._require_ready()
         if body.stream:
-            return StreamingResponse(self._stream(messages, body.top_k), media_type="text/event-stream")
+            return StreamingResponse(self._stream(messages, body, options), media_type="text/event-stream")
 
         async def turn():
             found, args = await answer(self.parts, messages, body.top_k or self.cfg.top_k)
-            return completion(self.cfg.model_name, await self.parts.respond(*args), found)
+            return completion(self.cfg.model_name, await self.parts.reply(*args, options), found, body.as_json)
 
         return await timed(self.cfg.request_timeout_s, turn())
 
-    async def _stream(self, messages: list[dict], top_k: int | None):
-        """The recommendation in the first chunk's `ecr` field, then the response as it is decoded."""
+    async def _stream(self, messages: list[dict], body: ChatRequest, options: dict):
+        """The recommendation in the first chunk's `ecr` field, then the response as it is decoded, the
+        finish reason, and with stream_options.include_usage a last chunk with the token counts."""
         rid, name = f"chatcmpl-{uuid.uuid4().hex[:24]}", self.cfg.model_name
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.request_timeout_s
         try:
-            found, args = await asyncio.wait_for(answer(self.parts, messages, top_k or self.cfg.top_k), self.cfg.request_timeout_s)
-            yield chunk(rid, name, {"role": "assistant", "content": ""}, ecr=found)
-            pieces = self.parts.stream(*args)
+            found, args = await asyncio.wait_for(answer(self.parts, messages, body.top_k or self.cfg.top_k), self.cfg.request_timeout_s)
+            before, after = json_pieces(found) if body.as_json else ("", "")
+            yield chunk(rid, name, {"role": "assistant", "content": before}, ecr=found)
+            pieces, end = self.parts.stream(*args, options), {}
             while True:
                 try:
                     piece = await asyncio.wait_for(anext(pieces), max(0.0, deadline - loop.time()))
                 except StopAsyncIteration:
                     break
-                yield chunk(rid, name, {"content": piece})
-            yield chunk(rid, name, {}, "stop")
+                if isinstance(piece, dict):  # the generator's last word: finish reason and token counts
+                    end = piece
+                else:
+                    yield chunk(rid, name, {"content": json.dumps(piece)[1:-1] if body.as_json else piece})
+            if after:
+                yield chunk(rid, name, {"content": after})
+            yield chunk(rid, name, {}, end.get("finish_reason", "stop"))
+            if (body.stream_options or {}).get("include_usage") and end:
+                yield chunk(rid, name, None, usage=usage(end))
         except TimeoutError:
             yield f"data: {json.dumps(error_body(f'the request took longer than {self.cfg.request_timeout_s:g} s', None, 'timeout'))}\n\n"
         yield "data: [DONE]\n\n"

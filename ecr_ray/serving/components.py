@@ -140,11 +140,11 @@ class Responder:
         return {"context": context_text([m["content"] for m in dialogue], [ROLES[m["role"]] for m in dialogue]),
                 "title": title, "knowledge": knowledge}
 
-    def respond(self, messages: list[dict], title: str, knowledge: dict) -> str:
-        return self.generator.respond([self._row(messages, title, knowledge)])[0][0]
+    def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None) -> dict:
+        return self.generator.reply(self._row(messages, title, knowledge), options)
 
-    def stream(self, messages: list[dict], title: str, knowledge: dict):
-        yield from self.generator.stream(self._row(messages, title, knowledge))
+    def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None):
+        yield from self.generator.stream(self._row(messages, title, knowledge), options)
 
 
 class LocalParts:
@@ -165,11 +165,11 @@ class LocalParts:
     async def knowledge(self, item: int) -> dict:
         return self.retriever.knowledge(item)
 
-    async def respond(self, messages: list[dict], title: str, knowledge: dict) -> str:
-        return self.generator.respond(messages, title, knowledge)
+    async def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None) -> dict:
+        return self.generator.reply(messages, title, knowledge, options)
 
-    async def stream(self, messages: list[dict], title: str, knowledge: dict):
-        for piece in self.generator.stream(messages, title, knowledge):
+    async def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None):
+        for piece in self.generator.stream(messages, title, knowledge, options):
             yield piece
             await asyncio.sleep(0)
 

@@ -53,6 +53,8 @@ async def _reply(parts: LocalParts, messages: list[dict], top_k: int, stdout) ->
     print("ecr> ", end="", file=stdout, flush=True)
     pieces = []
     async for piece in parts.stream(*args):
+        if not isinstance(piece, str):  # the finish reason and token counts
+            continue
         pieces.append(piece)
         print(piece, end="", file=stdout, flush=True)
     print(file=stdout, flush=True)

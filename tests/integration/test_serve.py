@@ -17,6 +17,7 @@ import yaml
 
 from ecr_ray.emotion.labels import LABELS
 from ecr_ray.serving.app import SERVE_CONFIG
+from ecr_ray.serving.components import load_run
 
 from tests.conftest import SERVE_PORT, free_port
 
@@ -30,7 +31,6 @@ def served(gen_run, ray_local):
     from ray import serve
 
     from ecr_ray.serving.app import deploy
-    from ecr_ray.serving.components import load_run
 
     cfg, run_dir, _ = gen_run
     os.environ[load_run(run_dir.root)[0].serve.token_env] = TOKEN  # read by the app builder
@@ -60,7 +60,8 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     assert [m.id for m in client.models.list()] == ["ecr-ray"]
     reply = client.chat.completions.create(model="ecr-ray", messages=TALK)
     text, ecr = reply.choices[0].message.content, reply.model_extra["ecr"]
-    assert text and reply.choices[0].finish_reason == "stop"
+    finish = reply.choices[0].finish_reason
+    assert text and finish == ("length" if reply.usage.completion_tokens == load_run(run_dir.root)[0].gen.decoding.max_new_tokens else "stop")
 
     items = ecr["items"]
     assert len(items) == 5 and all(i["title"] for i in items)
@@ -75,16 +76,116 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     # the same parts in-process give the same recommendation and, decoding greedily, the same response
     found, args = asyncio.run(answer(local_parts, TALK, 5))
     assert [i["item"] for i in found["items"]] == [i["item"] for i in items]
-    assert asyncio.run(local_parts.respond(*args)) == text
+    assert asyncio.run(local_parts.reply(*args))["text"] == text
 
     stream = client.chat.completions.create(model="ecr-ray", messages=TALK, stream=True)
     chunks = list(stream)
     assert chunks[0].model_extra["ecr"]["items"] == items
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text and chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text and chunks[-1].choices[0].finish_reason == finish
     assert len(chunks) > 3  # token by token, not one piece
+    assert reply.usage.completion_tokens > 0 and reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
 
     rec = requests.post(f"{base}/recommend", json={"messages": TALK, "top_k": 3}, headers=AUTH, timeout=60).json()
     assert rec["items"] == items[:3] and rec["emotions"] == ecr["emotions"] and rec["entities"] == ecr["entities"]
+
+
+def test_openai_request_fields_are_honoured(served):
+    import json
+
+    import openai
+
+    base, _ = served
+    client = openai.OpenAI(base_url=f"{base}/v1", api_key=TOKEN)
+    ask = lambda **kw: client.chat.completions.create(model="ecr-ray", messages=TALK, **kw)  # noqa: E731
+    full = ask()
+    cut = ask(max_tokens=3)
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 3
+    assert full.choices[0].message.content.startswith(cut.choices[0].message.content)
+    stop = full.choices[0].message.content.split()[2]
+    stopped = ask(stop=[stop])
+    assert stopped.choices[0].message.content == full.choices[0].message.content.split(stop)[0].strip()
+    assert stopped.choices[0].finish_reason == "stop"
+
+    chunks = list(ask(stream=True, max_tokens=4, stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    assert chunks[-2].choices[0].finish_reason == "length"
+
+    as_json = ask(response_format={"type": "json_object"})
+    turn = json.loads(as_json.choices[0].message.content)
+    assert turn == {"response": full.choices[0].message.content, "recommendations": [i["title"] for i in full.model_extra["ecr"]["items"]]}
+    streamed = "".join(c.choices[0].delta.content or "" for c in ask(response_format={"type": "json_object"}, stream=True))
+    assert json.loads(streamed) == turn
+
+    parts = [{"role": "user", "content": [{"type": "text", "text": TALK[0]["content"]}]}]
+    same = client.chat.completions.create(model="ecr-ray", messages=parts, metadata={"run": "test"}, store=False, logprobs=False,
+                                          presence_penalty=0.0, user="u1", service_tier="auto")
+    assert same.choices[0].message.content == full.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="json_schema is not supported"):
+        ask(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}})
+
+
+def test_hostile_requests_answer_4xx_in_the_openai_shape(served):
+    base, _ = served
+    url = f"{base}/v1/chat/completions"
+    json_headers = {"Content-Type": "application/json", **AUTH}
+    deep = '{"messages": ' + "[" * 5000 + "]" * 5000 + "}"
+
+    def chunked():
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(11):
+            yield b"x" * (1 << 20)
+        yield b'"}]}'
+
+    cases = {
+        "not UTF-8": (requests.post(url, data=b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', headers=json_headers), 400),
+        "nested too deep": (requests.post(url, data=deep, headers=json_headers), 400),
+        "10 MB body": (requests.post(url, data=b"x" * (10 << 20), headers=json_headers), 413),
+        "11 MB chunked body": (requests.post(url, data=chunked(), headers=json_headers), 413),
+        "wrong method": (requests.get(url, headers=AUTH), 405),
+        "unknown path": (requests.get(f"{base}/v2/nothing", headers=AUTH), 404),
+        "image part": (requests.post(url, json={"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+                                     headers=AUTH), 400),
+    }
+    for name, (answer, status) in cases.items():
+        assert answer.status_code == status, (name, answer.status_code, answer.text[:200])
+        error = answer.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"], name
+
+
+def test_requests_before_the_models_load_get_503_at_once(served):
+    """A second app whose recommender, retriever and generator cannot be placed (64 CPUs each): it
+    reports each part's state and answers 503 at once instead of waiting for a replica."""
+    from ray import serve
+    from ray.serve.api import _run  # serve.run waits for every replica, which here never come
+
+    from ecr_ray.serving.app import _graph
+
+    base, run_dir = served
+    cpus = lambda n: {"ray_actor_options": {"num_cpus": n}}  # noqa: E731
+    options = {"ChatIngress": cpus(0), "EmotionClassifier": cpus(0), "Recommender": cpus(64), "Retriever": cpus(64), "Generator": cpus(64)}
+    _run(_graph(run_dir.root, [], options), _blocking=False, name="loading", route_prefix="/loading")
+    try:
+        deadline, parts = time.monotonic() + 120, {}
+        while not parts.get("emotion classifier"):  # the one part that can load
+            assert time.monotonic() < deadline, parts
+            try:
+                health = requests.get(f"{base}/loading/healthz", timeout=5)
+                parts = health.json()["parts"] if health.status_code == 200 else {}
+            except requests.RequestException:  # the ingress replica is still starting
+                time.sleep(1)
+        assert parts == {"emotion classifier": True, "recommender": False, "retriever": False, "generator": False}
+        assert health.json()["ready"] is False
+        ready = requests.get(f"{base}/loading/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "5" and ready.json()["parts"] == parts
+        start = time.monotonic()
+        answer = requests.post(f"{base}/loading/v1/chat/completions", json={"messages": TALK}, timeout=30)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5" and time.monotonic() - start < 5
+        error = answer.json()["error"]
+        assert error["code"] == "not_ready" and error["type"] == "server_error" and "recommender, retriever, generator" in error["message"]
+    finally:
+        serve.delete("loading")
+    live = requests.get(f"{base}/readyz", timeout=10)
+    assert live.status_code == 200 and all(live.json()["parts"].values())
 
 
 def test_bad_requests_are_4xx_and_the_token_is_required(served):
@@ -110,7 +211,8 @@ def test_bad_requests_are_4xx_and_the_token_is_required(served):
     good = '{"messages": [{"role": "user", "content": "hi"}], "top_k": 2}'
     assert post(good, {}).status_code == 401 and post(good, {"Authorization": "Bearer wrong"}).status_code == 401
     assert requests.get(f"{base}/v1/models", timeout=10).status_code == 401
-    assert requests.get(f"{base}/healthz", timeout=10).json() == {"status": "ok", "model": "ecr-ray"}
+    health = requests.get(f"{base}/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["model"] == "ecr-ray" and health["ready"] is True
     assert len(post(good).json()["ecr"]["items"]) == 2
 
 
@@ -191,7 +293,7 @@ def test_chat_in_the_terminal(served, local_parts, monkeypatch, capsys):
     out = capsys.readouterr().out
     found, args = asyncio.run(answer(local_parts, TALK, 3))
     assert "recommended: " + "; ".join(i["title"] for i in found["items"]) in _without_scores(out)
-    assert f"ecr> {asyncio.run(local_parts.respond(*args))}\n" in out
+    assert f"ecr> {asyncio.run(local_parts.reply(*args))['text']}\n" in out
     assert "(a new conversation)" in out
 
     empty = run_dir.root + "-missing"
@@ -218,16 +320,17 @@ def test_serve_run_with_the_config_file(gen_run, tmp_path):
     proc = subprocess.Popen(["serve", "run", "--address", "local", str(config)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        while True:
-            assert proc.poll() is None, "serve run exited"
-            assert time.monotonic() - start < 240, "serve run did not answer within 240 s"
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:  # refused, or held by the proxy until the app is up
-                pass
-            time.sleep(1)
-        print(f"serve run cold start: {time.monotonic() - start:.1f} s")
+        for probe in ("healthz", "readyz"):  # the ingress answers, then every part has loaded
+            while True:
+                assert proc.poll() is None, "serve run exited"
+                assert time.monotonic() - start < 240, f"serve run: no {probe} within 240 s"
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/{probe}", timeout=2).ok:
+                        break
+                except requests.RequestException:  # refused, or held by the proxy until the app is up
+                    pass
+                time.sleep(1)
+            print(f"serve run cold start: /{probe} 200 after {time.monotonic() - start:.1f} s")
         answer = requests.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": TALK}, timeout=120)
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
     finally:

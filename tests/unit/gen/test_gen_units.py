@@ -153,3 +153,29 @@ def test_generator_dtype_knob():
 
     base, _ = load_base(dataclasses.replace(GPT2, model="smollm2-135m-instruct", dtype="bfloat16"))
     assert {p.dtype for p in base.parameters()} == {torch.bfloat16}  # half the memory: a 7B base fits a 24 GB GPU
+
+
+def test_a_chat_reply_honours_max_tokens_and_stop_plain_and_streamed():
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.gen.generate import ResponseGenerator, StopCut
+
+    smol = dataclasses.replace(GPT2, model="smollm2-135m-instruct", max_length=256)
+    generator = ResponseGenerator(None, smol, DecodingConfig(max_new_tokens=12, no_repeat_ngram_size=0), retrieval=False)
+    row = {"context": "User: I loved Inception", "title": "Heat", "knowledge": {"entities": [], "triples": []}}
+    full = generator.reply(row)
+    assert full["completion_tokens"] == 12 and full["finish_reason"] == "length" and full["prompt_tokens"] > 5 and full["text"]
+    short = generator.reply(row, {"max_new_tokens": 3})
+    assert short["completion_tokens"] == 3 and short["finish_reason"] == "length" and full["text"].startswith(short["text"])
+    assert generator.reply(row, {"max_new_tokens": 99})["completion_tokens"] == 12  # never above the config's limit
+    stop = full["text"][len(full["text"]) // 2:][:3]
+    stopped = generator.reply(row, {"stop": [stop]})
+    assert stopped["text"] == full["text"][: full["text"].index(stop)].strip() and stopped["finish_reason"] == "stop"
+    *pieces, end = generator.stream(row, {"stop": [stop]})
+    assert "".join(pieces) == stopped["text"] and end["finish_reason"] == "stop" and len(pieces) > 1
+    seeded = [generator.reply(row, {"temperature": 1.0, "seed": 5})["text"] for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+    cut = StopCut(["END", "xy"])
+    assert [cut.feed(p) for p in ["abc E", "N", "x", "y more"]] == ["abc ", "", "EN", ""] and cut.hit
+    cut = StopCut(["END"])
+    assert cut.feed("the EN") == "the " and cut.feed("ding") == "ENding" and cut.flush() == "" and not cut.hit

@@ -55,6 +55,7 @@ def test_unknown_fields_roles_and_types_are_named():
     assert message_of({"messages": user, "temperature_x": 1}) == ("unknown field 'temperature_x'", "temperature_x")
     assert message_of({"messages": [{"role": "bot", "content": "hi"}]})[1] == "messages.0.role"
     assert message_of({"messages": [{"role": "user", "content": ["parts"]}]})[1] == "messages.0.content"
+    assert message_of({"messages": [{"role": "user", "content": [{"text": "no type"}]}]})[1] == "messages.0.content"
     assert message_of({"messages": []})[1] == "messages"
     assert message_of({"messages": user, "n": 2})[1] == "n"
     assert message_of({"messages": user, "top_k": 0})[1] == "top_k"
@@ -96,3 +97,54 @@ def test_a_conversation_becomes_a_recommender_turn_with_the_users_emotions(kg):
 def test_an_untrained_run_names_the_command(tmp_path):
     with pytest.raises(NotTrained, match=rf"ecr-ray run --config tiny --run-dir {tmp_path}"):
         load_run(str(tmp_path))
+
+
+def test_every_openai_request_field_is_accepted_and_documented():
+    from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+
+    from ecr_ray.config import REPO_ROOT
+    from ecr_ray.serving.api import FIELDS, HONOURED, IGNORED, REFUSED
+
+    openai_fields = set(CompletionCreateParamsBase.__annotations__)
+    assert openai_fields <= set(FIELDS) and openai_fields <= set(ChatRequest.model_fields)
+    readme = (REPO_ROOT / "README.md").read_text()
+    for name, (what, _) in FIELDS.items():
+        assert what in (HONOURED, IGNORED, REFUSED) and f"| `{name}` | {what} |" in readme, name
+
+
+def test_text_parts_roles_and_what_is_refused():
+    parts = [{"type": "text", "text": "I loved"}, {"type": "text", "text": "Inception"}]
+    assert _check([{"role": "developer", "content": "be brief"}, {"role": "user", "content": parts}]) == [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "I loved\nInception"}]
+    with pytest.raises(BadRequest, match="'image_url' part: only text parts") as err:
+        _check([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}])
+    assert err.value.param == "messages[0].content[0]"
+    user = [{"role": "user", "content": "hi"}]
+    for extra, param in [({"logprobs": True}, "logprobs"), ({"tools": [{"type": "function"}]}, "tools"),
+                         ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format.type"),
+                         ({"logit_bias": {"50256": -100}}, "logit_bias"), ({"modalities": ["text", "audio"]}, "modalities")]:
+        with pytest.raises(BadRequest) as err:
+            ChatRequest(messages=user, **extra).refuse_unsupported()
+        assert err.value.param == param and err.value.status == 400
+    fine = ChatRequest(messages=user, logprobs=False, tools=[], metadata={"a": "b"}, store=True, modalities=["text"],
+                       response_format={"type": "json_object"}, service_tier="auto", reasoning_effort="low")
+    fine.refuse_unsupported()
+    assert fine.as_json and fine.decoding() == {}
+    options = ChatRequest(messages=user, max_tokens=9, max_completion_tokens=7, temperature=0, seed=3, stop="\n",
+                          frequency_penalty=1.0, presence_penalty=-1.0).decoding()
+    assert options == {"max_new_tokens": 7, "temperature": 0, "seed": 3, "stop": ["\n"], "repetition_penalty": 1.25}
+    with pytest.raises(BadRequest, match="up to 4"):
+        ChatRequest(messages=user, stop=["a", "b", "c", "d", "e"]).decoding()
+
+
+def test_streamed_json_content_is_the_plain_answers_json():
+    import json
+
+    from ecr_ray.serving.api import json_content, json_pieces
+
+    found = {"items": [{"title": 'The "Matrix" (1999)'}, {"title": "Heat"}]}
+    before, after = json_pieces(found)
+    pieces = ["I think ", 'you\'d like "it"', "\nreally"]
+    streamed = before + "".join(json.dumps(p)[1:-1] for p in pieces) + after
+    assert streamed == json_content("".join(pieces), found)
+    assert json.loads(streamed) == {"response": "I think you'd like \"it\"\nreally", "recommendations": ['The "Matrix" (1999)', "Heat"]}
