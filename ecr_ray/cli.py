@@ -32,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ablations", parents=[common], help="run the stages the recommender ablations need, then them (reports/ablations.md/.png)")
     sub.add_parser("compare", parents=[common],
                    help="run the stages the comparison needs, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
-    chat = sub.add_parser("chat", parents=[common], help="talk to a trained run in the terminal (its recorded config; --set overrides it)")
+    chat = sub.add_parser("chat", help="talk to a trained run in the terminal (its recorded config; --set overrides it)")
+    chat.add_argument("--run-dir", help="the trained run directory, a path or a URI (default: runs/tiny)")
+    chat.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override the run's recorded config, e.g. --set gen.decoding.max_new_tokens=48 (repeatable)")
     chat.add_argument("--top-k", type=int, default=None, help="movies shown per reply (default: serve.top_k)")
     cfg = sub.add_parser("config", parents=[common], help="print the resolved config (or --describe every knob)")
     cfg.add_argument("--describe", action="store_true")
@@ -41,11 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "chat":
+    if args.command == "chat":  # a conversation: warnings and errors only, on stderr
         from ecr_ray.serving.terminal import chat
 
-        return chat(args.run_dir or str(Path("runs") / args.config), args.overrides, args.top_k)
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return chat(args.run_dir or str(Path("runs") / "tiny"), args.overrides, args.top_k)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = list(args.overrides)
         for spec in args.split_file:

@@ -35,7 +35,7 @@ def rec_stages(cfg: Config) -> list[Stage]:
               for g in groups if context_stage(cfg, g)]
     stages.append(Stage("rec-cooccurrence", run=build_tables, outputs=(TABLES,), needs=(f"prepare-{POOL}", f"emotion-infer-{POOL}"),
                         config=("rec.beta", "rec.max_emotions", "rec.node_init", "rec.hidden", "rec.train.seed"), version=2))
-    stages.append(Stage("rec-train", run=train_recommender, outputs=(model(RECOMMENDER), report(RECOMMENDER)), config=TRAINING, version=2,
+    stages.append(Stage("rec-train", run=train_recommender, outputs=(model(RECOMMENDER), report(RECOMMENDER)), config=TRAINING, version=3,
                         needs=("rec-cooccurrence", f"emotion-infer-{POOL}", *context_stage(cfg, POOL))))
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"eval-{split_name(g)}"),),

@@ -55,6 +55,13 @@ def train_loop(config: dict) -> None:
     ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": pretrain > 0})
     device = next(model.parameters()).device
     weights = cfg.feedback_weights if cfg.reweight else None
+
+    def held_out_metrics() -> dict:
+        return evaluate(model, ray.train.get_dataset_shard("stop").iter_batches(batch_size=cfg.eval_batch_size, batch_format="numpy"),
+                        cfg.auc_batch_size, own=own)
+
+    if state["epoch"] < 0:  # the channels as initialised (user . item is zero) are a candidate too: epoch -1
+        state.update(best=_cpu_state(model), best_metric=selection_metric(held_out_metrics(), cfg.early_stop_metric), best_epoch=-1)
     for epoch in range(state["epoch"] + 1, pretrain + t.epochs):
         if state["bad_epochs"] >= cfg.patience:
             break
@@ -73,8 +80,7 @@ def train_loop(config: dict) -> None:
         metrics = {"epoch": epoch, "phase": "pretrain" if pretraining else "train",
                    "train_loss": float(np.mean(losses)) if losses else float("nan")}
         if not pretraining:
-            held = evaluate(model, ray.train.get_dataset_shard("stop").iter_batches(batch_size=cfg.eval_batch_size, batch_format="numpy"),
-                            cfg.auc_batch_size, own=own)
+            held = held_out_metrics()
             metrics.update({f"stop_{k}": v for k, v in held.items() if v is not None})
             value = selection_metric(held, cfg.early_stop_metric)
             if value > state["best_metric"]:
@@ -108,17 +114,18 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "
                            "(raise data.max_dialogues or rec.stop_fraction)")
     datasets = {"train": train, "stop": stop}
-    if rcfg.pretrain_epochs:
-        datasets["pretrain"] = inputs.pretrain
+    if rcfg.pretrain_epochs:  # not the held-out dialogues: pre-training would teach their answers
+        held = {r["conversation_id"] for r in stop}
+        datasets["pretrain"] = [r for r in inputs.pretrain if r["conversation_id"] not in held]
     loop_config = {"rec": dataclasses.asdict(rcfg), "meta": inputs.meta, "own": inputs.own, "train_examples": len(train),
-                   "pretrain_examples": len(inputs.pretrain), "allow_download": cfg.models.allow_download}
+                   "pretrain_examples": len(datasets.get("pretrain", [])), "allow_download": cfg.models.allow_download}
     state, metrics = fit(train_loop, rcfg.train, loop_config, datasets, name.replace("/", "-"), run_dir, cfg.ray)
     recommender = build_recommender(rcfg, inputs.meta, cfg.models.allow_download)
     recommender.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
     metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
                    resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
-                   pretrain_examples=len(inputs.pretrain) if rcfg.pretrain_epochs else 0)
+                   pretrain_examples=len(datasets.get("pretrain", [])))
     with tempfile.TemporaryDirectory() as local:
         save_recommender(recommender, inputs.meta, local, metrics)
         write_model_config(local, dataclasses.replace(cfg, rec=rcfg))

@@ -8,7 +8,7 @@ from ecr_ray.serving.api import BadRequest, RecommendRequest, check_conversation
 from ecr_ray.artifacts import NotTrained
 from ecr_ray.serving.components import LocalParts, answer, load_run
 
-HELP = "type a message (/reset starts over, /quit or an empty line ends)"
+HELP = "type a message (/reset starts over; /quit, Ctrl-D or Ctrl-C ends)"
 
 
 def chat(run_dir: str, overrides: list[str], top_k: int | None = None, stdin=None, stdout=None) -> int:
@@ -23,26 +23,43 @@ def chat(run_dir: str, overrides: list[str], top_k: int | None = None, stdin=Non
 
     hf_logging.set_verbosity_error()  # load reports and progress bars are noise in a conversation
     hf_logging.disable_progress_bar()
+    if stdin.isatty():
+        import readline  # noqa: F401 - line editing and history for input()
     parts = LocalParts(run, overrides)
     print(HELP, file=stdout, flush=True)
     messages: list[dict] = []
-    while True:
-        print("you> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
-        text = line.strip()
-        if not text or text == "/quit":
-            return 0
-        if text == "/reset":
-            messages = []
-            print("(a new conversation)", file=stdout)
-            continue
-        try:
-            turn = check_conversation(RecommendRequest(messages=[*messages, {"role": "user", "content": text}]), cfg.serve)
-        except BadRequest as err:
-            print(f"  ! {err}", file=stdout)
-            continue
-        asyncio.run(_reply(parts, turn, top_k or cfg.serve.top_k, stdout))
-        messages = turn
+    try:
+        while True:
+            text = _read("you> ", stdin, stdout).strip()
+            if not text:
+                continue
+            if text == "/quit":
+                return 0
+            if text == "/reset":
+                messages = []
+                print("(a new conversation)", file=stdout)
+                continue
+            try:
+                turn = check_conversation(RecommendRequest(messages=[*messages, {"role": "user", "content": text}]), cfg.serve)
+            except BadRequest as err:
+                print(f"  ! {err}", file=stdout)
+                continue
+            asyncio.run(_reply(parts, turn, top_k or cfg.serve.top_k, stdout))
+            messages = turn
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D, Ctrl-C: the conversation ends, quietly
+        print(file=stdout)
+        return 0
+
+
+def _read(prompt: str, stdin, stdout) -> str:
+    """A line from the terminal through input() (readline's editing and history), else from `stdin`."""
+    if stdin is sys.stdin and stdout is sys.stdout:
+        return input(prompt)
+    print(prompt, end="", file=stdout, flush=True)
+    line = stdin.readline()
+    if not line:
+        raise EOFError
+    return line
 
 
 async def _reply(parts: LocalParts, messages: list[dict], top_k: int, stdout) -> None:

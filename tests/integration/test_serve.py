@@ -288,9 +288,10 @@ def test_chat_in_the_terminal(served, local_parts, monkeypatch, capsys):
     from ecr_ray.serving.components import answer
 
     _, run_dir = served
-    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{TALK[0]['content']}\n/reset\n\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"\n{TALK[0]['content']}\n   \n/reset\n"))  # blank lines are skipped; EOF ends
     assert main(["chat", "--run-dir", run_dir.root, "--top-k", "3"]) == 0
     out = capsys.readouterr().out
+    assert out.count("you> ") == 5 and "Traceback" not in out and "INFO" not in out
     found, args = asyncio.run(answer(local_parts, TALK, 3))
     assert "recommended: " + "; ".join(i["title"] for i in found["items"]) in _without_scores(out)
     assert f"ecr> {asyncio.run(local_parts.reply(*args))['text']}\n" in out

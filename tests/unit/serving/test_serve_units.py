@@ -148,3 +148,13 @@ def test_streamed_json_content_is_the_plain_answers_json():
     streamed = before + "".join(json.dumps(p)[1:-1] for p in pieces) + after
     assert streamed == json_content("".join(pieces), found)
     assert json.loads(streamed) == {"response": "I think you'd like \"it\"\nreally", "recommendations": ['The "Matrix" (1999)', "Heat"]}
+
+
+def test_chat_help_lists_only_what_applies(capsys):
+    from ecr_ray.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in ("--run-dir", "--set", "--top-k"))
+    assert not any(flag in out for flag in ("--config", "--force", "--split-file"))
