@@ -50,11 +50,12 @@ class ResponseGenerator:
         import torch
 
         inputs, width, _ = self._inputs([row])
+        decoding = self._decoding(options)
         with torch.no_grad():
-            out = self.model.generate(**inputs, **self._decoding(options))[0, width:]
+            out = self.model.generate(**inputs, **decoding)[0, width:]
         cut = StopCut((options or {}).get("stop"))
         text = (cut.feed(self.tokenizer.decode(out, skip_special_tokens=True)) + cut.flush()).strip()
-        return {"text": text, **self._finish(inputs, out, options, cut.hit)}
+        return {"text": text, **self._finish(inputs, out, decoding["max_new_tokens"], cut.hit)}
 
     def stream(self, row: dict, options: dict | None = None):
         """One response as it is decoded: text pieces (what a chat server streams), then one dict
@@ -66,11 +67,11 @@ class ResponseGenerator:
 
         inputs, width, _ = self._inputs([row])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result = {}
+        result, decoding = {}, self._decoding(options)
 
         def run():
             with torch.no_grad():
-                result["out"] = self.model.generate(**inputs, **self._decoding(options), streamer=streamer)[0, width:]
+                result["out"] = self.model.generate(**inputs, **decoding, streamer=streamer)[0, width:]
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
@@ -83,12 +84,12 @@ class ResponseGenerator:
         thread.join()
         if rest := cut.flush().rstrip():
             yield rest
-        yield self._finish(inputs, result["out"], options, cut.hit)
+        yield self._finish(inputs, result["out"], decoding["max_new_tokens"], cut.hit)
 
-    def _finish(self, inputs: dict, out, options: dict | None, stopped: bool) -> dict:
+    def _finish(self, inputs: dict, out, limit: int, stopped: bool) -> dict:
         """Why decoding ended ("length" when cut by the token limit) and the token counts."""
         eos = self.tokenizer.eos_token_id
-        ended = stopped or len(out) < self._decoding(options)["max_new_tokens"] or (len(out) and int(out[-1]) == eos)
+        ended = stopped or len(out) < limit or (len(out) and int(out[-1]) == eos)
         return {"finish_reason": "stop" if ended else "length", "prompt_tokens": int(inputs["attention_mask"].sum()),
                 "completion_tokens": len(out)}
 
@@ -110,7 +111,8 @@ class ResponseGenerator:
 
     def _decoding(self, options: dict | None = None) -> dict:
         """generate() arguments: the config's decoding, with a request's `options` over it (max_new_tokens
-        at most the config's; temperature 0 is greedy, above 0 samples; top_p, seed, stop, repetition_penalty)."""
+        at most the config's; temperature 0 is greedy, above 0 samples; top_p, stop, repetition_penalty).
+        Called once per generation: with a `seed`, it seeds the sampling that follows."""
         import torch
 
         d, o = self.decoding, options or {}
