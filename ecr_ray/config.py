@@ -175,6 +175,7 @@ class PromptConfig:
 REC_KS = (1, 10, 50)  # Recall@k and Recall_True@k cut-offs (the paper's)
 REC_METRICS = (*(f"recall@{k}" for k in REC_KS), *(f"recall_true@{k}" for k in REC_KS), "auc")
 MEAN_RECALL = "mean_recall"  # the mean of Recall@10 and Recall@50: a steadier epoch selector than either
+MEAN_RECALL_AUC = "mean_recall_auc"  # the mean of Recall@10, Recall@50 and AUC: ranking and liked over disliked together
 
 
 @dataclass
@@ -207,10 +208,12 @@ class RecConfig:
     beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero")
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
     stop_fraction: float = _knob(0.1, "share of the training dialogues held out to select the epoch (never the reported split)")
-    channel_lr: float = _knob(1e-2, "learning rate of the channel weights and the item bias: a few scalars that need larger steps than the embeddings (follows the same schedule)")
+    channel_fit: Literal["ranking", "loss"] = _knob("ranking", "how the channel weights are set: ranking (fitted before training by coordinate ascent on rec.early_stop_metric over training examples, then frozen; rec/channels.py) | loss (trained with the embeddings by cross-entropy at channel_lr)")
+    channel_fit_examples: int = _knob(6000, "training examples (a seeded sample) the ranking fit scores")
+    channel_lr: float = _knob(1e-2, "learning rate of the item bias and of the channel weights that train: a few scalars that need larger steps than the embeddings (follows the same schedule)")
     warmup: float = _knob(0.1, "share of the training steps over which the learning rate rises linearly; it then decays along a cosine to 0")
     patience: int = _knob(2, "epochs without a better selection metric before stopping")
-    early_stop_metric: Literal[(MEAN_RECALL, *REC_METRICS)] = _knob(MEAN_RECALL, "metric on the held-out training dialogues that selects the best epoch (mean_recall: the mean of recall@10 and recall@50)")
+    early_stop_metric: Literal[(MEAN_RECALL, MEAN_RECALL_AUC, *REC_METRICS)] = _knob(MEAN_RECALL_AUC, "metric that fits the channel weights (rec.channel_fit: ranking) and selects the best epoch on the held-out training dialogues (mean_recall: the mean of recall@10 and recall@50; mean_recall_auc: of those and the AUC)")
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
     cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")

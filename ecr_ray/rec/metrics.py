@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ecr_ray.config import MEAN_RECALL, MEAN_RECALL_AUC
 from ecr_ray.config import REC_KS as KS
 from ecr_ray.data.redial import FEEDBACK_DISLIKE as DISLIKE
 from ecr_ray.data.redial import FEEDBACK_LIKE as LIKE
@@ -64,6 +65,18 @@ def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
     out.update({"examples": len(ranks), "liked": int(liked.sum()), "disliked": int(disliked.sum()),
                 "not_said": int((~liked & ~disliked).sum()), "auc_batches": len(batch_aucs)})
     return out
+
+
+def selection_metric(metrics: dict, name: str) -> float:
+    """The value that fits the channels and selects the best epoch (`rec.early_stop_metric`); an AUC
+    without both kinds of target counts 0.5 (chance)."""
+    recall = (metrics["recall@10"] + metrics["recall@50"]) / 2
+    auc_or_chance = 0.5 if metrics["auc"] is None else metrics["auc"]
+    if name == MEAN_RECALL:
+        return recall
+    if name == MEAN_RECALL_AUC:
+        return (2 * recall + auc_or_chance) / 3
+    return auc_or_chance if name == "auc" else metrics[name]
 
 
 def bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size: int, samples: int, seed: int,

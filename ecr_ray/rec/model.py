@@ -6,9 +6,11 @@ residual projections, as in UniCRS/ECR. User: attention over the mentioned entit
 untrained fusion leaves them as they are), plus, with `global_emotion`, the emotion-related
 neighbours' representation with a learned weight, combined with a context encoder from a registry.
 
-An item's score is user . item + its bias + channels with learned weights:
+An item's score is user . item + its bias + channels with their own weights (fitted for ranking,
+rec/channels.py, or trained with the rest):
   co-occurrence  log(1 + training dialogues it occurs in) and log(1 + recency-weighted training
-                 dialogues it shares with the context's entities)
+                 dialogues it shares with the context's entities; with `local_emotion` an entity the
+                 user liked or met with negative emotion weighs 1 + its own weight x that emotion)
   copy           it was mentioned, last by the seeker / by the recommender (+ the user's emotion
                  towards it when `local_emotion`)
   global         log(1 + items x P(it | the context's entities)) over the emotion-related neighbours
@@ -26,6 +28,8 @@ from torch import nn
 from ecr_ray.config import FeedbackWeights, RecConfig
 from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE, FEEDBACK_NOT_SAID
 from ecr_ray.emotion.labels import LABELS
+
+LIKED, NEGATIVE = LABELS.index("like"), LABELS.index("negative")  # the emotions that weigh an entity's evidence
 
 
 class KGEncoder(nn.Module):
@@ -95,12 +99,15 @@ class ECRRecommender(nn.Module):
             nn.init.zeros_(self.fuse.weight), nn.init.zeros_(self.fuse.bias)
         if cfg.cooccurrence_channel:
             self.cooccurrence_weights = nn.Parameter(torch.tensor([0.1, 1.0]))  # popularity, shared with the context
+            if cfg.local_emotion:
+                self.emotion_weights = nn.Parameter(torch.zeros(2))  # evidence of a liked entity, of one met with negative emotion
         if cfg.copy_channel:
             self.copy_weights = nn.Parameter(torch.tensor([1.0, 1.0]))  # last mentioned by the seeker, by the recommender
             if cfg.local_emotion:
                 self.copy_gate = nn.Parameter(torch.zeros(len(LABELS)))
         if cfg.global_emotion:
-            self.global_weights = nn.Parameter(torch.zeros(2))  # neighbour representation, item score
+            self.neighbour_weight = nn.Parameter(torch.zeros(()))  # the neighbours' representation in the user vector
+            self.global_weight = nn.Parameter(torch.zeros(()))  # their item score
         self.tables = {k: tables[k] for k in ("items", "popularity", "neighbours")}  # counts, read by `inputs`, never trained
         self.neighbour_totals = torch.sparse.sum(self.tables["neighbours"], 1).to_dense().double().numpy()
         self.item_entities = torch.as_tensor(item_ids, dtype=torch.long)  # `item_ids` stays on the CPU for `inputs`; the buffer moves
@@ -108,9 +115,9 @@ class ECRRecommender(nn.Module):
         self.entity_item[np.asarray(item_ids)] = np.arange(len(item_ids))
 
     def channel_parameters(self) -> list[nn.Parameter]:
-        """The channel weights and the item bias (trained at `rec.channel_lr`)."""
-        names = ("cooccurrence_weights", "copy_weights", "copy_gate", "global_weights", "item_bias")
-        return [getattr(self, n) for n in names if hasattr(self, n)]
+        """The channel weights and the item bias that train (at `rec.channel_lr`; fitted ones are frozen)."""
+        names = ("cooccurrence_weights", "emotion_weights", "copy_weights", "copy_gate", "neighbour_weight", "global_weight", "item_bias")
+        return [getattr(self, n) for n in names if hasattr(self, n) and getattr(self, n).requires_grad]
 
     def entity_states(self, entity_embeds, entities, emotions):
         """Mentioned entities [B, L, h], fused with the user's emotion towards each (local)."""
@@ -128,7 +135,7 @@ class ECRRecommender(nn.Module):
         weights = torch.softmax(scores, -1) * mask  # a context with no entity pools to zeros
         pooled = (weights.unsqueeze(-1) * states).sum(1)
         if self.cfg.global_emotion:
-            pooled = pooled + self.global_weights[0] * torch.sparse.mm(inputs["neighbours"], entity_embeds)
+            pooled = pooled + self.neighbour_weight * torch.sparse.mm(inputs["neighbours"], entity_embeds)
         context = self.context(inputs, states, mask)
         return self.dropout(self.user(torch.cat([pooled, context], -1)))
 
@@ -136,9 +143,13 @@ class ECRRecommender(nn.Module):
         """The item scores beside user . item: co-occurrence, copy and global."""
         out = 0.0
         if self.cfg.cooccurrence_channel:
-            out = out + self.cooccurrence_weights[0] * inputs["popularity"] + self.cooccurrence_weights[1] * inputs["cooccurrence"]
+            counts = inputs["cooccurrence"]  # [B, 1 + emotions, items]
+            if self.cfg.local_emotion:
+                counts = counts[:, :1] + (self.emotion_weights[:, None] * counts[:, 1:]).sum(1, keepdim=True)
+            shared = torch.log1p(counts[:, 0].clamp(min=0.0))
+            out = out + self.cooccurrence_weights[0] * inputs["popularity"] + self.cooccurrence_weights[1] * shared
         if self.cfg.global_emotion:
-            out = out + self.global_weights[1] * inputs["neighbour_items"]
+            out = out + self.global_weight * inputs["neighbour_items"]
         if self.cfg.copy_channel:
             seeker = inputs["by_seeker"]
             value = seeker * self.copy_weights[0] + (1 - seeker) * self.copy_weights[1]
@@ -170,28 +181,32 @@ class ECRRecommender(nn.Module):
                **self.context.features(batch)}
         owned = [own.get(int(c)) for c in batch["conversation_id"]] if own else [None] * len(ids)
         if self.cfg.cooccurrence_channel:
-            popularity, shared = self._item_counts(ids, recency, owned)
-            out["popularity"], out["cooccurrence"] = (torch.from_numpy(np.log1p(x).astype(np.float32)) for x in (popularity, shared))
+            weights = [recency, *([recency * emotions[..., LIKED], recency * emotions[..., NEGATIVE]] if self.cfg.local_emotion else [])]
+            popularity, shared = self._item_counts(ids, weights, owned)
+            out["popularity"] = torch.from_numpy(np.log1p(popularity).astype(np.float32))
+            out["cooccurrence"] = torch.from_numpy(shared.astype(np.float32))
         if self.cfg.global_emotion:
             out.update(self._neighbours(ids, recency, owned))
         return out
 
-    def _item_counts(self, ids: np.ndarray, recency: np.ndarray, owned: list) -> tuple[np.ndarray, np.ndarray]:
-        """Training dialogues per item and recency-weighted co-occurrence counts with the context
-        [B, items], the example's own dialogue left out: it added 1 to each of its items and to every
-        pair of its entities and its items (an item is no evidence for itself)."""
+    def _item_counts(self, ids: np.ndarray, weights: list[np.ndarray], owned: list) -> tuple[np.ndarray, np.ndarray]:
+        """Training dialogues per item [B, items] and, for each per-entity weighting in `weights`, the
+        weighted co-occurrence counts with the context [B, len(weights), items], the example's own
+        dialogue left out: it added 1 to each of its items and to every pair of its entities and its
+        items (an item is no evidence for itself)."""
         from ecr_ray.rec.cooccurrence import weighted_rows
 
         popularity = np.tile(self.tables["popularity"].astype(np.float64), (len(ids), 1))
-        counts = weighted_rows(self.tables["items"], ids, recency).to_dense().numpy().astype(np.float64)
+        counts = np.stack([weighted_rows(self.tables["items"], ids, w).to_dense().numpy().astype(np.float64) for w in weights], 1)
         for b, own in enumerate(owned):
             if own and own[0]:
                 items = np.asarray(own[0])
                 popularity[b, items] -= 1
-                counts[b, items] -= recency[b].sum()
                 mentioned = self.entity_item[np.maximum(ids[b], 0)]
                 own_item = (ids[b] >= 0) & np.isin(mentioned, items)
-                counts[b, mentioned[own_item]] += recency[b, own_item]
+                for k, w in enumerate(weights):
+                    counts[b, k, items] -= w[b].sum()
+                    np.add.at(counts[b, k], mentioned[own_item], w[b, own_item])
         return np.maximum(popularity, 0.0), np.maximum(counts, 0.0)
 
     def _neighbours(self, ids: np.ndarray, recency: np.ndarray, owned: list) -> dict:
@@ -203,8 +218,11 @@ class ECRRecommender(nn.Module):
         corrections = []
         for b, own in enumerate(owned):
             if own and own[1]:
-                position = {int(e): p for p, e in enumerate(ids[b]) if e >= 0}
-                pairs = [(position[i], j, c) for (i, j), c in emotion_pairs([tuple(m) for m in own[1]]).items() if i in position]
+                positions = {}  # an entity mentioned more than once counts at each of its positions
+                for p, e in enumerate(ids[b]):
+                    if e >= 0:
+                        positions.setdefault(int(e), []).append(p)
+                pairs = [(p, j, c) for (i, j), c in emotion_pairs([tuple(m) for m in own[1]]).items() for p in positions.get(i, ())]
                 for p, _, c in pairs:
                     totals[b, p] -= c
                 corrections += [(b, p, j, c) for p, j, c in pairs]

@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 
 from ecr_ray.artifacts import RECOMMENDER, model, report, write_model_config
-from ecr_ray.config import MEAN_RECALL, Config, RecConfig, from_dict
+from ecr_ray.config import Config, RecConfig, from_dict
 from ecr_ray.rundir import RunDir
 
 
@@ -22,11 +22,6 @@ def lr_factor(step: int, total: int, warmup: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
 
-def selection_metric(metrics: dict, name: str) -> float:
-    """The value that selects the best epoch (mean_recall: the mean of recall@10 and recall@50)."""
-    return (metrics["recall@10"] + metrics["recall@50"]) / 2 if name == MEAN_RECALL else metrics[name]
-
-
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker. Plain PyTorch apart from the Ray Train calls."""
     import ray.train
@@ -34,13 +29,17 @@ def train_loop(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from ecr_ray.raytools import report_epoch, restore, step
+    from ecr_ray.rec.channels import apply_channels
     from ecr_ray.rec.checkpoint import build_recommender
     from ecr_ray.rec.evaluate import evaluate
+    from ecr_ray.rec.metrics import selection_metric
     from ecr_ray.rec.model import rec_loss
 
     cfg = from_dict(RecConfig, config["rec"])
     t, own = cfg.train, config["own"]
     model = build_recommender(cfg, config["meta"], config["allow_download"])
+    if config["channels"] is not None:
+        apply_channels(model, config["channels"])
     channels = model.channel_parameters()
     embeddings = [p for p in model.parameters() if p.requires_grad and all(p is not c for c in channels)]
     optimizer = torch.optim.AdamW([{"params": embeddings, "base_lr": t.lr}, {"params": channels, "base_lr": cfg.channel_lr}],
@@ -60,7 +59,7 @@ def train_loop(config: dict) -> None:
         return evaluate(model, ray.train.get_dataset_shard("stop").iter_batches(batch_size=cfg.eval_batch_size, batch_format="numpy"),
                         cfg.auc_batch_size, own=own)
 
-    if state["epoch"] < 0:  # the channels as initialised (user . item is zero) are a candidate too: epoch -1
+    if state["epoch"] < 0:  # the channels alone (user . item is zero) are a candidate too: epoch -1
         state.update(best=_cpu_state(model), best_metric=selection_metric(held_out_metrics(), cfg.early_stop_metric), best_epoch=-1)
     for epoch in range(state["epoch"] + 1, pretrain + t.epochs):
         if state["bad_epochs"] >= cfg.patience:
@@ -107,17 +106,23 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     """Train on the counted dialogues' examples (`inputs`, a TrainingInputs) and save the best epoch's
     model to models/<name>/; returns its metrics."""
     from ecr_ray.raytools import fit
+    from ecr_ray.rec.channels import fit_channels
     from ecr_ray.rec.checkpoint import build_recommender, save_recommender
 
     train, stop = stopping_split(inputs.train, rcfg.stop_fraction)
     if not train or not stop:
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "
                            "(raise data.max_dialogues or rec.stop_fraction)")
+    fitted = None
+    if rcfg.channel_fit == "ranking":
+        fitted = fit_channels(build_recommender(rcfg, inputs.meta, cfg.models.allow_download), train, inputs.own, rcfg)
+        print(f"[rec-train] channel weights fitted for ranking: {fitted}", flush=True)
     datasets = {"train": train, "stop": stop}
     if rcfg.pretrain_epochs:  # not the held-out dialogues: pre-training would teach their answers
         held = {r["conversation_id"] for r in stop}
         datasets["pretrain"] = [r for r in inputs.pretrain if r["conversation_id"] not in held]
     loop_config = {"rec": dataclasses.asdict(rcfg), "meta": inputs.meta, "own": inputs.own, "train_examples": len(train),
+                   "channels": fitted and fitted["weights"],
                    "pretrain_examples": len(datasets.get("pretrain", [])), "allow_download": cfg.models.allow_download}
     state, metrics = fit(train_loop, rcfg.train, loop_config, datasets, name.replace("/", "-"), run_dir, cfg.ray)
     recommender = build_recommender(rcfg, inputs.meta, cfg.models.allow_download)
@@ -125,7 +130,7 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
     metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
                    resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
-                   pretrain_examples=len(datasets.get("pretrain", [])))
+                   pretrain_examples=len(datasets.get("pretrain", [])), channel_fit=fitted)
     with tempfile.TemporaryDirectory() as local:
         save_recommender(recommender, inputs.meta, local, metrics)
         write_model_config(local, dataclasses.replace(cfg, rec=rcfg))

@@ -30,7 +30,7 @@ def test_overrides_are_typed():
         ("data", "is not key=value"),
         ("rec.context_encoder=bert", "rec.context_encoder should be one of 'minilm', 'prompt', got 'bert'"),
         ("gen.generator.dtype=fp8", "gen.generator.dtype should be one of 'float32', 'bfloat16', 'float16'"),
-        ("rec.early_stop_metric=recall@5", "should be one of 'mean_recall', 'recall@1'"),
+        ("rec.early_stop_metric=recall@5", "should be one of 'mean_recall', 'mean_recall_auc', 'recall@1'"),
         ("rec.train.epoch=3", "unknown config key rec.train.epoch"),
     ],
 )

@@ -166,7 +166,14 @@ def test_counts_leave_the_examples_own_dialogue_out(kg, data_root):
         assert torch.allclose(seen[key], expected[key]), key
     assert torch.allclose(seen["neighbours"].to_dense(), expected["neighbours"].to_dense())
     unseen = model.inputs(batch)  # without `own` the counts include dialogue 1: entity 5 met item 1 there and in dialogue 2
-    assert unseen["cooccurrence"][0, 1] > seen["cooccurrence"][0, 1] > 0
+    assert unseen["cooccurrence"][0, 0, 1] > seen["cooccurrence"][0, 0, 1] > 0
+    # the evidence of the entity the user liked (label 0, "like"), counted apart, is left out the same way
+    assert torch.allclose(seen["cooccurrence"][:, 1:], expected["cooccurrence"][:, 1:])
+    assert model.inputs(batch)["cooccurrence"][0, 1].sum() > seen["cooccurrence"][0, 1].sum() == 0  # it met items in dialogue 1 only
+    repeated = {**batch, "entities": [[int(kg.item_ids[0]), 5, int(kg.item_ids[0])], []],
+                "entity_emotions": [[_probs(0), [0.0] * 9, _probs(0)], []], "entity_by_seeker": [[1, 1, 1], []]}
+    for key in ("cooccurrence", "neighbour_items"):  # an entity mentioned twice is left out at both positions
+        assert torch.allclose(model.inputs(repeated, own)[key], alone.inputs(repeated)[key], atol=1e-6), key
     unknown = model.inputs({**batch, "entities": [[kg.num_entities - 1], []], "entity_emotions": [[[0.0] * 9], []],
                             "entity_by_seeker": [[1], []]})
     assert unknown["cooccurrence"].abs().sum() == 0  # an entity never seen in training contributes nothing
@@ -190,10 +197,43 @@ def test_zero_initialised_fusion_and_emotion_weights_equal_the_base_model_at_ste
     base, _ = _model(kg, data_root, local_emotion=False, global_emotion=False)
     full, _ = _model(kg, data_root)
     missing, unexpected = full.load_state_dict(base.state_dict(), strict=False)
-    assert not unexpected and set(missing) == {"emotions.weight", "fuse.weight", "fuse.bias", "copy_gate", "global_weights"}
-    assert not hasattr(base, "fuse") and not hasattr(base, "global_weights")  # no idle parameters for DDP
+    assert not unexpected and set(missing) == {"emotions.weight", "fuse.weight", "fuse.bias", "emotion_weights", "copy_gate",
+                                               "neighbour_weight", "global_weight"}
+    assert not hasattr(base, "fuse") and not hasattr(base, "global_weight")  # no idle parameters for DDP
     with torch.no_grad():
         assert torch.allclose(full(full.inputs(_batch(kg))), base(base.inputs(_batch(kg))), atol=1e-5)
+
+
+def test_selection_metric_means_recall_and_auc():
+    from ecr_ray.rec.metrics import selection_metric
+
+    metrics = {"recall@10": 0.2, "recall@50": 0.4, "auc": 0.6}
+    assert selection_metric(metrics, "mean_recall") == pytest.approx(0.3)
+    assert selection_metric(metrics, "mean_recall_auc") == pytest.approx(0.4)
+    assert selection_metric({**metrics, "auc": None}, "mean_recall_auc") == pytest.approx((0.6 + 0.5) / 3)  # no disliked: chance
+
+
+def test_channel_weights_are_fitted_for_ranking_then_frozen(kg, data_root):
+    """Targets the seeker named but no training dialogue holds: only the copy channel can rank them."""
+    from ecr_ray.rec.channels import GRIDS, apply_channels, fit_channels
+
+    model, meta = _model(kg, data_root)
+    with torch.no_grad():
+        model.copy_weights.zero_()  # copy off: the unseen target ties with every unscored item
+    unseen = [int(i) for i in kg.item_ids[3:9]]
+    rows = [{"conversation_id": 10 + k, "entities": [5, e], "entity_emotions": [[0.0] * 9, [0.0] * 9], "entity_by_seeker": [1, 1],
+             "context_vec": np.ones(8, np.float32), "item": 3 + k, "feedback": 1} for k, e in enumerate(unseen)]
+    fitted = fit_channels(model, rows, {}, dataclasses.replace(model.cfg, early_stop_metric="mean_recall"))
+    assert fitted["metric"] == {"name": "mean_recall", "before": 0.0, "after": 1.0} and fitted["examples"] == len(rows)
+    assert fitted["weights"]["copy, seeker"] > 0 and set(fitted["weights"]) == set(GRIDS)
+    assert all(v in GRIDS[k][2] or (k == "popularity" and v == pytest.approx(0.1)) for k, v in fitted["weights"].items())
+    fresh = build_recommender(model.cfg, meta)
+    apply_channels(fresh, fitted["weights"])
+    with torch.no_grad():
+        batch = model.inputs(as_columns(rows))
+        assert torch.allclose(fresh.channels(batch), model.channels(batch))
+    assert not fresh.copy_weights.requires_grad and not fresh.cooccurrence_weights.requires_grad
+    assert [p.shape for p in fresh.channel_parameters()] == [torch.Size([]), fresh.item_bias.shape]  # the neighbour weight, the bias
 
 
 def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root, tmp_path):

@@ -1,0 +1,85 @@
+"""Fitting the channel weights for ranking (`rec.channel_fit: ranking`).
+
+Cross-entropy moves the few channel weights away from what ranks well: it buys the target's
+likelihood with popularity, at the cost of the top 50. So before the embeddings train, each weight
+is set by coordinate ascent over a grid, on `rec.early_stop_metric` (by default the mean of
+recall@10, recall@50 and AUC) of training examples (their own dialogue left out of the counts), with
+user . item still zero; training then keeps them frozen.
+The co-occurrence weight stays 1: it sets the scale the others are measured in.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ecr_ray.config import RecConfig
+from ecr_ray.rec.model import LIKED, NEGATIVE
+
+SWEEPS = 2
+# name -> (parameter, index or None for a scalar, values tried); only the parameters a model has are fitted
+GRIDS = {
+    "popularity": ("cooccurrence_weights", 0, (0.0, 0.001, 0.01, 0.03, 0.1, 0.3)),
+    "liked entity's evidence": ("emotion_weights", 0, (-0.5, 0.0, 0.5, 1.0, 2.0)),
+    "negative entity's evidence": ("emotion_weights", 1, (-1.0, -0.5, 0.0, 0.5, 1.0)),
+    "copy, seeker": ("copy_weights", 0, (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)),
+    "copy, recommender": ("copy_weights", 1, (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)),
+    "copy, liked": ("copy_gate", LIKED, (-4.0, -2.0, 0.0, 2.0, 4.0)),
+    "copy, negative": ("copy_gate", NEGATIVE, (-4.0, -2.0, 0.0, 2.0, 4.0)),
+    "emotion-related neighbours": ("global_weight", None, (0.0, 0.1, 0.3, 1.0)),
+}
+
+
+def fitted_parameters(model) -> list[str]:
+    """The parameters `fit_channels` sets on this model (frozen afterwards)."""
+    return sorted({attr for attr, _, _ in GRIDS.values() if hasattr(model, attr)})
+
+
+def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
+    """Set the model's channel weights on (a seeded sample of `rec.channel_fit_examples` of) `rows`,
+    in place; returns {"weights": {name: value}, "metric": its name, before and after, "examples"}."""
+    import torch
+
+    from ecr_ray.rec.evaluate import as_columns
+    from ecr_ray.rec.metrics import rec_metrics, selection_metric, target_ranks
+
+    order = np.random.default_rng(rcfg.train.seed).permutation(len(rows))[: rcfg.channel_fit_examples]
+    sample = [rows[i] for i in sorted(order)]
+    feedback = [r["feedback"] for r in sample]
+    knobs = [(name, getattr(model, attr), index, grid) for name, (attr, index, grid) in GRIDS.items() if hasattr(model, attr)]
+    model.eval()
+    with torch.no_grad():
+        batches = [(model.inputs(as_columns(sample[i : i + 256]), own), [r["item"] for r in sample[i : i + 256]])
+                   for i in range(0, len(sample), 256)]
+
+        def metric() -> float:
+            ranked = [target_ranks(model.item_bias + model.channels(x), items) for x, items in batches]
+            ranks, probs = (np.concatenate(part) for part in zip(*ranked, strict=True))
+            return selection_metric(rec_metrics(ranks, probs, feedback, rcfg.auc_batch_size), rcfg.early_stop_metric)
+
+        def put(param, index, value):
+            (param if index is None else param[index]).fill_(value)
+
+        start = best = metric()
+        for _ in range(SWEEPS):
+            for _, param, index, grid in knobs:
+                keep = (param if index is None else param[index]).item()
+                for value in grid:
+                    put(param, index, value)
+                    score = metric()
+                    if score > best:
+                        best, keep = score, value
+                put(param, index, keep)
+    weights = {name: (param if index is None else param[index]).item() for name, param, index, _ in knobs}
+    return {"weights": weights, "metric": {"name": rcfg.early_stop_metric, "before": start, "after": best}, "examples": len(sample)}
+
+
+def apply_channels(model, weights: dict) -> None:
+    """Set fitted weights (from `fit_channels`) on a freshly built model and freeze what was fitted."""
+    import torch
+
+    with torch.no_grad():
+        for name, value in weights.items():
+            attr, index, _ = GRIDS[name]
+            param = getattr(model, attr)
+            (param if index is None else param[index]).fill_(value)
+    for attr in fitted_parameters(model):
+        getattr(model, attr).requires_grad_(False)
