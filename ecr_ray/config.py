@@ -67,6 +67,7 @@ class DataConfig:
     data_dir: str | None = _knob(None, f"root of the shared data; None: ${DATA_DIR_ENV}, else ../shared/data beside the checkout")
     pool_file: str = _knob("redial/raw/train_split_pool_dedup.jsonl", "raw ReDial jsonl split into train/dev (relative to data_dir)")
     movies_dir: str = _knob("redial/raw", "folder with movies_with_mentions.csv (the ReDial movie catalogue)")
+    movie_info_file: str | None = _knob("redial/raw/id2info.json", "movie metadata (year, genres, director, plot) for the chat page's movie cards; None: no cards")
     kg_dir: str = _knob("redial/kg/kgA", "DBpedia subgraph folder (entity2id, relation2id, dbpedia_subkg, item_ids)")
     dev_fraction: float = _knob(0.1, "share of pool dialogues in the dev split, chosen by a hash of conversationId")
     split_seed: int = _knob(0, "salt of the train/dev hash; change it for another deterministic split")

@@ -168,6 +168,33 @@ class ECRRecommender(nn.Module):
             return user @ entity_embeds.T
         return user @ entity_embeds[self.item_ids].T + self.item_bias + self.channels(inputs)
 
+    def entity_evidence(self, batch: dict, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How much each mentioned entity of a one-example batch adds to the scores of `items` (positions
+        among the items), per channel, in logits [entities, items]: each channel's score split in
+        proportion to each entity's part of its evidence (what the reasons of a recommendation name)."""
+        from ecr_ray.rec.features import pad_mentions, recency_weights
+
+        ids, emotions, _ = pad_mentions(batch)
+        mask = ids[0] >= 0
+        entities, recency = torch.from_numpy(ids[0][mask]), torch.from_numpy(recency_weights(ids, self.cfg.recency_decay)[0][mask]).float()
+        felt = torch.from_numpy(emotions[0][mask])
+        out = {}
+
+        def split(evidence: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+            return evidence / evidence.sum(0).clamp(min=1e-12) * score
+
+        if self.cfg.cooccurrence_channel:
+            weight = recency * (1 + felt[:, [LIKED, NEGATIVE]] @ self.emotion_weights) if self.cfg.local_emotion else recency
+            evidence = (weight[:, None] * self.tables["items"].index_select(0, entities).to_dense()[:, items]).clamp(min=0.0)
+            out["co-occurrence"] = split(evidence, self.cooccurrence_weights[1] * torch.log1p(evidence.sum(0)))
+        if self.cfg.global_emotion:
+            totals = torch.from_numpy(self.neighbour_totals[entities.numpy()]).float()
+            scale = torch.where(totals > 0.5, recency / totals.clamp(min=1.0), torch.zeros_like(recency))
+            rows = self.tables["neighbours"].index_select(0, entities).to_dense()[:, self.item_entities[items]]
+            evidence = scale[:, None] * rows / recency[totals > 0.5].sum().clamp(min=1e-12)
+            out["emotion-related neighbours"] = split(evidence, self.global_weight * torch.log1p(len(self.item_entities) * evidence.sum(0)))
+        return out
+
     def inputs(self, batch: dict, own: dict | None = None) -> dict:
         """Tensors for forward() from a numpy batch of examples (the collate step). `own`:
         conversation_id -> what that dialogue put into the tables (`own_contributions`), subtracted

@@ -249,7 +249,7 @@ class ChatIngress:
 
     @api.get("/", response_class=HTMLResponse)
     def page(self) -> str:
-        return PAGE.read_text()
+        return PAGE.read_text().replace("__MAX_TURNS__", str(self.cfg.max_turns)).replace("__MAX_MESSAGE_CHARS__", str(self.cfg.max_message_chars))
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -70,6 +70,8 @@ class ItemRecommender:
 
         from ecr_ray.data.kg import load_kg
         from ecr_ray.data.linking import TextEntityLinker
+        from ecr_ray.data.movie_info import movie_cards
+        from ecr_ray.gen.reviews import item_neighbours
         from ecr_ray.rec.context import ContextEmbedder
         from ecr_ray.rec.evaluate import load_trained
         from ecr_ray.rec.features import item_index
@@ -83,16 +85,19 @@ class ItemRecommender:
         self.embedder = (ContextEmbedder(cfg.rec.context_model, cfg.rec.context_max_length, allow_download=cfg.models.allow_download,
                                          threads=threads) if cfg.rec.context_encoder == "minilm" else None)
         self.item_index = item_index(self.kg)
+        self.facts = item_neighbours(self.kg)  # what a reason may say an entity and an item share
+        self.cards = movie_cards(self.kg, cfg.data.path(cfg.data.movie_info_file)) if cfg.data.movie_info_file else {}
         with torch.no_grad():
             self.embeds = self.model.kg()  # the KG encoding does not depend on the conversation: once per replica
 
     def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
-        """Items with their probabilities and titles, and the entities linked in the conversation.
-        `user_probs`: the emotion probabilities of each user message, in order."""
+        """Items with their probabilities, titles, movie cards (None where the metadata has none) and
+        reasons, and the entities linked in the conversation. `user_probs`: the emotion probabilities of each user message, in order."""
         import torch
 
         from ecr_ray.gen.retrieval import item_title
         from ecr_ray.rec.features import context_text, entity_emotions
+        from ecr_ray.rec.reasons import recommendation_reasons
 
         turn = conversation_turn(messages, self.linker)
         users = [i for i, r in enumerate(turn["context_roles"]) if r == SEEKER]
@@ -105,8 +110,14 @@ class ItemRecommender:
             logits = self.model(self.model.inputs(batch), self.embeds)[0]
         logits[[self.item_index[e] for e in turn["entities"] if e in self.item_index]] = float("-inf")  # not what was said
         scores, top = torch.softmax(logits, 0).topk(top_k)
-        items = [{"item": int(self.kg.item_ids[i]), "title": item_title(self.kg, int(self.kg.item_ids[i])), "score": float(s)}
-                 for s, i in zip(scores.tolist(), top.tolist())]
+        with torch.no_grad():
+            evidence = self.model.entity_evidence(batch, top)
+        items = []
+        for column, (s, i) in enumerate(zip(scores.tolist(), top.tolist(), strict=True)):
+            item = int(self.kg.item_ids[i])
+            items.append({"item": item, "title": item_title(self.kg, item), "score": float(s), "movie": self.cards.get(item),
+                          "reasons": recommendation_reasons(self.kg, self.facts, mentioned["entities"], mentioned["entity_emotions"],
+                                                            evidence, column, item)})
         return {"items": items, "entities": [{"id": e, "name": self.kg.names[e]} for e in turn["entities"]]}
 
 

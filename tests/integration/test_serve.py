@@ -72,10 +72,12 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     felt = ecr["emotions"][0]
     assert set(felt["labels"]) <= set(LABELS) and felt["labels"][0] == max(felt["probs"], key=felt["probs"].get)
     assert ecr["knowledge"]["item"] == items[0]["title"]
+    reasons = [r for i in items for r in i["reasons"]]  # from the model's evidence: only mentioned entities that added to the score
+    assert reasons and all(r["entity"] in mentioned and r["score"] > 0 and r["text"].startswith("you ") for r in reasons)
 
     # the same parts in-process give the same recommendation and, decoding greedily, the same response
     found, args = asyncio.run(answer(local_parts, TALK, 5))
-    assert [i["item"] for i in found["items"]] == [i["item"] for i in items]
+    assert [(i["item"], i["reasons"]) for i in found["items"]] == [(i["item"], i["reasons"]) for i in items]
     assert asyncio.run(local_parts.reply(*args))["text"] == text
 
     stream = client.chat.completions.create(model="ecr-ray", messages=TALK, stream=True)
@@ -249,6 +251,8 @@ def test_a_killed_replica_loses_no_request(served):
 
 
 def test_the_web_page_in_headless_chromium(served, tmp_path):
+    """Streams a turn (emotion, movie cards with reasons, then the text), trims old turns, starts a new
+    conversation, wraps long words at 400 px and says what went wrong in plain words."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -260,27 +264,50 @@ def test_the_web_page_in_headless_chromium(served, tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=900,900"):
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1000"):
         options.add_argument(flag)
+    shots = Path(os.environ.get("ECR_PAGE_SCREENSHOTS", tmp_path))
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    css = lambda selector: driver.find_elements(By.CSS_SELECTOR, selector)  # noqa: E731
+
+    def say(text: str) -> None:
+        before = len(css(".assistant"))
+        driver.find_element(By.ID, "input").send_keys(text)
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 90).until(lambda d: len(css(".assistant")) > before and d.find_element(By.ID, "send").is_enabled())
+
     try:
         driver.get(f"{base}/")
-        assert "ecr-ray" in driver.title
+        assert "ecr-ray" in driver.title and driver.execute_script("return document.querySelector('link[rel=icon]') !== null")
+        say("hello")  # no token yet: a plain-words error, and the message is not kept
+        assert "API token" in css(".error")[-1].text and driver.execute_script("return messages.length") == 0
+        driver.find_element(By.CSS_SELECTOR, "#settings summary").click()
         driver.find_element(By.ID, "token").send_keys(TOKEN)
-        driver.find_element(By.ID, "input").send_keys(TALK[0]["content"])
-        driver.find_element(By.ID, "send").click()
-        WebDriverWait(driver, 90).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant .response, .error"))
-        assert not driver.find_elements(By.CSS_SELECTOR, ".error")
-        response = driver.find_element(By.CSS_SELECTOR, ".assistant .response").text
-        movies = [li.text for li in driver.find_elements(By.CSS_SELECTOR, ".assistant .movies li")]
-        emotion = driver.find_element(By.CSS_SELECTOR, ".user .emotion").text
-        driver.save_screenshot(str(os.environ.get("ECR_PAGE_SCREENSHOT", tmp_path / "page.png")))
+        driver.find_element(By.ID, "new").click()
+        assert not css("#log > *")
+        say(TALK[0]["content"])
+        assert not css(".error") and not css(".typing")
+        response = css(".assistant .response")[-1].text
+        titles = [h.text for h in css(".assistant .card h3")]
+        reasons = [li.text for li in css(".assistant .card li")]
+        emotion = css(".user .emotion")[-1].text
+        driver.save_screenshot(str(shots / "page-desktop.png"))
+        driver.set_window_size(400, 900)
+        say("x" * 300)  # one long word: it wraps inside its bubble, the page never scrolls sideways
+        assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        driver.save_screenshot(str(shots / "page-400px.png"))
+        # a conversation past the server's turn limit sends only its latest turns instead of failing
+        driver.execute_script("messages = Array.from({length: 44}, (_, i) => ({role: i % 2 ? 'assistant' : 'user', content: 'turn ' + i}))")
+        say("I loved Inception")
+        assert not css(".error") and "Older turns" in css(".note")[0].text
     finally:
         driver.quit()
     expected = requests.post(f"{base}/recommend", json={"messages": TALK}, headers=AUTH, timeout=60).json()
-    assert response
-    assert [m.rsplit(" (", 1)[0] for m in movies] == [i["title"] for i in expected["items"]]
-    assert emotion.startswith("emotion: ") and emotion.split()[1] == expected["emotions"][0]["labels"][0]
+    whole = requests.post(f"{base}/v1/chat/completions", json={"messages": TALK}, headers=AUTH, timeout=90).json()
+    assert response == whole["choices"][0]["message"]["content"]  # the streamed pieces add up to the whole reply
+    assert titles == [i["title"] + (f" ({i['movie']['year']})" if i["movie"] and i["movie"]["year"] else "") for i in expected["items"]]
+    assert reasons == ["because " + r["text"] for i in expected["items"] for r in i["reasons"]] and reasons
+    assert emotion.startswith("you sound: ") and emotion.split(": ")[1].split(", ")[0] == expected["emotions"][0]["labels"][0]
 
 
 def test_chat_in_the_terminal(served, local_parts, monkeypatch, capsys):

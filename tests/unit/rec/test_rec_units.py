@@ -296,3 +296,37 @@ def test_schedule_warm_up_then_cosine_and_the_stopping_split_holds_whole_dialogu
     assert sorted(x for p in parts for x in p) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
     with pytest.raises(ValueError, match="at least 2 folds"):
         folds(range(10), 1)
+
+
+def test_entity_evidence_splits_each_channels_score_between_the_mentioned_entities(kg, data_root):
+    model, _ = _model(kg, data_root, copy_channel=False)
+    with torch.no_grad():
+        model.emotion_weights.copy_(torch.tensor([1.0, -0.5]))
+        model.global_weight.fill_(0.7)
+        batch = {k: v[:1] for k, v in _batch(kg).items()}
+        inputs, items = model.inputs(batch), torch.arange(len(kg.item_ids))
+        evidence = model.entity_evidence(batch, items)
+        counts = inputs["cooccurrence"][0, 0] + inputs["cooccurrence"][0, 1] - 0.5 * inputs["cooccurrence"][0, 2]
+        assert evidence["co-occurrence"].shape == (2, len(items))
+        assert torch.allclose(evidence["co-occurrence"].sum(0), torch.log1p(counts), atol=1e-5)
+        assert torch.allclose(evidence["emotion-related neighbours"].sum(0), 0.7 * inputs["neighbour_items"][0], atol=1e-5)
+        assert (evidence["co-occurrence"] >= 0).all() and evidence["co-occurrence"].sum() > 0
+
+
+def test_reasons_name_the_entities_that_raised_an_item_and_a_fact_they_share(kg):
+    from ecr_ray.gen.reviews import item_neighbours
+    from ecr_ray.rec.reasons import recommendation_reasons, shared_fact
+
+    facts = item_neighbours(kg)
+    director = kg.relation_id("director")
+    film, person = next((i, e) for i in kg.item_ids.tolist() for r, e in facts.get(i, []) if r == director)
+    other = next(i for i in kg.item_ids.tolist() if i != film and (director, person) in facts.get(i, []))
+    assert shared_fact(kg, facts, person, film).startswith("director: ")
+    assert shared_fact(kg, facts, other, film).startswith("same director, ")
+    liked = kept_emotions(_probs(LABELS.index("like")), 0.1, 3)
+    evidence = {"co-occurrence": torch.tensor([[0.5], [0.0], [2.0]]), "emotion-related neighbours": torch.tensor([[0.1], [0.0], [0.0]])}
+    reasons = recommendation_reasons(kg, facts, [other, 5, person], [liked, [0.0] * 9, [0.0] * 9], evidence, 0, film)
+    assert [r["entity"] for r in reasons] == [person, other]  # largest first; entity 5 added nothing
+    assert reasons[1]["score"] == pytest.approx(0.6) and reasons[1]["emotions"] == ["like"]
+    assert reasons[1]["text"].startswith("you liked ") and "same director" in reasons[1]["text"]
+    assert reasons[0]["text"].startswith("you mentioned ") and reasons[0]["channel"] == "co-occurrence"
