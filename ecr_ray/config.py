@@ -119,6 +119,7 @@ class LLMConfig:
     timeout_s: float = _knob(60.0, "per-request timeout", runtime=True)
     max_tokens: int = _knob(40, "answer length limit")
     temperature: float = _knob(0.0, "0: greedy")
+    structured: bool = _knob(True, "ask for the answer's JSON schema (response_format json_schema: the local server enforces it by constrained decoding); false for an endpoint without structured outputs")
     max_failed_fraction: float = _knob(0.5, "fail the stage when more requests than this end without an answer", runtime=True)
 
 

@@ -48,6 +48,11 @@ def build_messages(context: list[str], roles: list[str], text: str, context_turn
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+ANSWER_FORMAT = {"type": "json_schema", "json_schema": {"name": "emotions", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["emotions"],
+    "properties": {"emotions": {"type": "array", "items": {"type": "string", "enum": list(LABELS)}, "minItems": 1, "maxItems": MAX_LABELS}}}}}
+
+
 def parse_labels(answer: str | None) -> list[str]:
     """The labels of a valid answer, or InvalidAnswer saying what is wrong."""
     value = json_answer(answer)
@@ -75,7 +80,7 @@ class LLMAnnotator(CachedAsker):
     def ask(self, row: dict) -> dict:
         messages = build_messages(row["context"], row["context_roles"], row["text"], self.context_turns, self.max_chars)
         out = ValidatedChat.record(key=row["key"], utterance_id=row["utterance_id"], source=f"llm:{self.chat.llm['model']}", run=self.run)
-        result, labels = self.chat.ask(messages, parse_labels, out)
+        result, labels = self.chat.ask(messages, parse_labels, out, ANSWER_FORMAT)
         return {**result, "labels": labels or []}
 
 

@@ -107,11 +107,13 @@ class ValidatedChat:
         return {"raw": None, "error": None, "requests": 0, "retries": 0, "corrected": False, "prompt_tokens": 0,
                 "completion_tokens": 0, **fields}
 
-    def ask(self, messages: list[dict], parse: Callable[[str], object], out: dict) -> tuple[dict, object]:
-        """(the record with its status, the parsed value or None)."""
+    def ask(self, messages: list[dict], parse: Callable[[str], object], out: dict, response_format: dict | None = None) -> tuple[dict, object]:
+        """(the record with its status, the parsed value or None); `response_format` is sent when
+        given and the config's `structured` allows it."""
+        fmt = response_format if self.llm.get("structured") else None
         for attempt in range(2):  # the answer, then one corrective retry
             try:
-                answer = self._complete(messages, out)
+                answer = self._complete(messages, out, fmt)
             except self.transient as err:
                 return {**out, "status": ERROR, "error": f"{type(err).__name__} from {self.llm['base_url']} after {out['retries']} retries"}, None
             out["raw"] = answer
@@ -125,13 +127,14 @@ class ValidatedChat:
                                        {"role": "user", "content": f"That answer is invalid: {out['error']}. Answer again with JSON only."}]
         return {**out, "status": FAILED}, None
 
-    def _complete(self, messages: list[dict], out: dict) -> str:
+    def _complete(self, messages: list[dict], out: dict, response_format: dict | None) -> str:
         for retry in range(self.llm["max_retries"] + 1):
             self.limiter.wait()
             out["requests"] += 1
             try:
                 response = self.client.chat.completions.create(
-                    model=self.llm["model"], messages=messages, temperature=self.llm["temperature"], max_tokens=self.llm["max_tokens"])
+                    model=self.llm["model"], messages=messages, temperature=self.llm["temperature"], max_tokens=self.llm["max_tokens"],
+                    **({"response_format": response_format} if response_format else {}))
             except self.transient:
                 if retry == self.llm["max_retries"]:
                     raise

@@ -1,7 +1,8 @@
 """An OpenAI-compatible chat server on Ray Serve, over a transformers causal LM.
 
 GET /v1/models, POST /v1/chat/completions (chat template, temperature, top_p, max_tokens, stop,
-stream). Offline default: the packaged SmolLM2-135M-Instruct. Run it with
+seed, stream, usage; response_format json_object / json_schema enforced by constrained decoding,
+llm/constrained.py; logprobs and top_logprobs in plain answers). Offline default: the packaged SmolLM2-135M-Instruct. Run it with
 `serve run ecr_ray.llm.server:build_app model=smollm2-135m-instruct`, or from Python with
 `start_llm_server(cfg, model)` (the annotation and scoring stages do when no endpoint is configured).
 """
@@ -14,7 +15,7 @@ import uuid
 from typing import Literal
 
 from fastapi import FastAPI, HTTPException
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
@@ -37,9 +38,19 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     seed: int | None = None
+    response_format: dict | None = None  # {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
 
 api = FastAPI(title="ecr-ray LLM")
+
+
+@api.exception_handler(HTTPException)
+async def _openai_error(request, exc: HTTPException) -> JSONResponse:
+    """Errors in the OpenAI shape, so clients show the message rather than only the status."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return JSONResponse({"error": {"message": str(exc.detail), "type": kind, "param": None, "code": None}}, status_code=exc.status_code)
 
 
 @serve.deployment(max_ongoing_requests=8)
@@ -66,22 +77,55 @@ class ChatLLM:
     async def chat(self, request: ChatRequest):
         if request.model and request.model != self.name:
             raise HTTPException(404, f"model {request.model!r} is not served here; this server serves {self.name!r}")
+        from transformers import LogitsProcessorList
+
+        from ecr_ray.llm.constrained import SchemaLogitsProcessor, response_schema
+
+        try:
+            schema = response_schema(request.response_format)
+        except (ValueError, KeyError, AttributeError) as err:
+            raise HTTPException(400, f"response_format: {err}") from None
+        if request.logprobs and request.stream:
+            raise HTTPException(400, "logprobs are given in plain answers only: ask without stream")
+        if request.top_logprobs and not request.logprobs:
+            raise HTTPException(400, "top_logprobs needs logprobs: true")
         inputs = self.tokenizer.apply_chat_template(
             [m.model_dump() for m in request.messages], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         kwargs = self._generation_kwargs(request, stops)
+        if schema is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([SchemaLogitsProcessor(schema, self.tokenizer, prompt_tokens)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if request.stream:
             return StreamingResponse(self._stream(inputs, kwargs, stops, rid, created), media_type="text/event-stream")
-        output = (await asyncio.to_thread(self._generate, inputs, kwargs))[0, inputs["input_ids"].shape[1]:]
+        out = await asyncio.to_thread(self._generate, inputs, {**kwargs, "return_dict_in_generate": True, "output_logits": request.logprobs})
+        output = out.sequences[0, prompt_tokens:]
         text, stopped = self._cut(self.tokenizer.decode(output, skip_special_tokens=True), stops)
         finish = "stop" if stopped or len(output) < kwargs["max_new_tokens"] else "length"
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                  "logprobs": {"content": self._logprobs(output, out.logits, len(text), request.top_logprobs or 0)} if request.logprobs else None}
         return {
-            "id": rid, "object": "chat.completion", "created": created, "model": self.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "id": rid, "object": "chat.completion", "created": created, "model": self.name, "choices": [choice],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(output), "total_tokens": prompt_tokens + len(output)},
         }
+
+    def _logprobs(self, output, logits, length: int, top: int) -> list[dict]:
+        """OpenAI's per-token logprobs (of the model's own distribution, before sampling settings and
+        constraints) for the tokens that make up the first `length` characters of the answer."""
+        import torch
+
+        entry = lambda token, logprob: {"token": (piece := self.tokenizer.decode([token])), "logprob": float(logprob),  # noqa: E731
+                                        "bytes": list(piece.encode())}
+        out, text = [], ""
+        for token, step in zip(output.tolist(), logits, strict=False):
+            if len(text) >= length or token in self.tokenizer.all_special_ids:
+                break
+            lp = torch.log_softmax(step[0].float(), -1)
+            best = torch.topk(lp, top) if top else None
+            out.append({**entry(token, lp[token]), "top_logprobs": [entry(int(t), v) for v, t in zip(*best, strict=True)] if best else []})
+            text += out[-1]["token"]
+        return out
 
     def _generation_kwargs(self, request: ChatRequest, stops: list[str]) -> dict:
         import torch

@@ -1,5 +1,6 @@
 """LLM annotation through the real `openai` client over HTTP: the local Ray Serve LLM, and a
 server that injects faults on a fixed schedule."""
+import json
 import pyarrow.dataset as pads
 import pytest
 
@@ -71,6 +72,26 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
         assert ask(max_tokens=3, temperature=0).choices[0].finish_reason == "length"
         streamed = "".join(c.choices[0].delta.content or "" for c in ask(max_tokens=30, temperature=0, stream=True))
         assert streamed == full.choices[0].message.content
+        # logprobs in the API's shape: greedy decoding takes the most likely token every time
+        tokens = ask(max_tokens=6, temperature=0, logprobs=True, top_logprobs=3).choices[0].logprobs.content
+        assert "".join(t.token for t in tokens) == ask(max_tokens=6, temperature=0).choices[0].message.content
+        assert all(t.logprob <= 0 and len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token and bytes(t.bytes).decode() == t.token
+                   for t in tokens)
+        # structured outputs: a schema-valid answer from a 135M model, plain and streamed
+        schema = {"type": "object", "properties": {"title": {"type": "string"}, "year": {"type": "integer"},
+                                                   "mood": {"type": "string", "enum": ["happy", "sad"]}},
+                  "required": ["title", "year", "mood"], "additionalProperties": False}
+        structured = {"type": "json_schema", "json_schema": {"name": "movie", "schema": schema, "strict": True}}
+        movie = lambda **kw: client.chat.completions.create(  # noqa: E731
+            model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Name a movie you like."}], max_tokens=60,
+            response_format=structured, **kw)
+        plain = json.loads(movie(temperature=0).choices[0].message.content)
+        assert set(plain) == {"title", "year", "mood"} and isinstance(plain["year"], int) and plain["mood"] in ("happy", "sad")
+        assert json.loads("".join(c.choices[0].delta.content or "" for c in movie(temperature=0, stream=True))) == plain
+        sampled = ask(max_tokens=120, temperature=0.7, seed=1, response_format={"type": "json_object"}).choices[0]
+        assert sampled.finish_reason == "stop" and isinstance(json.loads(sampled.message.content), dict)
+        with pytest.raises(openai.BadRequestError, match="response_format"):
+            ask(response_format={"type": "xml"})
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.UnprocessableEntityError):
@@ -82,7 +103,7 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
         stop_llm_server()
     rows = _annotations(fresh_run)
     assert len(rows) == 6 == len({r["utterance_id"] for r in rows}) and summary["unanswered"] == 0
-    assert summary["ok"] + summary["failed"] == 6 and summary["prompt_tokens"] > 0 and summary["requests"] >= 6
+    assert summary["ok"] == 6 and summary["prompt_tokens"] > 0 and summary["requests"] == 6  # the schema is enforced: no invalid answer
     for r in rows:
         assert r["source"] == "llm:smollm2-135m-instruct"
         assert (r["status"] == "ok" and 1 <= len(r["labels"]) <= 2 and set(r["labels"]) <= set(LABELS)) or (
