@@ -290,7 +290,7 @@ class EvalConfig:
     score_sample: int = _knob(1000, "responses per variant scored by the LLM scorer (seeded; the paper: 1,000)")
     score_seed: int = _knob(0, "seed of the scored sample")
     score_pool: ActorPool = _section(ActorPool, "actors sending scoring requests (they only wait on the endpoint)", cpus=0.25, batch_size=8)
-    scorer: LLMConfig = _section(LLMConfig, "the LLM scorer's endpoint (None: the local server)", max_tokens=80)
+    scorer: LLMConfig = _section(LLMConfig, "the LLM scorer's endpoint (None: the local server)", max_tokens=120)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from ecr_ray.llm.cache import CachedAsker, ask_pending, best_results, read_cache
 from ecr_ray.llm.client import ERROR, FAILED, OK, InvalidAnswer, ValidatedChat, check_answered, json_answer
 from ecr_ray.rundir import RunDir
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"  # v2: the answer's JSON schema is asked for (ANSWER_FORMAT)
 SYSTEM_PROMPT = (
     "You label the emotions of a movie seeker talking to a movie recommender. Choose one or two labels "
     "from: like, curious, happy, grateful, negative, neutral, nostalgia, agreement, surprise. "

@@ -1,7 +1,8 @@
 """The paper's LLM scorer: five 0-9 scores per response from an OpenAI-compatible endpoint.
 
-A fixed rubric (its hash is part of the cache key), JSON answers validated (all five
-criteria, integers 0..9), one corrective retry, transient errors retried with backoff, answers
+A fixed rubric (its hash is part of the cache key), the answer's JSON schema asked for
+(`SCORE_FORMAT`: the local server enforces it, so even SmolLM2 answers validly), JSON answers
+validated (all five criteria, integers 0..9), one corrective retry, transient errors retried with backoff, answers
 cached by (model, rubric, context, item, response) in cache/scores.
 """
 from __future__ import annotations
@@ -24,6 +25,9 @@ RUBRIC = (
     "exactly these five keys, each with an integer value from 0 to 9: emotional_intensity, emotional_persuasiveness, "
     "logic_persuasiveness, informativeness, lifelikeness."
 )
+SCORE_FORMAT = {"type": "json_schema", "json_schema": {"name": "scores", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": list(CRITERIA),
+    "properties": {c: {"type": "integer", "enum": list(range(10))} for c in CRITERIA}}}}
 SCORE_SCHEMA = pa.schema([
     ("key", pa.string()), ("status", pa.string()), ("raw", pa.string()), ("error", pa.string()),
     ("requests", pa.int32()), ("retries", pa.int32()), ("corrected", pa.bool_()),
@@ -34,7 +38,7 @@ SCORE_SCHEMA = pa.schema([
 
 def score_key(model: str, context: str, title: str, response: str) -> str:
     text = hashlib.sha256(json.dumps([context, title, response]).encode()).hexdigest()
-    rubric = hashlib.sha256(RUBRIC.encode()).hexdigest()  # another rubric never reuses these scores
+    rubric = hashlib.sha256((RUBRIC + json.dumps(SCORE_FORMAT)).encode()).hexdigest()  # another rubric or format never reuses these scores
     return hashlib.sha256(f"{model}|{rubric}|{text}".encode()).hexdigest()[:32]
 
 
@@ -63,5 +67,6 @@ class ResponseScorer(CachedAsker):
 
     def ask(self, row: dict) -> dict:
         out = ValidatedChat.record(key=row["key"], run=self.run)
-        result, scores = self.chat.ask(score_messages(row["context"], row["title"], row["response"]), parse_scores, out)
+        result, scores = self.chat.ask(score_messages(row["context"], row["title"], row["response"]), parse_scores, out,
+                                       SCORE_FORMAT)
         return {**result, **(scores or dict.fromkeys(CRITERIA))}

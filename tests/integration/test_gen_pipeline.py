@@ -56,10 +56,9 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
     assert report["dist-1"] > 0 and report["bleu-1"] > 0
     # the scorer: every sampled response ends answered, failed (with its raw answer) or unanswered
     assert report["scored"] == cfg.eval.score_sample == report["ok"] + report["failed"] + report["unanswered"]
-    assert report["unanswered"] == 0
+    assert report["unanswered"] == 0 and report["ok"] == cfg.eval.score_sample  # the local server enforces the scores' schema
     for c in ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness"):
-        value = report[f"llm_{c}"]
-        assert value is None if report["ok"] == 0 else 0 <= value <= 9
+        assert 0 <= report[f"llm_{c}"] <= 9
 
 
 def test_scores_are_cached_and_the_comparison_is_written(gen_run):
