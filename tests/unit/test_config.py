@@ -71,7 +71,7 @@ def test_sections_keep_their_own_defaults():
     assert (cfg.emotion.teacher.train.epochs, cfg.emotion.teacher.train.lr, cfg.emotion.teacher.train.weight_decay) == (7, 5e-5, 0.01)
     assert (cfg.rec.train.lr, cfg.rec.train.weight_decay, cfg.gen.generator.train.lr) == (1e-3, 0.01, 1e-4)
     assert (cfg.gen.respond_pool.actors, cfg.gen.respond_pool.cpus, cfg.gen.respond_pool.batch_size) == (3, 1.0, 8)
-    assert cfg.eval.scorer.max_tokens == 80 and cfg.emotion.llm.max_tokens == 40
+    assert cfg.eval.scorer.max_tokens == 120 and cfg.emotion.llm.max_tokens == 40
     assert load_config(None, base=cfg.to_dict()) == cfg  # a recorded config loads back as it was
 
 
