@@ -157,7 +157,12 @@ def write_model_config(folder: str | Path, cfg) -> None:
 
 
 def model_config(run: RunDir, name: str, overrides: Sequence[str] = ()):
-    """The config a model was trained with (plus overrides), from its own folder."""
-    from ecr_ray.config import load_config
+    """The config a model was trained with (plus overrides), from its own folder; a saved config
+    this version cannot read is refused naming its file."""
+    from ecr_ray.config import ConfigError, load_config
 
-    return load_config(None, overrides, base=run.read_json(f"{model(name)}/{MODEL_CONFIG}"))
+    path = f"{model(name)}/{MODEL_CONFIG}"
+    try:
+        return load_config(None, overrides, base=run.read_json(path))
+    except ConfigError as err:
+        raise ConfigError(f"{run.uri}/{path}: {err}. If an older ecr-ray trained this model, re-train it with `ecr-ray run`") from None

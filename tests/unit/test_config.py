@@ -87,3 +87,15 @@ def test_stage_keys_leave_out_runtime_knobs():
     assert hashes(faster) == hashes(base)
     changed = {name for name, h in hashes(other).items() if h != hashes(base)[name]}
     assert changed == {"rec-train", "rec-ablations"}  # later stages follow through `needs`
+
+
+def test_a_saved_model_config_this_version_cannot_read_names_its_file(tmp_path):
+    from ecr_ray.artifacts import MODEL_CONFIG, model, model_config
+    from ecr_ray.rundir import RunDir
+
+    run = RunDir(tmp_path)
+    saved = load_config("tiny").to_dict()
+    saved["rec"]["min_cooccurrence"] = 2  # a knob an older version had
+    run.write_json(f"{model('recommender')}/{MODEL_CONFIG}", saved)
+    with pytest.raises(ConfigError, match=r"models/recommender/ecr_config\.json: unknown config key rec\.min_cooccurrence.*re-train"):
+        model_config(run, "recommender")
