@@ -12,6 +12,7 @@ the end-of-sequence token is left. Parsing is re-done from the start each time: 
 from __future__ import annotations
 
 import json
+import re
 
 COMPLETE, PARTIAL, INVALID = "complete", "partial", "invalid"
 MAX_SPACE = 8  # whitespace characters allowed between JSON tokens, one line break at most (a model must not pad forever)
@@ -102,8 +103,6 @@ class _Reader:
 
 def _number_prefix(token: str, integer: bool) -> bool:
     """Whether `token` can still grow into a JSON number (an integer when asked)."""
-    import re
-
     pattern = r"-?(0|[1-9]\d*)?" if integer else r"-?((0|[1-9]\d*)(\.\d*)?([eE][+-]?\d*)?)?"
     return re.fullmatch(pattern, token) is not None
 

@@ -28,6 +28,11 @@ GRIDS = {
 }
 
 
+def _slot(param, index):
+    """The fitted value inside a parameter: the scalar itself, or one element of a vector."""
+    return param if index is None else param[index]
+
+
 def fitted_parameters(model) -> list[str]:
     """The parameters `fit_channels` sets on this model (frozen afterwards)."""
     return sorted({attr for attr, _, _ in GRIDS.values() if hasattr(model, attr)})
@@ -55,20 +60,17 @@ def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
             ranks, probs = (np.concatenate(part) for part in zip(*ranked, strict=True))
             return selection_metric(rec_metrics(ranks, probs, feedback, rcfg.auc_batch_size), rcfg.early_stop_metric)
 
-        def put(param, index, value):
-            (param if index is None else param[index]).fill_(value)
-
         start = best = metric()
         for _ in range(SWEEPS):
             for _, param, index, grid in knobs:
-                keep = (param if index is None else param[index]).item()
+                keep = _slot(param, index).item()
                 for value in grid:
-                    put(param, index, value)
+                    _slot(param, index).fill_(value)
                     score = metric()
                     if score > best:
                         best, keep = score, value
-                put(param, index, keep)
-    weights = {name: (param if index is None else param[index]).item() for name, param, index, _ in knobs}
+                _slot(param, index).fill_(keep)
+    weights = {name: _slot(param, index).item() for name, param, index, _ in knobs}
     return {"weights": weights, "metric": {"name": rcfg.early_stop_metric, "before": start, "after": best}, "examples": len(sample)}
 
 
@@ -79,7 +81,6 @@ def apply_channels(model, weights: dict) -> None:
     with torch.no_grad():
         for name, value in weights.items():
             attr, index, _ = GRIDS[name]
-            param = getattr(model, attr)
-            (param if index is None else param[index]).fill_(value)
+            _slot(getattr(model, attr), index).fill_(value)
     for attr in fitted_parameters(model):
         getattr(model, attr).requires_grad_(False)

@@ -15,8 +15,10 @@ CHANNEL_TEXT = {"co-occurrence": "often talked about together with it",
 
 
 def _words(relation: str) -> str:
-    """'musicComposer' -> 'music composer'."""
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", relation.rstrip(">").rsplit("/", 1)[-1]).lower()
+    """A relation URI in words: '.../musicComposer>' -> 'music composer'."""
+    from ecr_ray.gen.retrieval import relation_name
+
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", relation_name(relation)).lower()
 
 
 def shared_fact(kg, facts: dict[int, list[tuple[int, int]]], entity: int, item: int) -> str | None:

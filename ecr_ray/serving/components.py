@@ -92,7 +92,8 @@ class ItemRecommender:
 
     def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
         """Items with their probabilities, titles, movie cards (None where the metadata has none) and
-        reasons, and the entities linked in the conversation. `user_probs`: the emotion probabilities of each user message, in order."""
+        reasons, and the entities linked in the conversation. `user_probs`: the emotion
+        probabilities of each user message, in order."""
         import torch
 
         from ecr_ray.gen.retrieval import item_title
