@@ -105,7 +105,9 @@ def test_ray_job_submit_runs_on_both_nodes(two_nodes, tmp_path, data_root):
 
     address, env = two_nodes
     run_dir = tmp_path / "run"
-    runtime_env = json.dumps({"env_vars": {"ECR_DATA_DIR": str(data_root)}})
+    # a fixed-size Ray Data pool starts on its first ready actor unless told to wait for all: on a small job the
+    # actor on node 2 (slower: it unpacks the working dir) could be cancelled unplaced, the head's doing it all
+    runtime_env = json.dumps({"env_vars": {"ECR_DATA_DIR": str(data_root), "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300"}})
     spread = ["data.link_pool.actors=2", "data.link_pool.cpus=1.6", "data.link_pool.batch_size=16", "emotion.teacher.train.num_workers=2",
               "emotion.teacher.train.cpus_per_worker=1.6", "emotion.teacher.max_examples=200", "emotion.eval_examples=100",
               "emotion.sample_size=60", "emotion.classifier.train.epochs=1", "emotion.infer_pool.actors=2", "emotion.infer_pool.gpus=0.5"]
