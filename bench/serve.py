@@ -4,9 +4,10 @@ Needs a trained run directory (`ecr-ray run --config cpu --run-dir DIR`). Conver
 ReDial dialogue histories (the dev split's recommendation turns).
 
     python bench/serve.py load --run-dir DIR [--n 24] [--concurrency 1,2,4] [--set gen.decoding.max_new_tokens=48]
-        p50/p99 latency and throughput of POST /recommend and of a full chat turn at each concurrency,
-        against the same parts called in-process one after another (ratio), and the chat with 1 vs 2
-        replicas of the bottleneck deployment (Generator).
+        p50/p99 latency and throughput of POST /recommend and of a streamed chat turn (and its time to
+        the first token) at each concurrency, against the same parts called in-process one after another
+        (ratio); the chat with the Generator decoding concurrent requests together vs one at a time
+        (serve.max_batch=1), and with 1 vs 2 Generator replicas.
     python bench/serve.py kill --run-dir DIR [--seconds 60] [--concurrency 4] [--deployment Generator]
         concurrent conversations while one replica is killed: requests, errors, the slowest request
         against the timeout, and the time until the deployment answers again.
@@ -14,6 +15,7 @@ ReDial dialogue histories (the dev split's recommendation turns).
 import argparse
 import asyncio
 import concurrent.futures
+import json
 import os
 import statistics
 import time
@@ -43,38 +45,51 @@ def conversations(run, n: int, max_turns: int) -> list[list[dict]]:
     return out
 
 
-def summary(latencies: list[float], wall: float) -> dict:
+def summary(latencies: list[float], wall: float, first: list[float] | None = None) -> dict:
     q = statistics.quantiles(latencies, n=100, method="inclusive") if len(latencies) > 1 else latencies * 99
-    return {"p50_s": round(statistics.median(latencies), 3), "p99_s": round(q[98], 3), "per_s": round(len(latencies) / wall, 3)}
+    ttft = {"first_token_p50_s": round(statistics.median(first), 3)} if first else {}
+    return {"p50_s": round(statistics.median(latencies), 3), "p99_s": round(q[98], 3), "per_s": round(len(latencies) / wall, 3), **ttft}
 
 
 def in_process(parts, talks, top_k: int) -> dict:
-    def timed(fn):
-        latencies, start = [], time.perf_counter()
-        for m in talks:
-            t = time.perf_counter()
-            asyncio.run(fn(m))
-            latencies.append(time.perf_counter() - t)
-        return summary(latencies, time.perf_counter() - start)
+    """Each conversation after the other through the parts in this process: POST /recommend's work, and
+    a streamed chat turn (time to its first token and to its end)."""
+    async def recommend_one(m):
+        t = time.perf_counter()
+        await recommend(parts, m, top_k)
+        return time.perf_counter() - t, None
 
     async def turn(m):
+        t, first = time.perf_counter(), None
         found, args = await answer(parts, m, top_k)
-        return await parts.reply(*args)
+        async for piece in parts.stream(*args):
+            first = first or (time.perf_counter() - t if isinstance(piece, str) and piece else None)
+        return time.perf_counter() - t, first
 
-    return {"recommend": timed(lambda m: recommend(parts, m, top_k)), "chat": timed(turn)}
+    def timed(fn):
+        start = time.perf_counter()
+        got = [asyncio.run(fn(m)) for m in talks]
+        return summary([g[0] for g in got], time.perf_counter() - start, [g[1] for g in got if g[1] is not None])
+
+    return {"recommend": timed(recommend_one), "chat": timed(turn)}
 
 
 def load(base: str, path: str, talks, concurrency: int, timeout: float) -> dict:
+    """`talks` from `concurrency` clients at once; a chat turn streamed (its first token timed too)."""
     def one(m):
-        t = time.perf_counter()
-        r = requests.post(f"{base}{path}", json={"messages": m}, timeout=timeout)
-        r.raise_for_status()
-        return time.perf_counter() - t
+        t, first = time.perf_counter(), None
+        stream = path.endswith("completions")
+        with requests.post(f"{base}{path}", json={"messages": m, "stream": stream}, timeout=timeout, stream=stream) as r:
+            r.raise_for_status()
+            for line in r.iter_lines() if stream else ():
+                if first is None and line.startswith(b"data: {") and (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content"):
+                    first = time.perf_counter() - t
+        return time.perf_counter() - t, first
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-        latencies = list(pool.map(one, talks))
-    return summary(latencies, time.perf_counter() - start)
+        got = list(pool.map(one, talks))
+    return summary([g[0] for g in got], time.perf_counter() - start, [g[1] for g in got if g[1] is not None])
 
 
 def start(run_dir: str, overrides: list[str], options: dict | None) -> str:
@@ -91,32 +106,38 @@ def bench_load(args, cfg, run):
     import ray
 
     talks = conversations(run, args.n, cfg.serve.max_turns)
-    parts = LocalParts(run, args.overrides)
+    parts = LocalParts(run, args.overrides, threads=cfg.serve.generator_threads)  # as a user would: every core
     for m in talks[:2]:  # warm-up
         asyncio.run(recommend(parts, m, cfg.serve.top_k))
     base_line = in_process(parts, talks, cfg.serve.top_k)
     del parts
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     timeout = cfg.serve.request_timeout_s + 30
+    last = args.concurrency[-1]
+    # (label, Generator replicas, config overrides, concurrencies, paths)
+    setups = [("batched", 1, [], args.concurrency, ("/recommend", "/v1/chat/completions")),
+              ("one at a time", 1, ["serve.max_batch=1"], [last], ("/v1/chat/completions",)),
+              ("batched", 2, [], [last], ("/v1/chat/completions",))]
     rows = []
-    for replicas in (1, 2):
-        base = start(args.run_dir, args.overrides, {**{d: FIXED for d in DEPLOYMENTS}, "Generator": {**FIXED, "num_replicas": replicas}})
+    for label, replicas, extra, concurrencies, paths in setups:
+        base = start(args.run_dir, [*args.overrides, *extra], {**{d: FIXED for d in DEPLOYMENTS}, "Generator": {**FIXED, "num_replicas": replicas}})
         load(base, "/v1/chat/completions", talks[:2], 2, timeout)  # warm-up
-        for c in args.concurrency if replicas == 1 else args.concurrency[-1:]:
-            for path, name in (("/recommend", "recommend"), ("/v1/chat/completions", "chat")):
-                if replicas == 2 and name == "recommend":
-                    continue
+        for c in concurrencies:
+            for path in paths:
+                name = "recommend" if path == "/recommend" else "chat"
                 got = load(base, path, talks, c, timeout)
-                rows.append({"what": name, "generator_replicas": replicas, "concurrency": c, **got,
+                rows.append({"what": name, "generator": f"{replicas} x {label}", "concurrency": c, **got,
                              "vs_in_process": round(got["per_s"] / base_line[name]["per_s"], 2)})
-    print(f"in-process, sequential ({len(talks)} conversations): {base_line}")
-    print("| request | generator replicas | concurrency | p50 s | p99 s | per s | throughput vs in-process |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"in-process, one after another ({len(talks)} conversations, {cfg.serve.generator_threads} torch threads): {base_line}")
+    print("| request | Generator replicas | concurrency | p50 s | p99 s | first token p50 s | per s | throughput vs in-process |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['what']} | {r['generator_replicas']} | {r['concurrency']} | {r['p50_s']} | {r['p99_s']} | {r['per_s']} | {r['vs_in_process']} |")
-    one = next(r for r in rows if r["what"] == "chat" and r["generator_replicas"] == 1 and r["concurrency"] == args.concurrency[-1])
-    two = next(r for r in rows if r["what"] == "chat" and r["generator_replicas"] == 2)
-    print(f"chat throughput at concurrency {args.concurrency[-1]}, 2 Generator replicas vs 1: {two['per_s'] / one['per_s']:.2f}")
+        print(f"| {r['what']} | {r['generator']} | {r['concurrency']} | {r['p50_s']} | {r['p99_s']} | {r.get('first_token_p50_s', '')} | "
+              f"{r['per_s']} | {r['vs_in_process']} |")
+    chat = {(r["generator"], r["concurrency"]): r for r in rows if r["what"] == "chat"}
+    one = chat[("1 x batched", last)]
+    print(f"chat throughput at concurrency {last}: decoding together vs one at a time {one['per_s'] / chat[('1 x one at a time', last)]['per_s']:.2f}; "
+          f"2 Generator replicas vs 1 {chat[('2 x batched', last)]['per_s'] / one['per_s']:.2f}")
 
 
 def bench_kill(args, cfg, run):

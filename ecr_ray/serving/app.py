@@ -77,18 +77,33 @@ class Retriever(_OneCallAtATime):
 
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
-class Generator(_OneCallAtATime):
-    def __init__(self, run_dir: str, overrides: list[str]):
-        super().__init__(Responder(RunDir(run_dir), overrides))
+class Generator:
+    """The responder. Requests that arrive together (up to serve.max_batch, within serve.batch_wait_s of
+    the first) are decoded together: a step for four costs little more than a step for one."""
 
-    async def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict) -> dict:
-        return await self._call(self.part.reply, messages, title, knowledge, options)
+    def __init__(self, run_dir: str, overrides: list[str]):
+        cfg, run = load_run(run_dir, overrides)
+        self.part = Responder(run, overrides, threads=cfg.serve.generator_threads)
+        self._decode.set_max_batch_size(cfg.serve.max_batch)
+        self._decode.set_batch_wait_timeout_s(cfg.serve.batch_wait_s)
+
+    def ready(self) -> bool:
+        return True
+
+    @serve.batch()  # sized from the config in __init__ (bare @serve.batch refuses an async generator)
+    async def _decode(self, requests: list[tuple]):
+        steps = self.part.stream_batch(requests)
+        while (step := await asyncio.to_thread(next, steps, None)) is not None:
+            yield [StopIteration if out is None else out for out in step]  # None: that request has ended
 
     async def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict):
-        async with self.lock:
-            pieces = self.part.stream(messages, title, knowledge, options)
-            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
-                yield piece
+        async for out in self._decode((messages, title, knowledge, options)):
+            if out:  # "": nothing new for this request at this step
+                yield out
+
+    async def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict) -> dict:
+        *pieces, end = [out async for out in self.stream(messages, title, knowledge, options)]
+        return {"text": "".join(pieces), **end}
 
 
 class HandleParts:

@@ -158,6 +158,10 @@ class Responder:
     def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None):
         yield from self.generator.stream(self._row(messages, title, knowledge), options)
 
+    def stream_batch(self, requests: list[tuple]):
+        """(messages, title, knowledge, options) of concurrent requests, decoded together (`ResponseGenerator.stream_batch`)."""
+        yield from self.generator.stream_batch([self._row(*r[:3]) for r in requests], [r[3] for r in requests])
+
 
 class LocalParts:
     """Every part in this process, behind the awaitable interface `answer` takes (what Serve's handles give)."""

@@ -172,6 +172,10 @@ def test_a_chat_reply_honours_max_tokens_and_stop_plain_and_streamed():
     assert stopped["text"] == full["text"][: full["text"].index(stop)].strip() and stopped["finish_reason"] == "stop"
     *pieces, end = generator.stream(row, {"stop": [stop]})
     assert "".join(pieces) == stopped["text"] and end["finish_reason"] == "stop" and len(pieces) > 1
+    word = full["text"].split()[2]  # a stop after a space: the space goes too, streamed or not
+    assert generator.reply(row, {"stop": [word]})["text"] == full["text"].split(word)[0].strip()
+    *pieces, _ = generator.stream(row, {"stop": [word]})
+    assert "".join(pieces) == full["text"].split(word)[0].strip()
     seeded = [generator.reply(row, {"temperature": 1.0, "seed": 5})["text"] for _ in range(2)]
     assert seeded[0] == seeded[1]
 
@@ -179,3 +183,41 @@ def test_a_chat_reply_honours_max_tokens_and_stop_plain_and_streamed():
     assert [cut.feed(p) for p in ["abc E", "N", "x", "y more"]] == ["abc ", "", "EN", ""] and cut.hit
     cut = StopCut(["END"])
     assert cut.feed("the EN") == "the " and cut.feed("ding") == "ENding" and cut.flush() == "" and not cut.hit
+
+
+def test_the_batch_decoder_equals_generate_and_each_row_keeps_its_own_settings():
+    import torch
+
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.gen.decode import BatchDecoder, NGramBan, RowDecoding
+    from ecr_ray.gen.generate import ResponseGenerator
+
+    smol = dataclasses.replace(GPT2, model="smollm2-135m-instruct", max_length=256)
+    generator = ResponseGenerator(None, smol, DecodingConfig(max_new_tokens=16, no_repeat_ngram_size=3), retrieval=False)
+    model, tok = generator.model, generator.tokenizer
+    texts = ["User: I loved Inception, what else?\nAssistant:", "Hi, I like scary movies"]
+    for text, penalty in zip(texts, (1.0, 1.3)):
+        enc = tok([text], return_tensors="pt")
+        with torch.no_grad():
+            ref = model.generate(**enc, max_new_tokens=16, do_sample=False, no_repeat_ngram_size=3, repetition_penalty=penalty,
+                                 pad_token_id=tok.pad_token_id)[0, enc.input_ids.shape[1]:].tolist()
+        steps = BatchDecoder(model, enc.input_ids, enc.attention_mask, [RowDecoding(16, repetition_penalty=penalty)], tok.eos_token_id, 3).steps()
+        assert [s[0] for s in steps] == ref
+
+    # two rows of different lengths, decoded together: each as alone, the shorter limit leaves the batch early
+    rows = [{"context": f"User: {t}", "title": "Heat", "knowledge": {"entities": [], "triples": []}} for t in texts]
+    alone = [generator.reply(r, o) for r, o in zip(rows, [None, {"max_new_tokens": 5}])]
+    together = {0: [], 1: []}
+    for step in generator.stream_batch(rows, [None, {"max_new_tokens": 5}]):
+        for i, out in enumerate(step):
+            together[i].append(out)
+    for i in (0, 1):
+        *pieces, end = [o for o in together[i] if o]  # "" (nothing new this step) skipped, None after the end
+        assert {"text": "".join(pieces), **end} == alone[i]
+        assert together[i][-1] is None or i == 0
+    assert alone[1]["completion_tokens"] == 5 and alone[1]["finish_reason"] == "length"
+
+    ban = NGramBan([1, 2, 3, 1, 2], 3)
+    assert ban.banned() == {3}
+    ban.push(4)
+    assert ban.banned() == set() and NGramBan([1, 2], 3).banned() == set()
