@@ -79,7 +79,7 @@ def load(base: str, path: str, talks, concurrency: int, timeout: float) -> dict:
     def one(m):
         t, first = time.perf_counter(), None
         stream = path.endswith("completions")
-        with requests.post(f"{base}{path}", json={"messages": m, "stream": stream}, timeout=timeout, stream=stream) as r:
+        with requests.post(f"{base}{path}", json={"messages": m, **({"stream": True} if stream else {})}, timeout=timeout, stream=stream) as r:
             r.raise_for_status()
             for line in r.iter_lines() if stream else ():
                 if first is None and line.startswith(b"data: {") and (json.loads(line[6:])["choices"] or [{}])[0].get("delta", {}).get("content"):

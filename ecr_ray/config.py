@@ -248,6 +248,8 @@ class GeneratorConfig:
 class DecodingConfig:
     max_new_tokens: int = _knob(150, "response length limit (the paper: 150)")
     no_repeat_ngram_size: int = _knob(3, "no repeated n-grams of this size (the paper: 3; 0 off)")
+    ngram_ban_prompt: bool = _knob(False, "the n-gram ban counts the prompt's n-grams too (the paper's generate(); a response then "
+                                          "cannot say a title or fact the prompt gives) instead of the response's only")
     do_sample: bool = _knob(False, "sample (with temperature, top_p) instead of greedy")
     temperature: float = _knob(0.7, "sampling temperature")
     top_p: float = _knob(0.9, "nucleus sampling mass")
@@ -301,8 +303,7 @@ class ServeConfig:
     max_message_chars: int = _knob(2000, "characters a message may hold", runtime=True)
     request_timeout_s: float = _knob(60.0, "a request that takes longer ends with 504", runtime=True)
     generator_threads: int = _knob(2, "torch threads of a Generator replica (the other parts idle while it decodes)", runtime=True)
-    max_batch: int = _knob(4, "chat requests a Generator replica decodes together", runtime=True)
-    batch_wait_s: float = _knob(0.03, "how long a Generator replica waits for more requests to decode with the first", runtime=True)
+    max_batch: int = _knob(4, "chat requests a Generator replica decodes together (a request joins at the next step)", runtime=True)
     token_env: str = _knob("ECR_SERVE_TOKEN", "environment variable holding the bearer token the API requires (unset: no token)", runtime=True)
 
 

@@ -1,15 +1,15 @@
-"""Token-by-token decoding of a left-padded batch in which every row keeps its own settings.
+"""Continuous batch decoding: rows join and leave a running batch between steps, each with its own settings.
 
 `generate()` takes one set of decoding options per call, re-scans the whole sequence for repeated
-n-grams at every step and keeps finished rows in the batch. Serving batches concurrent chat requests
-(each with its own temperature, length, seed and stop strings), so this loop decodes them together:
-one forward per step over the unfinished rows' KV cache, the n-gram ban kept up to date as tokens
-come, finished rows dropped from the cache. Greedy output equals `generate()`'s with the same
-repetition penalty and n-gram size (tested).
+n-grams at every step and keeps finished rows in the batch. Serving decodes concurrent chat requests
+(each with its own temperature, length, seed and stop strings) that arrive at different times, so this
+loop keeps one KV cache for every row in flight: a request that arrives is prefilled at the next step
+and its cache joined to the others' (left-padded to a common length), a finished row leaves it. The
+n-gram ban is kept up to date as tokens come, over the response (or, as generate() does, the prompt
+too). Greedy output equals `generate()`'s with the same settings (tested).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -23,21 +23,19 @@ class RowDecoding:
 
 
 class NGramBan:
-    """Tokens that would repeat an n-gram of the sequence so far (`no_repeat_ngram_size`), updated per token."""
+    """Tokens that would repeat an n-gram of the sequence so far (`no_repeat_ngram_size`), updated per
+    token; the sequence starts with `prompt` (generate()'s ban) or, with none, at the response."""
 
-    def __init__(self, tokens: list[int], n: int):
-        self.n, self.tokens, self.next = n, list(tokens), {}
-        for i in range(len(tokens) - n + 1):
-            self._add(i)
-
-    def _add(self, start: int) -> None:
-        gram = self.tokens[start:start + self.n]
-        self.next.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
+    def __init__(self, n: int, prompt: list[int] = ()):
+        self.n, self.tokens, self.next = n, [], {}
+        for token in prompt:
+            self.push(token)
 
     def push(self, token: int) -> None:
         self.tokens.append(token)
         if len(self.tokens) >= self.n:
-            self._add(len(self.tokens) - self.n)
+            gram = self.tokens[-self.n:]
+            self.next.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
 
     def banned(self) -> set[int]:
         if len(self.tokens) < self.n - 1:
@@ -45,69 +43,131 @@ class NGramBan:
         return self.next.get(tuple(self.tokens[len(self.tokens) - self.n + 1:]), set())
 
 
-class BatchDecoder:
-    """`steps()` yields, per decoding step, one new token id per row (None for a row that has finished:
-    end of sequence, its token limit, or `finish(row)` by the caller, e.g. on a stop string)."""
-
-    def __init__(self, model, input_ids, attention_mask, rows: list[RowDecoding], eos_token_id: int, no_repeat_ngram_size: int = 0):
+class _Row:
+    def __init__(self, prompt: list[int], settings: RowDecoding, ngram: int, ngram_prompt: bool):
         import torch
 
-        self.model, self.rows, self.eos = model, rows, eos_token_id
-        self.ids, self.mask = input_ids, attention_mask
-        prompts = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask)]
-        self.seen = [set(p) for p in prompts]  # what the repetition penalty weighs down
-        self.bans = [NGramBan(p, no_repeat_ngram_size) for p in prompts] if no_repeat_ngram_size else None
-        self.made = [0] * len(rows)
-        self.done = [r.max_new_tokens <= 0 for r in rows]
-        self.random = [torch.Generator().manual_seed(r.seed) if r.seed is not None else None for r in rows]
+        self.prompt, self.settings, self.made, self.done = prompt, settings, 0, settings.max_new_tokens <= 0
+        self.seen = set(prompt)  # what the repetition penalty weighs down
+        self.ban = NGramBan(ngram, prompt if ngram_prompt else ()) if ngram else None
+        self.random = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
 
-    def finish(self, row: int) -> None:
-        self.done[row] = True
 
-    def steps(self) -> Iterator[list[int | None]]:
+class BatchDecoder:
+    """`add` rows (prompt token ids) at any time; each `step()` gives every row in flight one new token
+    ({key: token}); a row leaves after its end-of-sequence token, at its token limit, or on `finish(key)`."""
+
+    def __init__(self, model, eos_token_id: int, no_repeat_ngram_size: int = 0, ngram_prompt: bool = False):
+        self.model, self.eos, self.ngram = model, eos_token_id, (no_repeat_ngram_size, ngram_prompt)
+        self.rows: dict[int, _Row] = {}
+        self.order: list[int] = []  # the keys of the rows in the cache, in its batch order
+        self.waiting: list[int] = []  # added, to be prefilled at the next step
+        self.cache = self.mask = self.positions = self.last = None
+        self._next_key = 0
+
+    @property
+    def in_flight(self) -> int:
+        return sum(not r.done for r in self.rows.values())
+
+    def add(self, prompt: list[int], settings: RowDecoding) -> int:
+        key, self._next_key = self._next_key, self._next_key + 1
+        self.rows[key] = row = _Row(prompt, settings, *self.ngram)
+        if not row.done:
+            self.waiting.append(key)
+        return key
+
+    def finish(self, key: int) -> None:
+        if key in self.rows:
+            self.rows[key].done = True
+
+    def step(self) -> dict[int, int]:
+        """One token for every row in flight: the running rows decode one, the rows added since the
+        last step are prefilled (their first token); then finished rows leave the batch."""
+        import torch
+
+        self._leave()
+        if not self.in_flight:
+            return {}
+        keys, logits = [], []
+        with torch.inference_mode():
+            if self.order:
+                self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.order), 1)], dim=1)
+                out = self.model(input_ids=self.last, attention_mask=self.mask, position_ids=self.positions, past_key_values=self.cache,
+                                 use_cache=True, logits_to_keep=1)
+                keys, logits = list(self.order), [out.logits[:, -1, :].float().cpu()]  # choosing is cheap: on the CPU
+            if self.waiting:
+                keys, logits = keys + self.waiting, logits + [self._prefill(self.waiting)]
+                self.order, self.waiting = keys, []
+        tokens = [self._choose(self.rows[k], scores) for k, scores in zip(keys, torch.cat(logits))]
+        device = self.mask.device
+        self.last = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
+        self.positions = self.positions + 1
+        for key, token in zip(keys, tokens):
+            row = self.rows[key]
+            row.made += 1
+            row.seen.add(token)
+            if row.ban:
+                row.ban.push(token)
+            row.done = row.done or token == self.eos or row.made >= row.settings.max_new_tokens
+        return dict(zip(keys, tokens))
+
+    def _prefill(self, keys: list[int]):
+        """The new rows' prompts through the model, left-padded; their cache joins the running one."""
         import torch
         from transformers import DynamicCache
 
-        live = [i for i, d in enumerate(self.done) if not d]  # rows in the cache, in its order
-        if not live:
-            return
-        cache, mask = DynamicCache(config=self.model.config), self.mask[live]
-        step_ids, positions = self.ids[live], (mask.cumsum(-1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            while live:
-                logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                                    use_cache=True, logits_to_keep=1).logits[:, -1, :].float().cpu()  # choosing is cheap: on the CPU
-                tokens = [self._choose(row, scores) for row, scores in zip(live, logits)]
-                out: list[int | None] = [None] * len(self.rows)
-                for row, token in zip(live, tokens):
-                    out[row], self.made[row] = token, self.made[row] + 1
-                    self.seen[row].add(token)
-                    if self.bans:
-                        self.bans[row].push(token)
-                    if token == self.eos or self.made[row] >= self.rows[row].max_new_tokens:
-                        self.done[row] = True
-                yield out  # the caller may finish rows here
-                keep = [k for k, row in enumerate(live) if not self.done[row]]
-                if len(keep) < len(live):
-                    index = torch.tensor(keep, dtype=torch.long, device=mask.device)
-                    cache.batch_select_indices(index)
-                    mask, positions, tokens = mask[index], positions[index], [tokens[k] for k in keep]
-                    live = [live[k] for k in keep]
-                step_ids = torch.tensor(tokens, dtype=torch.long, device=mask.device).unsqueeze(1)
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-                positions = positions[:, -1:] + 1
+        prompts = [self.rows[k].prompt for k in keys]
+        width = max(map(len, prompts))
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([[self.eos] * (width - len(p)) + p for p in prompts], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        positions = mask.sum(-1, keepdim=True) - 1  # the last prompt token's; +1 in step()
+        if self.cache is None:
+            self.cache, self.mask, self.positions = cache, mask, positions
+        else:
+            length = max(self.mask.shape[1], width)
+            for old, new in zip(self.cache.layers, cache.layers):
+                old.keys = torch.cat([_left_pad(old.keys, length), _left_pad(new.keys, length)])
+                old.values = torch.cat([_left_pad(old.values, length), _left_pad(new.values, length)])
+            self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
+            self.positions = torch.cat([self.positions, positions])
+        return out.logits[:, -1, :].float().cpu()
 
-    def _choose(self, row: int, scores) -> int:
+    def _leave(self) -> None:
+        """Finished rows out of the cache (and forgotten)."""
+        import torch
+
+        for key in [k for k in self.waiting if self.rows[k].done]:
+            self.waiting.remove(key)
+        keep = [i for i, k in enumerate(self.order) if not self.rows[k].done]
+        for key in [k for k, r in self.rows.items() if r.done]:
+            del self.rows[key]
+        if len(keep) == len(self.order):
+            return
+        if not keep:
+            self.cache = self.mask = self.positions = self.last = None
+            self.order = []
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
+        self.order = [self.order[i] for i in keep]
+
+    @staticmethod
+    def _choose(row: _Row, scores) -> int:
         """One row's next token, after the processors `generate()` applies in its order: repetition
         penalty, n-gram ban, temperature, top-p."""
         import torch
 
-        r = self.rows[row]
-        if r.repetition_penalty != 1.0 and self.seen[row]:
-            seen = torch.tensor(sorted(self.seen[row]))
+        r = row.settings
+        if r.repetition_penalty != 1.0 and row.seen:
+            seen = torch.tensor(sorted(row.seen))
             picked = scores[seen]
             scores[seen] = torch.where(picked < 0, picked * r.repetition_penalty, picked / r.repetition_penalty)
-        if self.bans and (banned := self.bans[row].banned()):
+        if row.ban and (banned := row.ban.banned()):
             scores[list(banned)] = -float("inf")
         if r.temperature <= 0:
             return int(scores.argmax())
@@ -116,4 +176,16 @@ class BatchDecoder:
             ordered, order = probs.sort(descending=True)
             outside = ordered.cumsum(0) - ordered > r.top_p  # keep the smallest head whose mass reaches top_p
             probs[order[outside]] = 0.0
-        return int(torch.multinomial(probs, 1, generator=self.random[row]))
+        return int(torch.multinomial(probs, 1, generator=row.random))
+
+
+def _left_pad(x, length: int, dim: int = -2):
+    """`x` with zeros before its entries along `dim` (a cache's sequence axis, or a mask's) up to `length`."""
+    import torch
+
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)

@@ -1,8 +1,8 @@
 """Batch generation: prompts (context, item, knowledge) -> responses, left-padded batches.
 
 `ResponseGenerator` is the Ray Data UDF (the model loads once per actor); `respond` serves plain
-loops, `reply`, `stream` and `stream_batch` the chat API (concurrent requests decoded together, each
-with its own decoding options, stop strings and token counts).
+loops, `reply` and `stream` the chat API (a request's decoding options, stop strings, token counts);
+`ChatBatch` decodes concurrent chat requests together as they come and go.
 """
 from __future__ import annotations
 
@@ -41,14 +41,14 @@ class ResponseGenerator:
 
     def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
-        inputs, _, truncated = self._inputs(rows)
-        decoder = self._decoder(inputs, [self._settings()] * len(rows))
-        tokens = [[] for _ in rows]
-        for step in decoder.steps():
-            for made, token in zip(tokens, step):
-                if token is not None:
-                    made.append(token)
-        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens], truncated
+        prompts, truncated = zip(*map(self.prompt, rows))
+        decoder = self.decoder()
+        keys = [decoder.add(p, self._settings()) for p in prompts]
+        tokens = {k: [] for k in keys}
+        while decoder.in_flight:
+            for key, token in decoder.step().items():
+                tokens[key].append(token)
+        return [self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in keys], list(truncated)
 
     def reply(self, row: dict, options: dict | None = None) -> dict:
         """One response to a chat request: {text, finish_reason, prompt_tokens, completion_tokens}.
@@ -59,59 +59,24 @@ class ResponseGenerator:
     def stream(self, row: dict, options: dict | None = None):
         """One response as it is decoded: text pieces (what a chat server streams), then one dict
         {finish_reason, prompt_tokens, completion_tokens}."""
-        for (out,) in self.stream_batch([row], [options]):
-            if out:
-                yield out
+        chat = ChatBatch(self)
+        key = chat.add(row, options)
+        while chat.in_flight:
+            piece, end = chat.step()[key]
+            if piece:
+                yield piece
+            if end:
+                yield end
 
-    def stream_batch(self, rows: list[dict], options: list[dict | None]):
-        """Concurrent requests decoded together. Yields per step one entry per row: the text it gained
-        (maybe ""), then once the dict of `stream`, then None."""
-        inputs, _, _ = self._inputs(rows)
-        settings = [self._settings(o) for o in options]
-        decoder = self._decoder(inputs, settings)
-        texts = [_Text(self.tokenizer, (o or {}).get("stop")) for o in options]
-        ended = [False] * len(rows)
-        for step in decoder.steps():
-            pieces = [None if ended[i] else "" if token is None else texts[i].add(token) for i, token in enumerate(step)]
-            finals = {}
-            for i, text in enumerate(texts):
-                if not ended[i] and text.cut.hit:
-                    decoder.finish(i)
-                if not ended[i] and decoder.done[i]:
-                    pieces[i] += text.flush()
-                    finals[i] = self._finish(inputs, i, text, settings[i].max_new_tokens)
-            yield pieces
-            if finals:
-                yield [finals.get(i, None if ended[i] else "") for i in range(len(rows))]
-                for i in finals:
-                    ended[i] = True
+    def prompt(self, row: dict) -> tuple[list[int], bool]:
+        """A row's prompt ids, and whether it was truncated to fit."""
+        before = self.prompts.truncated
+        ids = self.prompts.prompt(row["context"], row["title"], row["knowledge"], self.budget)
+        return ids, self.prompts.truncated > before
 
-    def _finish(self, inputs: dict, row: int, text: _Text, limit: int) -> dict:
-        """Why decoding ended ("length" when cut by the token limit) and the token counts."""
-        tokens = text.tokens
-        ended = text.cut.hit or len(tokens) < limit or (tokens and tokens[-1] == self.tokenizer.eos_token_id)
-        return {"finish_reason": "stop" if ended else "length", "prompt_tokens": int(inputs["attention_mask"][row].sum()),
-                "completion_tokens": len(tokens)}
-
-    def _decoder(self, inputs: dict, settings: list[RowDecoding]) -> BatchDecoder:
-        return BatchDecoder(self.model, inputs["input_ids"], inputs["attention_mask"], settings, self.tokenizer.eos_token_id,
-                            self.decoding.no_repeat_ngram_size)
-
-    def _inputs(self, rows: list[dict]):
-        """Left-padded prompt ids and mask, the padded width, and which prompts were truncated."""
-        import torch
-
-        ids, truncated = [], []
-        for r in rows:
-            before = self.prompts.truncated
-            ids.append(self.prompts.prompt(r["context"], r["title"], r["knowledge"], self.budget))
-            truncated.append(self.prompts.truncated > before)
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=device)
-        return {"input_ids": input_ids, "attention_mask": mask}, width, truncated
+    def decoder(self) -> BatchDecoder:
+        d = self.decoding
+        return BatchDecoder(self.model, self.tokenizer.eos_token_id, d.no_repeat_ngram_size, d.ngram_ban_prompt)
 
     def _settings(self, options: dict | None = None) -> RowDecoding:
         """A row's decoding: the config's, with a request's `options` over it (max_new_tokens at most the
@@ -127,6 +92,47 @@ class ResponseGenerator:
         responses, truncated = self.respond(rows)
         batch = batch.append_column("response", pa.array(responses, pa.string()))
         return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
+
+
+class ChatBatch:
+    """Chat requests decoded together, joining and leaving between steps (continuous batching): `add` a
+    request, `step()` -> {key: (the text it gained, maybe "", and once it has ended the dict of
+    `ResponseGenerator.stream`, else None)} for every request in flight."""
+
+    def __init__(self, generator: ResponseGenerator):
+        self.generator, self.decoder, self.requests = generator, generator.decoder(), {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
+
+    def add(self, row: dict, options: dict | None = None) -> int:
+        prompt, _ = self.generator.prompt(row)
+        settings = self.generator._settings(options)
+        key = self.decoder.add(prompt, settings)
+        self.requests[key] = (_Text(self.generator.tokenizer, (options or {}).get("stop")), settings.max_new_tokens, len(prompt))
+        return key
+
+    def cancel(self, key: int) -> None:
+        self.decoder.finish(key)
+        self.requests.pop(key, None)
+
+    def step(self) -> dict[int, tuple[str, dict | None]]:
+        out = {}
+        tokens = self.decoder.step()
+        for key, (text, limit, prompt_tokens) in list(self.requests.items()):
+            piece = text.add(tokens[key]) if key in tokens else ""
+            if text.cut.hit:
+                self.decoder.finish(key)
+            end = None
+            if key not in self.decoder.rows or self.decoder.rows[key].done:
+                piece += text.flush()
+                made = text.tokens
+                ended = text.cut.hit or len(made) < limit or (made and made[-1] == self.generator.tokenizer.eos_token_id)
+                end = {"finish_reason": "stop" if ended else "length", "prompt_tokens": prompt_tokens, "completion_tokens": len(made)}
+                del self.requests[key]
+            out[key] = (piece, end)
+        return out
 
 
 class _Text:

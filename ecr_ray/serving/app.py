@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from ecr_ray.config import REPO_ROOT
 from ecr_ray.rundir import RunDir
+from ecr_ray.serving.batching import ContinuousBatcher
 from ecr_ray.serving.api import (MAX_BODY_BYTES, BadRequest, ChatRequest, RecommendRequest, check_conversation, chunk, completion,
                                  error_body, json_pieces, usage, validation_message)
 from ecr_ray.serving.components import EmotionDetector, ItemRecommender, KnowledgeRetriever, Responder, answer, load_run, recommend
@@ -78,28 +79,20 @@ class Retriever(_OneCallAtATime):
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
 class Generator:
-    """The responder. Requests that arrive together (up to serve.max_batch, within serve.batch_wait_s of
-    the first) are decoded together: a step for four costs little more than a step for one."""
+    """The responder, decoding up to serve.max_batch requests together; a request joins the running
+    batch at its next step (`ContinuousBatcher`)."""
 
     def __init__(self, run_dir: str, overrides: list[str]):
         cfg, run = load_run(run_dir, overrides)
         self.part = Responder(run, overrides, threads=cfg.serve.generator_threads)
-        self._decode.set_max_batch_size(cfg.serve.max_batch)
-        self._decode.set_batch_wait_timeout_s(cfg.serve.batch_wait_s)
+        self.batcher = ContinuousBatcher(self.part.chat_batch, cfg.serve.max_batch)
 
     def ready(self) -> bool:
         return True
 
-    @serve.batch()  # sized from the config in __init__ (bare @serve.batch refuses an async generator)
-    async def _decode(self, requests: list[tuple]):
-        steps = self.part.stream_batch(requests)
-        while (step := await asyncio.to_thread(next, steps, None)) is not None:
-            yield [StopIteration if out is None else out for out in step]  # None: that request has ended
-
     async def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict):
-        async for out in self._decode((messages, title, knowledge, options)):
-            if out:  # "": nothing new for this request at this step
-                yield out
+        async for out in self.batcher.stream(self.part.row(messages, title, knowledge), options):
+            yield out
 
     async def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict) -> dict:
         *pieces, end = [out async for out in self.stream(messages, title, knowledge, options)]

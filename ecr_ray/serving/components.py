@@ -145,7 +145,8 @@ class Responder:
         self.generator = ResponseGenerator(run.local_copy(model(GENERATOR)), cfg.gen.generator, cfg.gen.decoding, retrieval=True,
                                            allow_download=cfg.models.allow_download, threads=threads)
 
-    def _row(self, messages: list[dict], title: str, knowledge: dict) -> dict:
+    def row(self, messages: list[dict], title: str, knowledge: dict) -> dict:
+        """The generator's input for a chat turn: the last gen.context_turns messages, the item, its knowledge."""
         from ecr_ray.rec.features import context_text
 
         dialogue = [m for m in messages if m["role"] in ROLES][-self.turns:]
@@ -153,14 +154,16 @@ class Responder:
                 "title": title, "knowledge": knowledge}
 
     def reply(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None) -> dict:
-        return self.generator.reply(self._row(messages, title, knowledge), options)
+        return self.generator.reply(self.row(messages, title, knowledge), options)
 
     def stream(self, messages: list[dict], title: str, knowledge: dict, options: dict | None = None):
-        yield from self.generator.stream(self._row(messages, title, knowledge), options)
+        yield from self.generator.stream(self.row(messages, title, knowledge), options)
 
-    def stream_batch(self, requests: list[tuple]):
-        """(messages, title, knowledge, options) of concurrent requests, decoded together (`ResponseGenerator.stream_batch`)."""
-        yield from self.generator.stream_batch([self._row(*r[:3]) for r in requests], [r[3] for r in requests])
+    def chat_batch(self):
+        """Concurrent chat turns decoded together (`ChatBatch` over `row`s)."""
+        from ecr_ray.gen.generate import ChatBatch
+
+        return ChatBatch(self.generator)
 
 
 class LocalParts:

@@ -185,39 +185,48 @@ def test_a_chat_reply_honours_max_tokens_and_stop_plain_and_streamed():
     assert cut.feed("the EN") == "the " and cut.feed("ding") == "ENding" and cut.flush() == "" and not cut.hit
 
 
-def test_the_batch_decoder_equals_generate_and_each_row_keeps_its_own_settings():
+def test_the_batch_decoder_equals_generate_and_requests_join_and_leave_the_batch():
     import torch
 
     from ecr_ray.config import DecodingConfig
     from ecr_ray.gen.decode import BatchDecoder, NGramBan, RowDecoding
-    from ecr_ray.gen.generate import ResponseGenerator
+    from ecr_ray.gen.generate import ChatBatch, ResponseGenerator
 
     smol = dataclasses.replace(GPT2, model="smollm2-135m-instruct", max_length=256)
     generator = ResponseGenerator(None, smol, DecodingConfig(max_new_tokens=16, no_repeat_ngram_size=3), retrieval=False)
     model, tok = generator.model, generator.tokenizer
     texts = ["User: I loved Inception, what else?\nAssistant:", "Hi, I like scary movies"]
     for text, penalty in zip(texts, (1.0, 1.3)):
-        enc = tok([text], return_tensors="pt")
+        ids = tok(text).input_ids
         with torch.no_grad():
-            ref = model.generate(**enc, max_new_tokens=16, do_sample=False, no_repeat_ngram_size=3, repetition_penalty=penalty,
-                                 pad_token_id=tok.pad_token_id)[0, enc.input_ids.shape[1]:].tolist()
-        steps = BatchDecoder(model, enc.input_ids, enc.attention_mask, [RowDecoding(16, repetition_penalty=penalty)], tok.eos_token_id, 3).steps()
-        assert [s[0] for s in steps] == ref
+            ref = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, no_repeat_ngram_size=3, repetition_penalty=penalty,
+                                 pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        decoder = BatchDecoder(model, tok.eos_token_id, 3, ngram_prompt=True)  # generate()'s ban counts the prompt
+        key = decoder.add(ids, RowDecoding(16, repetition_penalty=penalty))
+        made = []
+        while decoder.in_flight:
+            made.append(decoder.step()[key])
+        assert made == ref
 
-    # two rows of different lengths, decoded together: each as alone, the shorter limit leaves the batch early
-    rows = [{"context": f"User: {t}", "title": "Heat", "knowledge": {"entities": [], "triples": []}} for t in texts]
-    alone = [generator.reply(r, o) for r, o in zip(rows, [None, {"max_new_tokens": 5}])]
-    together = {0: [], 1: []}
-    for step in generator.stream_batch(rows, [None, {"max_new_tokens": 5}]):
-        for i, out in enumerate(step):
-            together[i].append(out)
-    for i in (0, 1):
-        *pieces, end = [o for o in together[i] if o]  # "" (nothing new this step) skipped, None after the end
+    # a request joins a running one two steps in (its cache left-padded to the other's length), the shorter
+    # limit leaves early, a third joins after it; each is decoded as it would be alone
+    rows = [{"context": f"User: {t}", "title": "Heat", "knowledge": {"entities": [], "triples": []}} for t in [*texts, "Any comedies?"]]
+    options = [None, {"max_new_tokens": 5}, {"max_new_tokens": 6}]
+    alone = [generator.reply(r, o) for r, o in zip(rows, options)]
+    chat, got, keys = ChatBatch(generator), {}, {}
+    for step in range(40):
+        if step in (0, 2, 9):
+            i = (0, 2, 9).index(step)
+            keys[chat.add(rows[i], options[i])] = i
+        for key, (piece, end) in chat.step().items():
+            got.setdefault(keys[key], []).extend([piece, end] if end else [piece])
+    for i in range(3):
+        *pieces, end = got[i]
         assert {"text": "".join(pieces), **end} == alone[i]
-        assert together[i][-1] is None or i == 0
-    assert alone[1]["completion_tokens"] == 5 and alone[1]["finish_reason"] == "length"
+    assert alone[1]["completion_tokens"] == 5 and alone[1]["finish_reason"] == "length" and not chat.in_flight
 
-    ban = NGramBan([1, 2, 3, 1, 2], 3)
+    ban = NGramBan(3, [1, 2, 3, 1])
+    ban.push(2)
     assert ban.banned() == {3}
     ban.push(4)
-    assert ban.banned() == set() and NGramBan([1, 2], 3).banned() == set()
+    assert ban.banned() == set() and NGramBan(3, [1, 2]).banned() == set()

@@ -158,3 +158,46 @@ def test_chat_help_lists_only_what_applies(capsys):
     out = capsys.readouterr().out
     assert all(flag in out for flag in ("--run-dir", "--set", "--top-k"))
     assert not any(flag in out for flag in ("--config", "--force", "--split-file"))
+
+
+def test_the_continuous_batcher_answers_concurrent_requests_as_if_alone_and_drops_a_cancelled_one():
+    import dataclasses
+
+    from ecr_ray.config import DecodingConfig, GeneratorConfig
+    from ecr_ray.gen.generate import ChatBatch, ResponseGenerator
+    from ecr_ray.serving.batching import ContinuousBatcher
+
+    smol = dataclasses.replace(GeneratorConfig(), max_length=256)
+    generator = ResponseGenerator(None, smol, DecodingConfig(max_new_tokens=12), retrieval=False)
+    rows = [{"context": f"User: {t}", "title": "Heat", "knowledge": {"entities": [], "triples": []}}
+            for t in ("I loved Inception", "Any comedies?", "Something scary please", "A film for kids")]
+    options = [None, {"max_new_tokens": 4}, {"stop": ["."]}, None]
+    alone = [generator.reply(r, o) for r, o in zip(rows, options)]
+    steps = []
+
+    class Counted(ChatBatch):  # how many requests each step decodes
+        def step(self):
+            steps.append(self.in_flight)
+            return super().step()
+
+    batcher = ContinuousBatcher(lambda: Counted(generator), max_batch=3)
+
+    async def turn(i: int, delay: float) -> dict:
+        await asyncio.sleep(delay)
+        *pieces, end = [out async for out in batcher.stream(rows[i], options[i])]
+        return {"text": "".join(pieces), **end}
+
+    async def cancelled() -> int:
+        got = 0
+        async for _ in batcher.stream(rows[0], None):
+            got += 1
+            if got == 2:
+                break  # a client that goes away after two pieces
+        return got
+
+    async def main():
+        return await asyncio.gather(*(turn(i, 0.05 * i) for i in range(4)), cancelled())
+
+    *answers, got = asyncio.run(main())
+    assert answers == alone and got == 2
+    assert max(steps) == 3  # decoded together, never more than max_batch at once
