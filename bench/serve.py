@@ -106,7 +106,7 @@ def bench_load(args, cfg, run):
     import ray
 
     talks = conversations(run, args.n, cfg.serve.max_turns)
-    parts = LocalParts(run, args.overrides, threads=cfg.serve.generator_threads)  # as a user would: every core
+    parts = LocalParts(run, args.overrides, threads=cfg.serve.threads)  # as a user would: every core
     for m in talks[:2]:  # warm-up
         asyncio.run(recommend(parts, m, cfg.serve.top_k))
     base_line = in_process(parts, talks, cfg.serve.top_k)
@@ -128,7 +128,7 @@ def bench_load(args, cfg, run):
                 got = load(base, path, talks, c, timeout)
                 rows.append({"what": name, "generator": f"{replicas} x {label}", "concurrency": c, **got,
                              "vs_in_process": round(got["per_s"] / base_line[name]["per_s"], 2)})
-    print(f"in-process, one after another ({len(talks)} conversations, {cfg.serve.generator_threads} torch threads): {base_line}")
+    print(f"in-process, one after another ({len(talks)} conversations, {cfg.serve.threads} torch threads): {base_line}")
     print("| request | Generator replicas | concurrency | p50 s | p99 s | first token p50 s | per s | throughput vs in-process |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -302,7 +302,7 @@ class ServeConfig:
     max_turns: int = _knob(40, "user and assistant messages a conversation may hold", runtime=True)
     max_message_chars: int = _knob(2000, "characters a message may hold", runtime=True)
     request_timeout_s: float = _knob(60.0, "a request that takes longer ends with 504", runtime=True)
-    generator_threads: int = _knob(2, "torch threads of a Generator replica (the other parts idle while it decodes)", runtime=True)
+    threads: int = _knob(2, "torch threads of each part's replica (a turn goes through the parts one after another)", runtime=True)
     max_batch: int = _knob(4, "chat requests a Generator replica decodes together (a request joins at the next step)", runtime=True)
     token_env: str = _knob("ECR_SERVE_TOKEN", "environment variable holding the bearer token the API requires (unset: no token)", runtime=True)
 

@@ -35,25 +35,30 @@ log = logging.getLogger("ecr_ray.serve")
 
 
 class _OneCallAtATime:
-    """A part in a replica, called one at a time (parts are not thread-safe; replicas add throughput).
-    The replica is ready once its model has loaded (the constructor); `ready` answers then."""
+    """A part in a replica, called one at a time on its own thread (parts are not thread-safe; replicas
+    add throughput) with serve.threads torch threads: a thread not told runs torch on one core, since Ray
+    sets OMP_NUM_THREADS=1 in its workers. The replica is ready once the part has loaded; `ready` answers then."""
 
-    def __init__(self, part):
-        self.part = part
-        self.lock = asyncio.Lock()
+    def __init__(self, part: type, run_dir: str, overrides: list[str]):
+        import concurrent.futures
+
+        import torch
+
+        cfg, run = load_run(run_dir, overrides)
+        self.part = part(run, overrides, threads=cfg.serve.threads)
+        self.thread = concurrent.futures.ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(cfg.serve.threads,))
 
     def ready(self) -> bool:
         return True
 
     async def _call(self, method, *args):
-        async with self.lock:
-            return await asyncio.to_thread(method, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.thread, method, *args)
 
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
 class EmotionClassifier(_OneCallAtATime):
     def __init__(self, run_dir: str, overrides: list[str]):
-        super().__init__(EmotionDetector(RunDir(run_dir), overrides))
+        super().__init__(EmotionDetector, run_dir, overrides)
 
     async def detect(self, texts: list[str]) -> list[dict]:
         return await self._call(self.part.detect, texts)
@@ -62,7 +67,7 @@ class EmotionClassifier(_OneCallAtATime):
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
 class Recommender(_OneCallAtATime):
     def __init__(self, run_dir: str, overrides: list[str]):
-        super().__init__(ItemRecommender(RunDir(run_dir), overrides))
+        super().__init__(ItemRecommender, run_dir, overrides)
 
     async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
         return await self._call(self.part.recommend, messages, user_probs, top_k)
@@ -71,7 +76,7 @@ class Recommender(_OneCallAtATime):
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
 class Retriever(_OneCallAtATime):
     def __init__(self, run_dir: str, overrides: list[str]):
-        super().__init__(KnowledgeRetriever(RunDir(run_dir), overrides))
+        super().__init__(KnowledgeRetriever, run_dir, overrides)
 
     async def knowledge(self, item: int) -> dict:
         return await self._call(self.part.knowledge, item)
@@ -84,7 +89,7 @@ class Generator:
 
     def __init__(self, run_dir: str, overrides: list[str]):
         cfg, run = load_run(run_dir, overrides)
-        self.part = Responder(run, overrides, threads=cfg.serve.generator_threads)
+        self.part = Responder(run, overrides, threads=cfg.serve.threads)
         self.batcher = ContinuousBatcher(self.part.chat_batch, cfg.serve.max_batch)
 
     def ready(self) -> bool:

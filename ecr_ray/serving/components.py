@@ -18,6 +18,7 @@ from ecr_ray.data.redial import SEEKER
 from ecr_ray.rundir import RunDir
 
 ROLES = {"user": SEEKER, "assistant": RECOMMENDER_ROLE}  # chat API roles -> ReDial roles ("system" is not part of the dialogue)
+REMEMBERED = 4096  # user messages whose emotions a classifier replica keeps
 NEEDED = {"emotion classifier": CLASSIFIER, "recommender": RECOMMENDER, "response generator": GENERATOR}  # models the chat loads
 
 
@@ -48,18 +49,30 @@ def conversation_turn(messages: list[dict], linker) -> dict:
 
 
 class EmotionDetector:
+    """The emotion classifier over user messages; a message's emotions are kept (the last REMEMBERED
+    texts), since a chat client sends the whole conversation every turn and only its newest message is new."""
+
     def __init__(self, run: RunDir, overrides: Sequence[str] = (), threads: int = 1):
+        import torch
+
         from ecr_ray.emotion.infer import EmotionPredictor
 
+        torch.set_num_threads(threads)
         cfg = model_config(run, CLASSIFIER, overrides)
         self.threshold = cfg.emotion.second_label_threshold
         self.predictor = EmotionPredictor(run.local_copy(model(CLASSIFIER)), self.threshold)
+        self.known: dict[str, dict] = {}
 
     def detect(self, texts: list[str]) -> list[dict]:
         """Per text: the nine probabilities (label order of `LABELS`) and the one or two labels the classifier gives."""
         from ecr_ray.emotion.labels import top_labels
 
-        return [{"labels": top_labels(p, self.threshold), "probs": [float(x) for x in p]} for p in self.predictor.predict(texts)]
+        new = [t for t in dict.fromkeys(texts) if t not in self.known]
+        for text, p in zip(new, self.predictor.predict(new)):
+            self.known[text] = {"labels": top_labels(p, self.threshold), "probs": [float(x) for x in p]}
+        for old in list(self.known)[: max(0, len(self.known) - REMEMBERED)]:
+            del self.known[old]
+        return [self.known[t] for t in texts]
 
 
 class ItemRecommender:

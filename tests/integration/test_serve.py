@@ -79,6 +79,10 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     found, args = asyncio.run(answer(local_parts, TALK, 5))
     assert [(i["item"], i["reasons"]) for i in found["items"]] == [(i["item"], i["reasons"]) for i in items]
     assert asyncio.run(local_parts.reply(*args))["text"] == text
+    detector = local_parts.classifier  # a message's emotions are kept: a later turn classifies only its new message
+    again = detector.detect([TALK[0]["content"], "Something funny now, please"])
+    assert again[0] is detector.known[TALK[0]["content"]] and len(detector.known) >= 2
+    assert [round(p, 4) for p in again[0]["probs"]] == list(felt["probs"].values())
 
     stream = client.chat.completions.create(model="ecr-ray", messages=TALK, stream=True)
     chunks = list(stream)
