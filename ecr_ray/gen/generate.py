@@ -43,7 +43,7 @@ class ResponseGenerator:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
         prompts, truncated = zip(*map(self.prompt, rows))
         decoder = self.decoder()
-        keys = [decoder.add(p, self._settings()) for p in prompts]
+        keys = [decoder.add(p, self.settings()) for p in prompts]
         tokens = {k: [] for k in keys}
         while decoder.in_flight:
             for key, token in decoder.step().items():
@@ -52,7 +52,7 @@ class ResponseGenerator:
 
     def reply(self, row: dict, options: dict | None = None) -> dict:
         """One response to a chat request: {text, finish_reason, prompt_tokens, completion_tokens}.
-        `options` override the config's decoding for this request (`_settings`)."""
+        `options` override the config's decoding for this request (`settings`)."""
         *pieces, end = self.stream(row, options)
         return {"text": "".join(pieces), **end}
 
@@ -78,7 +78,7 @@ class ResponseGenerator:
         d = self.decoding
         return BatchDecoder(self.model, self.tokenizer.eos_token_id, d.no_repeat_ngram_size, d.ngram_ban_prompt)
 
-    def _settings(self, options: dict | None = None) -> RowDecoding:
+    def settings(self, options: dict | None = None) -> RowDecoding:
         """A row's decoding: the config's, with a request's `options` over it (max_new_tokens at most the
         config's; temperature 0 is greedy, above 0 samples; top_p, seed, repetition_penalty)."""
         d, o = self.decoding, options or {}
@@ -108,7 +108,7 @@ class ChatBatch:
 
     def add(self, row: dict, options: dict | None = None) -> int:
         prompt, _ = self.generator.prompt(row)
-        settings = self.generator._settings(options)
+        settings = self.generator.settings(options)
         key = self.decoder.add(prompt, settings)
         self.requests[key] = (_Text(self.generator.tokenizer, (options or {}).get("stop")), settings.max_new_tokens, len(prompt))
         return key
