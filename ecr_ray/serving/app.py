@@ -20,7 +20,6 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from ecr_ray.config import REPO_ROOT
-from ecr_ray.rundir import RunDir
 from ecr_ray.serving.batching import ContinuousBatcher
 from ecr_ray.serving.api import (MAX_BODY_BYTES, BadRequest, ChatRequest, RecommendRequest, check_conversation, chunk, completion,
                                  error_body, json_pieces, usage, validation_message)
