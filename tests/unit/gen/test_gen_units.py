@@ -230,3 +230,25 @@ def test_the_batch_decoder_equals_generate_and_requests_join_and_leave_the_batch
     assert ban.banned() == {3}
     ban.push(4)
     assert ban.banned() == set() and NGramBan(3, [1, 2]).banned() == set()
+
+
+def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cached():
+    import math
+
+    import torch
+
+    from ecr_ray.eval.judge import CRITERIA, LocalJudge, digit_score, logprob_score
+
+    assert digit_score({"7": 1.0}) == 7.0 and digit_score({"3": 0.25, " 3": 0.25, "5": 0.5, "The": 0.9}) == 4.0
+    assert digit_score({"The": 1.0, "10": 0.5}) is None
+    assert logprob_score([{"token": "8", "logprob": math.log(0.3)}, {"token": "2", "logprob": math.log(0.1)}]) == 6.5
+
+    judge = LocalJudge("smollm2-135m-instruct")
+    context, title, response = "User: I loved Inception, anything like it?", "Interstellar (2014)", "Watch Interstellar: Nolan's space epic."
+    scores = judge.score(context, title, response)
+    assert list(scores) == list(CRITERIA) and all(0.0 <= s <= 9.0 for s in scores.values())
+    prefix, suffixes = judge.parts(context, title, response)
+    for criterion in CRITERIA:  # each question after the cached prefix reads as the whole sequence in one pass
+        with torch.inference_mode():
+            whole = judge.digit_probs(judge.model(input_ids=torch.tensor([prefix + suffixes[criterion]])).logits[0, -1])
+        assert abs(scores[criterion] - sum(d * p for d, p in enumerate(whole)) / sum(whole)) < 1e-3

@@ -1,0 +1,105 @@
+"""The paper's five LLM scores read G-Eval style, from the judge's next-token probabilities.
+
+Per criterion the judge is asked for one digit 0-9, and the score is the probability-weighted mean of
+the ten digits in its next-token distribution (renormalised over the digits): nothing free-form is
+parsed, so no answer is invalid, and a judge unsure between 6 and 8 says 7 rather than a coin flip.
+In-process (`LocalJudge`) the rubric, conversation and response are a prefix the five questions
+share: it goes through the model once and its KV cache is reused. Against an OpenAI-compatible
+endpoint the same reading comes from `top_logprobs` (`digit_score`).
+
+Not yet wired into gen-eval (issue 15); `eval/scorer.py` is what the stage runs today.
+"""
+from __future__ import annotations
+
+import math
+
+from ecr_ray.eval.scorer import CRITERIA
+
+RUBRIC = ("You are an impartial judge of a movie recommender's response to a user. You will be asked about one "
+          "quality of the response; answer with a single digit from 0 (worst) to 9 (best).")
+QUESTIONS = {
+    "emotional_intensity": "How strongly does the response express emotion?",
+    "emotional_persuasiveness": "How much do the response's feelings make the user want to watch the movie?",
+    "logic_persuasiveness": "How well do the response's reasons support the recommendation?",
+    "informativeness": "How much specific information about the movie does the response give?",
+    "lifelikeness": "How natural and human does the response sound?",
+}
+ASK = "\n\n{question} Answer with one digit from 0 to 9."
+MARK = "\u2063"  # where the question goes in the rendered chat template (an invisible separator)
+
+
+def digit_score(probs: dict[str, float]) -> float | None:
+    """The probability-weighted mean digit of `probs` (token text -> probability, e.g. exponentiated
+    `top_logprobs`; " 7" and "7" both count for 7), or None when no digit has any mass."""
+    mass = [0.0] * 10
+    for token, p in probs.items():
+        if len(token.strip()) == 1 and token.strip().isdigit():
+            mass[int(token.strip())] += p
+    total = sum(mass)
+    return sum(d * p for d, p in enumerate(mass)) / total if total > 0 else None
+
+
+def logprob_score(top_logprobs: list[dict]) -> float | None:
+    """`digit_score` of an OpenAI `top_logprobs` list ({token, logprob}) for the answer's first token."""
+    return digit_score({t["token"]: math.exp(t["logprob"]) for t in top_logprobs})
+
+
+class LocalJudge:
+    """An instruction-tuned causal LM in this process (a packaged name, folder or, with
+    `allow_download`, hub name) scoring responses on the five criteria."""
+
+    def __init__(self, model: str, allow_download: bool = False, threads: int = 1):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ecr_ray.models import resolve_model
+
+        torch.set_num_threads(threads)
+        path = resolve_model(model, allow_download)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+        self.digits = self._digit_tokens()
+
+    def _digit_tokens(self) -> list[list[int]]:
+        """Per digit, the single tokens that spell it (with or without a leading space)."""
+        out = []
+        for d in "0123456789":
+            ids = {tuple(self.tokenizer.encode(text, add_special_tokens=False)) for text in (d, f" {d}")}
+            out.append(sorted({i[0] for i in ids if len(i) == 1}))
+        if not all(out):
+            raise ValueError("the judge's tokenizer does not spell every digit as one token")
+        return out
+
+    def parts(self, context: str, title: str, response: str) -> tuple[list[int], dict[str, list[int]]]:
+        """The shared prefix's token ids and each criterion's suffix (its question, the end of the user
+        turn and the assistant's header)."""
+        body = f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse to judge:\n{response}"
+        text = self.tokenizer.apply_chat_template([{"role": "system", "content": RUBRIC}, {"role": "user", "content": body + MARK}],
+                                                  tokenize=False, add_generation_prompt=True)
+        before, after = text.split(MARK)
+        encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731 - the template holds the special tokens
+        return encode(before), {c: encode(ASK.format(question=q) + after) for c, q in QUESTIONS.items()}
+
+    def digit_probs(self, logits) -> list[float]:
+        """The ten digits' probabilities in the next-token distribution (each digit's spellings summed)."""
+        import torch
+
+        p = torch.softmax(logits.float(), dim=-1)
+        return [float(p[ids].sum()) for ids in self.digits]
+
+    def score(self, context: str, title: str, response: str) -> dict[str, float]:
+        """The five criteria's scores (0-9, probability-weighted) of one response."""
+        import torch
+        from transformers import DynamicCache
+
+        prefix, suffixes = self.parts(context, title, response)
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = {}
+            for criterion in CRITERIA:
+                logits = self.model(input_ids=torch.tensor([suffixes[criterion]]), past_key_values=cache, use_cache=True,
+                                    logits_to_keep=1).logits[0, -1]
+                cache.crop(-len(suffixes[criterion]))  # back to the shared prefix for the next question
+                out[criterion] = digit_score({str(d): p for d, p in enumerate(self.digit_probs(logits))})
+        return out
