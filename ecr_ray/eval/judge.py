@@ -35,6 +35,11 @@ def digit_score(probs: dict[str, float]) -> float | None:
     for token, p in probs.items():
         if len(token.strip()) == 1 and token.strip().isdigit():
             mass[int(token.strip())] += p
+    return expected_digit(mass)
+
+
+def expected_digit(mass: list[float]) -> float | None:
+    """The mean digit under the ten digits' probabilities `mass` (renormalised), or None when they are all 0."""
     total = sum(mass)
     return sum(d * p for d, p in enumerate(mass)) / total if total > 0 else None
 
@@ -101,5 +106,5 @@ class LocalJudge:
                 logits = self.model(input_ids=torch.tensor([suffixes[criterion]]), past_key_values=cache, use_cache=True,
                                     logits_to_keep=1).logits[0, -1]
                 cache.crop(-len(suffixes[criterion]))  # back to the shared prefix for the next question
-                out[criterion] = digit_score({str(d): p for d, p in enumerate(self.digit_probs(logits))})
+                out[criterion] = expected_digit(self.digit_probs(logits))
         return out

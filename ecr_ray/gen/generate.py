@@ -33,7 +33,6 @@ class ResponseGenerator:
             if hasattr(self.model, "merge_and_unload"):  # a LoRA adapter folded into the weights: no extra products per layer
                 self.model = self.model.merge_and_unload()
         self.model.to(torch_device())
-        self.tokenizer.padding_side = "left"
         self.prompts = PromptBuilder(self.tokenizer, generator.max_length, generator.response_tokens, retrieval)
         self.decoding = decoding
         # a prompt leaves room for the response within the model's context

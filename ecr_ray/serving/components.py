@@ -70,8 +70,8 @@ class EmotionDetector:
         new = [t for t in dict.fromkeys(texts) if t not in self.known]
         for text, p in zip(new, self.predictor.predict(new)):
             self.known[text] = {"labels": top_labels(p, self.threshold), "probs": [float(x) for x in p]}
-        for old in list(self.known)[: max(0, len(self.known) - REMEMBERED)]:
-            del self.known[old]
+        while len(self.known) > REMEMBERED:  # the oldest go first (dicts keep insertion order)
+            del self.known[next(iter(self.known))]
         return [self.known[t] for t in texts]
 
 
