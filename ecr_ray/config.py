@@ -253,6 +253,9 @@ class DecodingConfig:
     do_sample: bool = _knob(False, "sample (with temperature, top_p) instead of greedy")
     temperature: float = _knob(0.7, "sampling temperature")
     top_p: float = _knob(0.9, "nucleus sampling mass")
+    candidates: int = _knob(1, "batch responses: decode this many per prompt (the configured decoding, then samples at temperature "
+                               "and top_p) and keep the best grounded: naming the item first, then naming more of the prompt's "
+                               "knowledge (1: off; the chat API always decodes one)")
 
 
 @dataclass
@@ -289,10 +292,12 @@ class BaselineConfig:
 class EvalConfig:
     intervals: IntervalConfig = field(default_factory=IntervalConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
-    score_sample: int = _knob(1000, "responses per variant scored by the LLM scorer (seeded; the paper: 1,000)")
+    score_sample: int = _knob(1000, "responses per variant scored by the LLM judge (seeded; the paper: 1,000), and turns of its validity check")
     score_seed: int = _knob(0, "seed of the scored sample")
-    score_pool: ActorPool = _section(ActorPool, "actors sending scoring requests (they only wait on the endpoint)", cpus=0.25, batch_size=8)
-    scorer: LLMConfig = _section(LLMConfig, "the LLM scorer's endpoint (None: the local server)", max_tokens=120)
+    score_pool: ActorPool = _section(ActorPool, "actors scoring (an in-process judge uses round(cpus) torch threads; "
+                                     "against an endpoint they only wait)", cpus=0.25, batch_size=8)
+    scorer: LLMConfig = _section(LLMConfig, "the LLM judge: base_url None runs `model` in-process (a packaged name or folder); "
+                                 "an endpoint is read through top_logprobs, or JSON where it gives none", max_tokens=120)
 
 
 @dataclass

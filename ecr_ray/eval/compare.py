@@ -1,11 +1,12 @@
 """gen-compare: the untuned base model, the generator fine-tuned without retrieval and ECR (fine-tuned +
-retrieval) answer the same dev turns; their text metrics and LLM scores side by side ->
+retrieval) answer the same dev turns; their text metrics and LLM scores side by side, beside the judge's
+validity ->
 reports/generation.{json,md,png} and generation-examples.md."""
 from __future__ import annotations
 
 from ecr_ray.artifacts import GENERATION_REPORTS, POOL, responses
 from ecr_ray.config import Config
-from ecr_ray.eval.generation import TEXT_KEYS, llm_scores, text_report
+from ecr_ray.eval.generation import TEXT_KEYS, judge_validity, llm_scores, merged, text_report, validity_table
 from ecr_ray.gen.respond import VARIANTS, generate
 from ecr_ray.gen.train import train_generator
 from ecr_ray.rundir import RunDir
@@ -15,7 +16,7 @@ VARIANT_NAMES = {"base": "base model (no fine-tuning)", "no-retrieval": "fine-tu
 
 def compare(cfg: Config, run_dir: RunDir) -> dict:
     """The gen-compare stage."""
-    from ecr_ray.eval.scorer import CRITERIA
+    from ecr_ray.eval.judge import CRITERIA
     from ecr_ray.report import comparison_chart, comparison_table
 
     train_generator(cfg, run_dir, retrieval=False, name=VARIANTS["no-retrieval"][0])
@@ -29,11 +30,12 @@ def compare(cfg: Config, run_dir: RunDir) -> dict:
     by_variant["ecr"] = ecr
     for rows in by_variant.values():
         rows.sort(key=lambda r: (r["conversation_id"], r["turn"]))
-    scores = llm_scores(cfg, run_dir, by_variant)
-    results = {VARIANT_NAMES[v]: {**text_report(cfg, run_dir, rows), **scores[v]} for v, rows in by_variant.items()}
+    scores, validity = llm_scores(cfg, run_dir, by_variant), judge_validity(cfg, run_dir, ecr)
+    results = {VARIANT_NAMES[v]: merged(text_report(cfg, run_dir, rows), scores[v]) for v, rows in by_variant.items()}
     llm_keys = [f"llm_{c}" for c in CRITERIA]
-    run_dir.write_json(json_path, results)
-    table = comparison_table(results, TEXT_KEYS) + "\n" + comparison_table(results, llm_keys + ["ok", "scored"])
+    run_dir.write_json(json_path, {**results, "judge_validity": validity})
+    table = (comparison_table(results, TEXT_KEYS) + "\n" + comparison_table(results, llm_keys + ["ok", "scored"]) + "\n"
+             + validity_table(validity, cfg.eval.scorer))
     run_dir.write_text(md_path, table)
     run_dir.write_bytes(png_path, comparison_chart(results, [("text metrics (dev sample)", TEXT_KEYS), ("LLM scores 0-9", llm_keys)]))
     run_dir.write_text(examples_path, examples(by_variant))

@@ -1,6 +1,6 @@
 """Evaluating responses: text metrics (Dist, BLEU, item mentions, hallucinations against the prompt's
-knowledge, emotion intensity) and the LLM scorer's five 0-9 scores on a seeded sample (cached), for one
-variant (gen-eval) or several (gen-compare)."""
+knowledge, emotion intensity) and the LLM judge's five 0-9 scores on a seeded sample (cached), for one
+variant (gen-eval) or several (gen-compare), beside the judge's validity on the same turns."""
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +11,12 @@ from ecr_ray.artifacts import CLASSIFIER, SCORE_CACHE, model, report, responses,
 from ecr_ray.config import Config
 from ecr_ray.llm.cache import ask_pending, best_results, read_cache, this_run
 from ecr_ray.llm.client import ERROR, FAILED, OK, check_answered
+from ecr_ray.eval.judge import CRITERIA
 from ecr_ray.rundir import RunDir
 
+TEMPLATE = "I'm glad you liked it. I think it's a great movie."  # the generic reply the judge must score below real ones
+VALID_AUC = 0.7
+INTERVAL_KEYS = ("dist-2", "bleu-2", "item_mention_rate", "hallucination_rate", "emotion_intensity")  # BLEU-4 and Dist-1 move with them
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
 
 
@@ -30,44 +34,133 @@ def text_report(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
         shown = set(r["entity_ids"]) | {e for t in r["triple_ids"] for e in t} if r["retrieval"] else set()
         r["named"], r["allowed"] = linker.link(r["response"]), shown | hops.one_hop(r["item"]) | {r["item"]}
     predictor = EmotionPredictor(run_dir.local_copy(model(CLASSIFIER)), cfg.emotion.second_label_threshold)
-    return text_metrics(rows, predictor.predict([r["response"] for r in rows]))
+    probs = np.asarray(predictor.predict([r["response"] for r in rows]))
+    metrics = lambda pick: {k: v for k, v in text_metrics([rows[i] for i in pick], probs[pick]).items() if k in INTERVAL_KEYS}  # noqa: E731
+    return {**text_metrics(rows, probs), "intervals": dialogue_intervals(metrics, [r["conversation_id"] for r in rows], cfg.eval.intervals)}
 
 
 def score_sample(cfg: Config, rows: list[dict]) -> list[dict]:
-    """The seeded sample of responses the LLM scorer rates (the same turns for every variant)."""
+    """The seeded sample of responses the LLM judge rates (the same turns for every variant)."""
     e = cfg.eval
     order = sorted(rows, key=lambda r: hashlib.sha256(f"{e.score_seed}:{r['conversation_id']}:{r['turn']}".encode()).hexdigest())
     return order[: e.score_sample]
 
 
-def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) -> dict[str, dict]:
-    """Mean 0-9 scores per variant from the configured endpoint (the local server when none), cached."""
-    from ecr_ray.eval.scorer import CRITERIA, ResponseScorer, SCORE_SCHEMA, score_key
+def judge_rows(cfg: Config, run_dir: RunDir, rows: list[dict]) -> list[dict]:
+    """The judge's result (status, source, the five scores) for each row {context, title, response},
+    asked only for what the cache does not hold yet."""
+    from ecr_ray.eval.scorer import SCORE_SCHEMA, ResponseScorer, score_key
 
     s = cfg.eval.scorer
-    samples = {v: [{"key": score_key(s.model, r["context"], r["title"], r["response"]), "context": r["context"], "title": r["title"],
-                    "response": r["response"]} for r in score_sample(cfg, rows)] for v, rows in by_variant.items()}
+    judge = f"{s.model}@{s.base_url or 'local'}"
+    keys = [score_key(judge, r["context"], r["title"], r["response"]) for r in rows]
     cached = best_results(read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA))
-    pending = list({x["key"]: x for rows in samples.values() for x in rows if x["key"] not in cached}.values())
-    run_id = ask_pending(cfg, run_dir, SCORE_CACHE, ResponseScorer, pending, s, cfg.eval.score_pool) if pending else None
-    rows = read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA)
-    mine = this_run(rows, run_id)
-    check_answered(mine, len(pending), s, "eval.scorer", "responses")
-    results = best_results(rows, keep_errors=True)
-    out = {}
+    pending = list({k: {"key": k, "context": r["context"], "title": r["title"], "response": r["response"]}
+                    for k, r in zip(keys, rows, strict=True) if k not in cached}.values())
+    if pending:
+        pool = cfg.eval.score_pool
+        run_id = ask_pending(cfg, run_dir, SCORE_CACHE, ResponseScorer, pending, s, pool, local_server=False,
+                             threads=max(1, round(pool.cpus)), allow_download=cfg.models.allow_download)
+        check_answered(this_run(read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA), run_id), len(pending), s, "eval.scorer", "responses")
+    results = best_results(read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA), keep_errors=True)
+    return [results[k] for k in keys]
+
+
+def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) -> dict[str, dict]:
+    """Mean 0-9 scores per variant, each with its interval over dialogues, from the judge (cached)."""
+    samples = {v: score_sample(cfg, rows) for v, rows in by_variant.items()}
+    results = judge_rows(cfg, run_dir, [r for rows in samples.values() for r in rows])
+    out, at = {}, 0
     for variant, sample in samples.items():
-        got = [results[x["key"]] for x in sample]
-        ok = [r for r in got if r["status"] == OK]
+        got, at = results[at: at + len(sample)], at + len(sample)
+        ok = [i for i, r in enumerate(got) if r["status"] == OK]
+        dialogues = [sample[i]["conversation_id"] for i in ok]
         out[variant] = {"scored": len(sample), "ok": len(ok), "failed": sum(r["status"] == FAILED for r in got),
-                        "unanswered": sum(r["status"] == ERROR for r in got), "requests_this_run": sum(r["requests"] for r in mine),
-                        **{f"llm_{c}": float(np.mean([r[c] for r in ok])) if ok else None for c in CRITERIA}}
+                        "unanswered": sum(r["status"] == ERROR for r in got),
+                        "sources": {src: sum(r["source"] == src for r in got) for src in {r["source"] for r in got}}}
+        values = np.array([[got[i][c] for c in CRITERIA] for i in ok], dtype=float).reshape(len(ok), len(CRITERIA))
+        mean = lambda pick, v=values: {f"llm_{c}": float(v[pick, j].mean()) for j, c in enumerate(CRITERIA)} if len(pick) else {}  # noqa: E731
+        out[variant].update({f"llm_{c}": None for c in CRITERIA}, **mean(np.arange(len(ok))))
+        out[variant]["intervals"] = dialogue_intervals(mean, dialogues, cfg.eval.intervals)
     return out
+
+
+def judge_validity(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
+    """Can the judge tell? On the scored sample's turns, the dataset's real recommender response
+    against the same kind of response taken from another dialogue (mismatched) and against a generic
+    template, scored by the judge for the turn's context and target item: AUC per criterion and of
+    the five's mean (P(real scores higher), ties half), intervals over dialogues. `valid`: every
+    mean's AUC reaches VALID_AUC."""
+    from ecr_ray.rec.metrics import auc
+
+    sample = score_sample(cfg, rows)
+    others = [next(o for o in sample[i + 1:] + sample[:i] if o["conversation_id"] != r["conversation_id"])["reference"]
+              if len({x["conversation_id"] for x in sample}) > 1 else TEMPLATE for i, r in enumerate(sample)]
+    asked = {kind: [{"context": r["context"], "title": r["target_title"], "response": resp}
+                    for r, resp in zip(sample, responses_, strict=True)]
+             for kind, responses_ in (("real", [r["reference"] for r in sample]), ("mismatched", others),
+                                      ("template", [TEMPLATE] * len(sample)))}
+    results = judge_rows(cfg, run_dir, [x for kind in asked.values() for x in kind])
+    n = len(sample)
+    scores = {kind: np.array([[r[c] if r["status"] == OK else np.nan for c in CRITERIA] for r in results[i * n:(i + 1) * n]])
+              for i, kind in enumerate(asked)}
+    dialogues = [r["conversation_id"] for r in sample]
+    out = {"turns": n, "template": TEMPLATE, "valid_auc": VALID_AUC}
+    for negative in ("mismatched", "template"):
+        columns = {**{c: j for j, c in enumerate(CRITERIA)}, "mean": None}
+
+        def aucs(pick, negative=negative, columns=columns) -> dict:
+            pos, neg = scores["real"][pick], scores[negative][pick]
+            side = lambda m, j: m.mean(1) if j is None else m[:, j]  # noqa: E731
+            return {name: auc(*(x[~np.isnan(x)] for x in (side(pos, j), side(neg, j)))) for name, j in columns.items()}
+
+        point, spread = aucs(np.arange(n)), dialogue_intervals(aucs, dialogues, cfg.eval.intervals)
+        out[f"real vs {negative}"] = {name: {"auc": point[name], "interval": spread.get(name)} for name in columns}
+    out["valid"] = all((out[f"real vs {k}"]["mean"]["auc"] or 0) >= VALID_AUC for k in ("mismatched", "template"))
+    return out
+
+
+def merged(text: dict, scores: dict) -> dict:
+    """A variant's text metrics and LLM scores in one record, their intervals together."""
+    return {**text, **scores, "intervals": {**text.get("intervals", {}), **scores.get("intervals", {})}}
+
+
+def validity_table(validity: dict, scorer) -> str:
+    """The judge-validity AUCs as markdown, with the verdict a reader needs before trusting the scores."""
+    head = f"Judge validity ({scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}; {validity['turns']} dev turns)\n\n"
+    names = [*CRITERIA, "mean"]
+    rows = "".join(f"| real vs {neg} | " + " | ".join(
+        "n/a" if (c := validity[f"real vs {neg}"][n])["auc"] is None else
+        f"{c['auc']:.3f}" + (f" [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}]" if c["interval"] else "") for n in names) + " |\n"
+        for neg in ("mismatched", "template"))
+    verdict = ("The judge tells real responses from both kinds of negative (mean AUC >= "
+               f"{validity['valid_auc']}); its scores can be read." if validity["valid"] else
+               f"NOT VALID: the judge's mean AUC is below {validity['valid_auc']} against at least one negative, so its "
+               "scores above do not show what they name; treat them as unvalidated.")
+    return head + "| AUC | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n" + rows + "\n" + verdict + "\n"
+
+
+def dialogue_intervals(stat, dialogues: list, intervals, level: float = 0.95) -> dict[str, list[float]]:
+    """A `level` interval of each value of `stat(indices) -> {name: value}`, resampling whole dialogues
+    (`dialogues`: each row's) with replacement: one dialogue's rows move together."""
+    if not intervals.samples or not dialogues:
+        return {}
+    _, inverse = np.unique(np.asarray(dialogues), return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    rng = np.random.default_rng(intervals.seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(intervals.samples):
+        for name, value in stat(np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])).items():
+            if value is not None:
+                draws.setdefault(name, []).append(value)
+    return {k: [float(np.quantile(v, (1 - level) / 2)), float(np.quantile(v, (1 + level) / 2))] for k, v in draws.items()}
 
 
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     """The gen-eval-<group> stage: ECR's responses -> reports/gen-eval-<split>.json."""
     rows = run_dir.read_table(responses("ecr", group)).to_pylist()
-    result = {**text_report(cfg, run_dir, rows), "scorer": {"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}}
-    result.update(llm_scores(cfg, run_dir, {"ecr": rows})["ecr"])
+    result = merged(text_report(cfg, run_dir, rows), llm_scores(cfg, run_dir, {"ecr": rows})["ecr"])
+    result.update(scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=judge_validity(cfg, run_dir, rows))
+    print(validity_table(result["judge_validity"], cfg.eval.scorer), flush=True)
     run_dir.write_json(report(f"gen-eval-{split_name(group)}"), result)
     return {k: v for k, v in result.items() if not isinstance(v, dict)}

@@ -5,27 +5,40 @@ the ten digits in its next-token distribution (renormalised over the digits): no
 parsed, so no answer is invalid, and a judge unsure between 6 and 8 says 7 rather than a coin flip.
 In-process (`LocalJudge`) the rubric, conversation and response are a prefix the five questions
 share: it goes through the model once and its KV cache is reused. Against an OpenAI-compatible
-endpoint the same reading comes from `top_logprobs` (`digit_score`).
-
-Not yet wired into gen-eval (issue 15); `eval/scorer.py` is what the stage runs today.
+endpoint the same reading comes from `top_logprobs` (`logprob_score`; `eval/scorer.py` asks).
 """
 from __future__ import annotations
 
 import math
 
-from ecr_ray.eval.scorer import CRITERIA
-
+CRITERIA = ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness")
 RUBRIC = ("You are an impartial judge of a movie recommender's response to a user. You will be asked about one "
           "quality of the response; answer with a single digit from 0 (worst) to 9 (best).")
-QUESTIONS = {
-    "emotional_intensity": "How strongly does the response express emotion?",
-    "emotional_persuasiveness": "How much do the response's feelings make the user want to watch the movie?",
-    "logic_persuasiveness": "How well do the response's reasons support the recommendation?",
-    "informativeness": "How much specific information about the movie does the response give?",
-    "lifelikeness": "How natural and human does the response sound?",
+QUESTIONS = {  # anchored at both ends: a small judge reads a bare "0-9" as "about 5" for everything
+    "emotional_intensity": "How strongly does the response express emotions (excitement, love, fear, sadness...)? "
+                           "0 = no emotion, only bland politeness; 9 = vivid, intense feelings.",
+    "emotional_persuasiveness": "How much do the feelings the response expresses about the recommended movie make the user "
+                                "want to watch it? 0 = no feelings about this movie; 9 = feelings that make it irresistible.",
+    "logic_persuasiveness": "How well do the response's reasons, specific to the recommended movie and to what the user asked "
+                            "for, support watching it? 0 = no reasons, or reasons that do not fit the user's request; "
+                            "9 = clear, specific reasons that match the request.",
+    "informativeness": "How much specific information about the recommended movie (title, genre, plot, actors, director, "
+                       "year) does the response give? 0 = none, only generic praise; 9 = many specific facts.",
+    "lifelikeness": "How natural and human does the response sound as the next line of this conversation? 0 = robotic, "
+                    "repetitive or unrelated to the conversation; 9 = what a friendly person would say.",
 }
 ASK = "\n\n{question} Answer with one digit from 0 to 9."
 MARK = "\u2063"  # where the question goes in the rendered chat template (an invisible separator)
+
+
+def judge_body(context: str, title: str, response: str) -> str:
+    return f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse to judge:\n{response}"
+
+
+def judge_messages(context: str, title: str, response: str, criterion: str) -> list[dict]:
+    """The chat an endpoint is asked for one criterion (the same text `LocalJudge` reads)."""
+    ask = ASK.format(question=QUESTIONS[criterion])
+    return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": judge_body(context, title, response) + ask}]
 
 
 def digit_score(probs: dict[str, float]) -> float | None:
@@ -78,7 +91,7 @@ class LocalJudge:
     def parts(self, context: str, title: str, response: str) -> tuple[list[int], dict[str, list[int]]]:
         """The shared prefix's token ids and each criterion's suffix (its question, the end of the user
         turn and the assistant's header)."""
-        body = f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse to judge:\n{response}"
+        body = judge_body(context, title, response)
         text = self.tokenizer.apply_chat_template([{"role": "system", "content": RUBRIC}, {"role": "user", "content": body + MARK}],
                                                   tokenize=False, add_generation_prompt=True)
         before, after = text.split(MARK)

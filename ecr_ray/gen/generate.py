@@ -6,6 +6,8 @@ loops, `reply` and `stream` the chat API (a request's decoding options, stop str
 """
 from __future__ import annotations
 
+import zlib
+
 import pyarrow as pa
 
 from ecr_ray.config import DecodingConfig, GeneratorConfig, from_dict
@@ -39,15 +41,25 @@ class ResponseGenerator:
         self.budget = min(generator.max_length - generator.response_tokens, (context_limit(self.model) or 1 << 30) - decoding.max_new_tokens)
 
     def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
-        """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated)."""
+        """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated).
+        With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept."""
         prompts, truncated = zip(*map(self.prompt, rows))
         decoder = self.decoder()
-        keys = [decoder.add(p, self.settings()) for p in prompts]
-        tokens = {k: [] for k in keys}
+        keys = [[decoder.add(p, self.candidate(p, c)) for c in range(self.decoding.candidates)] for p in prompts]
+        tokens = {k: [] for ks in keys for k in ks}
         while decoder.in_flight:
             for key, token in decoder.step().items():
                 tokens[key].append(token)
-        return [self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in keys], list(truncated)
+        texts = [[self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in ks] for ks in keys]
+        return [max(options, key=lambda text, row=row: grounding(text, row)) for options, row in zip(texts, rows, strict=True)], list(truncated)
+
+    def candidate(self, prompt: list[int], index: int) -> RowDecoding:
+        """The decoding of a prompt's `index`-th candidate: the config's first, then seeded samples."""
+        if index == 0:
+            return self.settings()
+        d = self.decoding
+        return RowDecoding(max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p,
+                           seed=zlib.crc32(bytes(str(prompt), "utf-8")) + index)  # the same prompt samples the same candidates
 
     def reply(self, row: dict, options: dict | None = None) -> dict:
         """One response to a chat request: {text, finish_reason, prompt_tokens, completion_tokens}.
@@ -91,6 +103,15 @@ class ResponseGenerator:
         responses, truncated = self.respond(rows)
         batch = batch.append_column("response", pa.array(responses, pa.string()))
         return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
+
+
+def grounding(response: str, row: dict) -> tuple[bool, int]:
+    """How well a response uses its prompt: (it names the item, how many of the knowledge's entity
+    names it holds). `max` keeps the first of equals, so the configured decoding wins ties."""
+    from ecr_ray.eval.text_metrics import mentions
+
+    names = {*row["knowledge"]["entities"], *(t[-1] for t in row["knowledge"]["triples"])}
+    return mentions(response, row["title"]), sum(mentions(response, n) for n in names)
 
 
 class ChatBatch:

@@ -41,6 +41,7 @@ def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
         out.append({"conversation_id": row["conversation_id"], "turn": row["turn"], "reference": turn["response"],
                     "context": context_text(turn["context"][-g.context_turns:], turn["context_roles"][-g.context_turns:]),
                     "item": item, "title": item_title(retriever.kg, item), "target_item": int(item_ids[row["item"]]),
+                    "target_title": item_title(retriever.kg, int(item_ids[row["item"]])),
                     "entities": k["entities"], "triples": k["triples"], "entity_ids": k["entity_ids"],
                     "triple_ids": k["triple_ids"]})
     return out

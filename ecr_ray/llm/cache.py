@@ -40,9 +40,11 @@ class CachedAsker:
         return table.select(["key"])
 
 
-def ask_pending(cfg, run_dir, cache: str, asker: type, rows: list[dict], llm, pool: ActorPool, **asker_kwargs) -> str:
+def ask_pending(cfg, run_dir, cache: str, asker: type, rows: list[dict], llm, pool: ActorPool, local_server: bool = True,
+                **asker_kwargs) -> str:
     """Every row through `asker` on a Ray Data actor pool against `llm.base_url` (None: the local server
-    serving `llm.model`, started and stopped here); the results land in `cache`. Returns the run id the rows carry."""
+    serving `llm.model`, started and stopped here, unless `local_server` is false because the asker
+    runs the model itself); the results land in `cache`. Returns the run id the rows carry."""
     import dataclasses
     import uuid
 
@@ -52,18 +54,19 @@ def ask_pending(cfg, run_dir, cache: str, asker: type, rows: list[dict], llm, po
     from ecr_ray.raytools import blocks_for, connect, map_actors
 
     connect(cfg.ray)
-    run_id, base_url = uuid.uuid4().hex, llm.base_url
-    if base_url is None:
+    run_id, base_url, serving = uuid.uuid4().hex, llm.base_url, llm.base_url is None and local_server
+    if serving:
         base_url = start_llm_server(cfg, llm.model, client_cpus=pool.actors * pool.cpus)
     try:
         settings = {**dataclasses.asdict(llm), "base_url": base_url}
-        probe_endpoint(base_url, settings)
+        if base_url:
+            probe_endpoint(base_url, settings)
         run_dir.fs.create_dir(run_dir.path(cache), recursive=True)
         ds = ray.data.from_items(rows, override_num_blocks=blocks_for(len(rows), pool.batch_size))
         kwargs = {"llm": settings, "actors": pool.actors, "run": run_id, "cache": run_dir.location(cache), **asker_kwargs}
         map_actors(ds, asker, kwargs, pool).materialize()
     finally:
-        if llm.base_url is None:
+        if serving:
             stop_llm_server()
     return run_id
 

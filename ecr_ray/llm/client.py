@@ -127,14 +127,24 @@ class ValidatedChat:
                                        {"role": "user", "content": f"That answer is invalid: {out['error']}. Answer again with JSON only."}]
         return {**out, "status": FAILED}, None
 
+    def top_logprobs(self, messages: list[dict], out: dict, top: int = 20) -> list[dict] | None:
+        """The first answer token's `top` alternatives ({token, logprob}) with greedy decoding, or None
+        when the endpoint gives no logprobs. Transient errors are retried, then raised."""
+        choice = self._create(messages, out, temperature=0.0, max_tokens=1, logprobs=True, top_logprobs=top).choices[0]
+        content = choice.logprobs.content if choice.logprobs else None
+        return [{"token": t.token, "logprob": t.logprob} for t in content[0].top_logprobs] if content else None
+
     def _complete(self, messages: list[dict], out: dict, response_format: dict | None) -> str:
+        response = self._create(messages, out, temperature=self.llm["temperature"], max_tokens=self.llm["max_tokens"],
+                                **({"response_format": response_format} if response_format else {}))
+        return response.choices[0].message.content or ""
+
+    def _create(self, messages: list[dict], out: dict, **kwargs):
         for retry in range(self.llm["max_retries"] + 1):
             self.limiter.wait()
             out["requests"] += 1
             try:
-                response = self.client.chat.completions.create(
-                    model=self.llm["model"], messages=messages, temperature=self.llm["temperature"], max_tokens=self.llm["max_tokens"],
-                    **({"response_format": response_format} if response_format else {}))
+                response = self.client.chat.completions.create(model=self.llm["model"], messages=messages, **kwargs)
             except self.transient:
                 if retry == self.llm["max_retries"]:
                     raise
@@ -144,7 +154,7 @@ class ValidatedChat:
             if response.usage:
                 out["prompt_tokens"] += response.usage.prompt_tokens
                 out["completion_tokens"] += response.usage.completion_tokens
-            return response.choices[0].message.content or ""
+            return response
         raise AssertionError("unreachable")
 
 

@@ -1,14 +1,18 @@
 """LLM annotation through the real `openai` client over HTTP: the local Ray Serve LLM, and a
 server that injects faults on a fixed schedule."""
+import dataclasses
 import json
 import pyarrow.dataset as pads
 import pytest
+import torch
 
 from ecr_ray.config import ConfigError, load_config
 from ecr_ray.artifacts import ANNOTATION_CACHE as CACHE
 from ecr_ray.artifacts import ANNOTATIONS
 from ecr_ray.emotion.annotate import RESULT_SCHEMA, annotate_sample, annotation_sample, build_messages, parse_labels
 from ecr_ray.emotion.labels import LABELS
+from ecr_ray.eval.judge import CRITERIA, LocalJudge, logprob_score
+from ecr_ray.eval.scorer import ResponseScorer
 from ecr_ray.llm.cache import read_cache
 from ecr_ray.llm.client import InvalidAnswer
 from ecr_ray.pipeline import run_stages
@@ -51,7 +55,7 @@ def test_prompt_shows_context_and_cuts_long_text():
     assert all(label in messages[0]["content"] for label in LABELS)
 
 
-def test_local_llm_server_and_annotation(fresh_run, ray_local):
+def test_local_llm_server_and_annotation(fresh_run, ray_local, tmp_path):
     """The packaged SmolLM2 behind Ray Serve answers the official client; the stage uses it."""
     import openai
 
@@ -96,6 +100,19 @@ def test_local_llm_server_and_annotation(fresh_run, ray_local):
             client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
         with pytest.raises(openai.UnprocessableEntityError):
             client.chat.completions.create(model="smollm2-135m-instruct", messages=[])
+
+        # the generation judge against an endpoint reads the same digit distribution from top_logprobs
+        judged = dict(context="User: I loved Inception, anything like it?", title="Interstellar (2014)",
+                      response="You should watch Interstellar (2014): Christopher Nolan's moving space epic about love and time.")
+        remote = ResponseScorer({**dataclasses.asdict(cfg.eval.scorer), "base_url": base_url}, 1, "r", str(tmp_path)).ask({"key": "k", **judged})
+        assert remote["status"] == "ok" and remote["source"] == "logprobs" and remote["requests"] == len(CRITERIA)
+        judge = LocalJudge("smollm2-135m-instruct")  # the same model in-process, seen through the same 20 most likely tokens
+        prefix, suffixes = judge.parts(**judged)
+        for c in CRITERIA:
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(judge.model(input_ids=torch.tensor([prefix + suffixes[c]])).logits[0, -1].float(), -1)
+            top = [{"token": judge.tokenizer.decode([t]), "logprob": v} for v, t in zip(*(x.tolist() for x in torch.topk(logprobs, 20)), strict=True)]
+            assert abs(remote[c] - logprob_score(top)) < 0.05, (c, remote[c], logprob_score(top))
 
         cfg.emotion.llm.base_url = base_url
         summary = annotate_sample(cfg, fresh_run)

@@ -1,8 +1,9 @@
 """The generation stages for real on the tiny preset: reviews on Ray Data, a generator trained on
-Ray Train, responses from an actor pool for the recommender's items, metrics, and the LLM scorer
-against the local OpenAI-compatible server (SmolLM2 on Ray Serve)."""
+Ray Train, responses from an actor pool for the recommender's items, metrics, and the LLM judge
+(SmolLM2 in-process) with its validity check."""
 import json
 import math
+from pathlib import Path
 
 from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, TINY_GEN, fast_config, raw_file_outside_the_tiny_pool
 
@@ -54,27 +55,36 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
     for key in ("dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"):
         assert 0.0 <= report[key] <= 1.0, key
     assert report["dist-1"] > 0 and report["bleu-1"] > 0
-    # the scorer: every sampled response ends answered, failed (with its raw answer) or unanswered
-    assert report["scored"] == cfg.eval.score_sample == report["ok"] + report["failed"] + report["unanswered"]
-    assert report["unanswered"] == 0 and report["ok"] == cfg.eval.score_sample  # the local server enforces the scores' schema
+    for key, (low, high) in report["intervals"].items():  # bootstrap over dialogues around the point value
+        assert low <= report[key] + 1e-9 and report[key] - 1e-9 <= high, key
+    # the judge, in-process: every sampled response scored from the digit distribution, none invalid
+    assert report["scored"] == cfg.eval.score_sample == report["ok"] and report["sources"] == {"local": cfg.eval.score_sample}
     for c in ("emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness"):
-        assert 0 <= report[f"llm_{c}"] <= 9
+        assert 0 < report[f"llm_{c}"] < 9 and f"llm_{c}" in report["intervals"]
+    validity = report["judge_validity"]
+    assert validity["turns"] == cfg.eval.score_sample and validity["valid"] == all(
+        validity[f"real vs {k}"]["mean"]["auc"] >= validity["valid_auc"] for k in ("mismatched", "template"))
+    assert all(0 <= cell["auc"] <= 1 for k in ("mismatched", "template") for cell in validity[f"real vs {k}"].values())
 
 
 def test_scores_are_cached_and_the_comparison_is_written(gen_run):
     from ecr_ray.pipeline import run_stages
 
     cfg, run_dir, _ = gen_run
+    parts = sorted(p.name for p in Path(run_dir.path("cache/scores")).iterdir())
+    first = run_dir.read_json("reports/gen-eval-dev.json")
     again = run_stages(cfg, run_dir, only=["gen-eval-pool"], force=True)["gen-eval-pool"]
-    assert again["requests_this_run"] == 0  # every score came from cache/scores
-    assert {k: again[k] for k in ("ok", "failed")} == {k: run_dir.read_json("reports/gen-eval-dev.json")[k] for k in ("ok", "failed")}
+    assert sorted(p.name for p in Path(run_dir.path("cache/scores")).iterdir()) == parts  # every score came from cache/scores
+    assert {k: again[k] for k in ("ok", "llm_informativeness")} == {k: first[k] for k in ("ok", "llm_informativeness")}
 
     run_stages(cfg, run_dir, only=["gen-compare"])
     results = run_dir.read_json("reports/generation.json")
-    assert set(results) == {"base model (no fine-tuning)", "fine-tuned, no retrieval", "ECR: fine-tuned + retrieval"}
+    assert set(results) == {"base model (no fine-tuning)", "fine-tuned, no retrieval", "ECR: fine-tuned + retrieval", "judge_validity"}
+    validity = results.pop("judge_validity")
     assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.eval.score_sample for m in results.values())
     table = run_dir.read_text("reports/generation.md")
-    assert all(f"| {name} |" in table for name in results)
+    assert all(f"| {name} |" in table for name in results) and "| real vs template |" in table
+    assert ("NOT VALID" in table) != validity["valid"]
     assert open(run_dir.path("reports/generation.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert run_dir.read_text("reports/generation-examples.md").count("### Example") == 3
     no_retrieval = run_dir.read_json("reports/generator-no-retrieval.json")

@@ -252,3 +252,16 @@ def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cac
         with torch.inference_mode():
             whole = judge.digit_probs(judge.model(input_ids=torch.tensor([prefix + suffixes[criterion]])).logits[0, -1])
         assert abs(scores[criterion] - sum(d * p for d, p in enumerate(whole)) / sum(whole)) < 1e-3
+
+
+def test_dialogue_intervals_resample_whole_dialogues():
+    from ecr_ray.config import IntervalConfig
+    from ecr_ray.eval.generation import dialogue_intervals
+
+    values = np.array([1.0, 1.0, 0.0, 0.0])
+    mean = lambda pick: {"m": float(values[pick].mean())}  # noqa: E731
+    # two dialogues of two rows: a resample holds both rows of each dialogue it draws, so its mean is 0, 0.5 or 1
+    assert dialogue_intervals(mean, ["a", "a", "b", "b"], IntervalConfig(samples=400, seed=0)) == {"m": [0.0, 1.0]}
+    narrower = dialogue_intervals(mean, ["a", "b", "c", "d"], IntervalConfig(samples=400, seed=0))["m"]
+    assert 0.0 <= narrower[0] and narrower[1] <= 1.0 and narrower[0] < 0.5 < narrower[1]
+    assert dialogue_intervals(mean, ["a", "b", "c", "d"], IntervalConfig(samples=0)) == {}
