@@ -9,9 +9,9 @@ import numpy as np
 
 from ecr_ray.artifacts import CLASSIFIER, SCORE_CACHE, model, report, responses, split_name
 from ecr_ray.config import Config
+from ecr_ray.eval.judge import CRITERIA
 from ecr_ray.llm.cache import ask_pending, best_results, read_cache, this_run
 from ecr_ray.llm.client import ERROR, FAILED, OK, check_answered
-from ecr_ray.eval.judge import CRITERIA
 from ecr_ray.rundir import RunDir
 
 TEMPLATE = "I'm glad you liked it. I think it's a great movie."  # the generic reply the judge must score below real ones

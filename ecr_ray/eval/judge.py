@@ -70,12 +70,12 @@ class LocalJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from ecr_ray.models import resolve_model
+        from ecr_ray.models import resolve_model, torch_device
 
         torch.set_num_threads(threads)
         path = resolve_model(model, allow_download)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path).eval().to(torch_device())
         self.digits = self._digit_tokens()
 
     def _digit_tokens(self) -> list[list[int]]:
@@ -111,13 +111,13 @@ class LocalJudge:
         from transformers import DynamicCache
 
         prefix, suffixes = self.parts(context, title, response)
-        cache = DynamicCache(config=self.model.config)
+        cache, device = DynamicCache(config=self.model.config), self.model.device
         with torch.inference_mode():
-            self.model(input_ids=torch.tensor([prefix]), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self.model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
             out = {}
             for criterion in CRITERIA:
-                logits = self.model(input_ids=torch.tensor([suffixes[criterion]]), past_key_values=cache, use_cache=True,
-                                    logits_to_keep=1).logits[0, -1]
+                logits = self.model(input_ids=torch.tensor([suffixes[criterion]], device=device), past_key_values=cache, use_cache=True,
+                                    logits_to_keep=1).logits[0, -1].cpu()
                 cache.crop(-len(suffixes[criterion]))  # back to the shared prefix for the next question
                 out[criterion] = expected_digit(self.digit_probs(logits))
         return out
