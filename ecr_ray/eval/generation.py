@@ -16,23 +16,20 @@ from ecr_ray.rundir import RunDir
 
 TEMPLATE = "I'm glad you liked it. I think it's a great movie."  # the generic reply the judge must score below real ones
 VALID_AUC = 0.7
-INTERVAL_KEYS = ("dist-2", "bleu-2", "item_mention_rate", "hallucination_rate", "emotion_intensity")  # BLEU-4 and Dist-1 move with them
+INTERVAL_KEYS = ("bleu-2", "item_mention_rate", "hallucination_rate", "emotion_intensity")  # not Dist-n: a resample repeats responses, and repeats lower it
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
 
 
 def text_report(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
     """Text metrics of one variant's responses (hallucinations against its own prompt's knowledge)."""
     from ecr_ray.data.kg import load_kg
-    from ecr_ray.data.linking import TextEntityLinker
     from ecr_ray.emotion.infer import EmotionPredictor
     from ecr_ray.eval.text_metrics import text_metrics
-    from ecr_ray.gen.retrieval import Retriever
+    from ecr_ray.gen.retrieval import Grounding
 
-    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
-    linker, hops = TextEntityLinker(kg), Retriever(kg, [])
+    grounding = Grounding(load_kg(cfg.data.path(cfg.data.kg_dir)))
     for r in rows:
-        shown = set(r["entity_ids"]) | {e for t in r["triple_ids"] for e in t} if r["retrieval"] else set()
-        r["named"], r["allowed"] = linker.link(r["response"]), shown | hops.one_hop(r["item"]) | {r["item"]}
+        r["named"], r["unsupported"] = grounding.named(r["response"], r)
     predictor = EmotionPredictor(run_dir.local_copy(model(CLASSIFIER)), cfg.emotion.second_label_threshold)
     probs = np.asarray(predictor.predict([r["response"] for r in rows]))
     metrics = lambda pick: {k: v for k, v in text_metrics([rows[i] for i in pick], probs[pick]).items() if k in INTERVAL_KEYS}  # noqa: E731

@@ -52,11 +52,6 @@ def mentions(response: str, title: str) -> bool:
     return bool(key) and f" {key} " in f" {text_key(response)} "
 
 
-def hallucinated(named: list[int], allowed: set[int]) -> list[int]:
-    """KG entities named in a response that are neither in its prompt nor one hop from its item."""
-    return [e for e in named if e not in allowed]
-
-
 def emotion_intensity(probs: np.ndarray) -> float:
     """Mean over responses of the strongest non-neutral emotion probability (the classifier's sigmoid)."""
     if not len(probs):
@@ -65,10 +60,11 @@ def emotion_intensity(probs: np.ndarray) -> float:
 
 
 def text_metrics(rows: list[dict], probs: np.ndarray) -> dict:
-    """rows {response, reference, title, named, allowed}; probs: the classifier on each response."""
+    """rows {response, reference, title, named, unsupported (the named KG entities neither in the prompt nor
+    one hop from the item: `gen.retrieval.Grounding`)}; probs: the classifier on each response."""
     responses = [r["response"] for r in rows]
     named = sum(len(r["named"]) for r in rows)
-    wrong = [hallucinated(r["named"], r["allowed"]) for r in rows]
+    wrong = [r["unsupported"] for r in rows]
     return {
         "responses": len(rows),
         "dist-1": distinct(responses, 1), "dist-2": distinct(responses, 2),

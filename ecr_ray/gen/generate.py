@@ -12,13 +12,17 @@ import pyarrow as pa
 
 from ecr_ray.config import DecodingConfig, GeneratorConfig, from_dict
 from ecr_ray.gen.decode import BatchDecoder, RowDecoding
+from ecr_ray.gen.retrieval import Grounding
 
 
 class ResponseGenerator:
     def __init__(self, model_dir: str | None, generator: GeneratorConfig, decoding: DecodingConfig, retrieval: bool,
-                 allow_download: bool = False, threads: int = 1):
-        """`model_dir`: a trained generator (a folder or a run directory URI, fetched here); None: `generator`'s base untuned."""
+                 allow_download: bool = False, threads: int = 1, kg_dir: str | None = None):
+        """`model_dir`: a trained generator (a folder or a run directory URI, fetched here); None: `generator`'s base untuned.
+        `kg_dir`: the KG that candidates (`decoding.candidates` > 1) are checked against for unsupported entities."""
         import torch
+
+        from ecr_ray.data.kg import load_kg
 
         from ecr_ray.gen.model import context_limit, load_base, load_generator
         from ecr_ray.gen.prompts import PromptBuilder
@@ -37,6 +41,7 @@ class ResponseGenerator:
         self.model.to(torch_device())
         self.prompts = PromptBuilder(self.tokenizer, generator.max_length, generator.response_tokens, retrieval)
         self.decoding = decoding
+        self.grounding = Grounding(load_kg(kg_dir)) if kg_dir and decoding.candidates > 1 else None
         # a prompt leaves room for the response within the model's context
         self.budget = min(generator.max_length - generator.response_tokens, (context_limit(self.model) or 1 << 30) - decoding.max_new_tokens)
 
@@ -51,7 +56,8 @@ class ResponseGenerator:
             for key, token in decoder.step().items():
                 tokens[key].append(token)
         texts = [[self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in ks] for ks in keys]
-        return [max(options, key=lambda text, row=row: grounding(text, row)) for options, row in zip(texts, rows, strict=True)], list(truncated)
+        return [max(options, key=lambda text, row=row: grounding(text, row, self.grounding)) if len(options) > 1 else options[0]
+                for options, row in zip(texts, rows, strict=True)], list(truncated)
 
     def candidate(self, prompt: list[int], index: int) -> RowDecoding:
         """The decoding of a prompt's `index`-th candidate: the config's first, then seeded samples."""
@@ -105,13 +111,15 @@ class ResponseGenerator:
         return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
 
 
-def grounding(response: str, row: dict) -> tuple[bool, int]:
-    """How well a response uses its prompt: (it names the item, how many of the knowledge's entity
-    names it holds). `max` keeps the first of equals, so the configured decoding wins ties."""
+def grounding(response: str, row: dict, kg: Grounding | None = None) -> tuple[bool, int, int]:
+    """How well a response keeps to its prompt: (it names the item, minus the KG entities it names that
+    the prompt does not support (with `kg`), how many of the knowledge's entity names it holds). `max`
+    keeps the first of equals, so the configured decoding wins ties."""
     from ecr_ray.eval.text_metrics import mentions
 
     names = {*row["knowledge"]["entities"], *(t[-1] for t in row["knowledge"]["triples"])}
-    return mentions(response, row["title"]), sum(mentions(response, n) for n in names)
+    unsupported = len(kg.named(response, row)[1]) if kg else 0
+    return mentions(response, row["title"]), -unsupported, sum(mentions(response, n) for n in names)
 
 
 class ChatBatch:

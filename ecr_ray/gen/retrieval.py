@@ -44,6 +44,27 @@ class Retriever:
         return {e for _, e in self.neighbours.get(item, ())}
 
 
+class Grounding:
+    """The KG entities a response names, against what its prompt supports: the entities and triples
+    shown to it (with retrieval) and the item's one-hop neighbours. One rule for choosing among
+    candidates (`gen/generate.py`) and for the hallucination metric (`eval/generation.py`)."""
+
+    def __init__(self, kg: KnowledgeGraph):
+        from ecr_ray.data.linking import TextEntityLinker
+
+        self.linker, self.hops = TextEntityLinker(kg), Retriever(kg, [])
+
+    def supported(self, row: dict) -> set[int]:
+        """row {item, entity_ids, triple_ids, retrieval (default true)}."""
+        shown = set(row["entity_ids"]) | {e for t in row["triple_ids"] for e in t} if row.get("retrieval", True) else set()
+        return shown | self.hops.one_hop(row["item"]) | {row["item"]}
+
+    def named(self, text: str, row: dict) -> tuple[list[int], list[int]]:
+        """(the entities `text` names, those of them its prompt does not support)."""
+        named, supported = self.linker.link(text), self.supported(row)
+        return named, [e for e in named if e not in supported]
+
+
 def load_retriever(cfg, run_dir) -> Retriever:
     """The retriever over the run's retrieval base (gen-reviews' output)."""
     return Retriever(load_kg(cfg.data.path(cfg.data.kg_dir)), read_retrieval_base(run_dir))

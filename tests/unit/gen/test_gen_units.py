@@ -9,9 +9,9 @@ from ecr_ray.config import GeneratorConfig, load_config
 from ecr_ray.data.kg import load_kg
 from ecr_ray.emotion.labels import LABELS
 from ecr_ray.eval.scorer import CRITERIA, parse_scores
-from ecr_ray.eval.text_metrics import bleu, distinct, emotion_intensity, hallucinated, mentions
+from ecr_ray.eval.text_metrics import bleu, distinct, emotion_intensity, mentions
 from ecr_ray.gen.reviews import item_neighbours, read_reviews, retrieval_base, review_knowledge, split_sentences
-from ecr_ray.gen.retrieval import Retriever, item_title
+from ecr_ray.gen.retrieval import Grounding, Retriever, item_title
 from ecr_ray.llm.client import InvalidAnswer
 
 
@@ -95,6 +95,25 @@ def test_prompts_truncate_context_first_and_mask_the_prompt_in_labels():
     assert "Related entities" not in tokenizer.decode(plain.prompt("User: hi", "Big", knowledge))
 
 
+def test_grounding_names_what_the_prompt_does_not_support_and_candidates_prefer_grounded_text(kg):
+    from ecr_ray.gen.generate import grounding
+
+    g = Grounding(kg)
+    linkable = lambda ids: [e for e in sorted(ids) if g.linker.link(f"I liked {kg.names[e]} a lot") == [e]]  # noqa: E731
+    item = next(int(i) for i in kg.item_ids if linkable(g.hops.one_hop(int(i))))
+    near = linkable(g.hops.one_hop(item))[0]
+    far = next(e for e in linkable(range(50)) if e not in g.hops.one_hop(item) and e != item)
+    row = {"item": item, "title": item_title(kg, item), "entity_ids": [far], "triple_ids": [], "retrieval": True,
+           "knowledge": {"entities": [kg.names[far]], "triples": []}}
+    text = f"I liked {kg.names[near]} a lot, and {kg.names[far]} too"
+    assert g.named(text, row) == (g.linker.link(text), []) and set(g.linker.link(text)) == {near, far}  # one hop, or shown
+    assert g.named(text, {**row, "entity_ids": []})[1] == [far]  # not shown and not one hop from the item: unsupported
+    assert g.named(text, {**row, "retrieval": False})[1] == [far]  # a prompt without retrieval showed nothing
+    generic, named = "A great movie, you will love it.", f"{row['title']} is a great movie, you will love it."
+    assert grounding(named, row, g) > grounding(generic, row, g) and grounding(generic, row, g) == grounding(generic, row, g)
+    assert grounding(text, row, g) > grounding(text, {**row, "entity_ids": []}, g)  # an unsupported entity counts against
+
+
 def test_text_metrics_values():
     assert distinct(["a b a b", "a c"], 1) == pytest.approx(3 / 6)
     assert distinct(["a b a b", "a c"], 2) == pytest.approx(3 / 4)
@@ -102,7 +121,6 @@ def test_text_metrics_values():
     assert bleu(["the cat sat"], ["the cat sat on the mat"], 1) == pytest.approx(math.exp(1 - 6 / 3))  # precision 1, brevity penalty
     assert bleu(["dogs run fast"], ["the cat sat"], 2) < 0.05
     assert mentions("You will love Toy Story, trust me", "Toy Story") and not mentions("A story of toys", "Toy Story")
-    assert hallucinated([1, 2, 3], {1, 3}) == [2]
     probs = np.array([_probs("neutral", 0.9), _probs("happy", 0.8)])
     assert emotion_intensity(probs) == pytest.approx((0.05 + 0.8) / 2)
 
