@@ -76,12 +76,12 @@ class ResponseScorer(CachedAsker):
             self.fs, self.cache = pafs.FileSystem.from_uri(cache)
 
     def ask(self, row: dict) -> dict:
+        import openai
+
         out = ValidatedChat.record(key=row["key"], run=self.run)
         args = row["context"], row["title"], row["response"]
         if self.judge:
             return {**out, "status": OK, "source": "local", **self.judge.score(*args)}
-        import openai
-
         try:
             scores = {c: logprob_score(self.chat.top_logprobs(judge_messages(*args, c), out) or []) for c in CRITERIA}
         except self.chat.transient as err:

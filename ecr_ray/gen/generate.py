@@ -23,7 +23,6 @@ class ResponseGenerator:
         import torch
 
         from ecr_ray.data.kg import load_kg
-
         from ecr_ray.gen.model import context_limit, load_base, load_generator
         from ecr_ray.gen.prompts import PromptBuilder
         from ecr_ray.models import torch_device
