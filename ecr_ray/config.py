@@ -254,8 +254,8 @@ class DecodingConfig:
     temperature: float = _knob(0.7, "sampling temperature")
     top_p: float = _knob(0.9, "nucleus sampling mass")
     candidates: int = _knob(1, "batch responses: decode this many per prompt (the configured decoding, then samples at temperature "
-                               "and top_p) and keep the best grounded: naming the item first, then naming more of the prompt's "
-                               "knowledge (1: off; the chat API always decodes one)")
+                               "and top_p) and keep the best grounded: naming the item first, then naming fewer KG entities the prompt does not "
+                               "support, then more of its knowledge (1: off; the chat API always decodes one)")
 
 
 @dataclass

