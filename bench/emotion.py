@@ -3,7 +3,8 @@
     python bench/emotion.py annotate [--n 24]   Ray Data annotation vs a sequential loop of the same
                                                  client calls, against the same local LLM server (2 replicas)
     python bench/emotion.py train [--n 512]     classifier training samples/s, 1 vs 2 Ray Train workers
-    python bench/emotion.py infer [--n 2000]    inference utterances/s, actor pool (2) vs a plain loop
+
+Inference over utterances is in bench/pools.py (every actor pool against its plain loop).
 """
 import argparse
 import dataclasses
@@ -77,34 +78,9 @@ def bench_train(cfg, run_dir, n):
           f"2 workers {rates[2]:.1f} samples/s, ratio {rates[2] / rates[1]:.2f}")
 
 
-def bench_infer(cfg, run_dir, n):
-    import ray
-
-    from ecr_ray.config import ActorPool
-    from ecr_ray.emotion.classifier import build_classifier, save_classifier
-    from ecr_ray.emotion.infer import EmotionPredictor
-    from ecr_ray.raytools import map_actors
-
-    ccfg = ClassifierConfig(max_length=48)
-    model, tokenizer = build_classifier(ccfg)
-    folder = run_dir.path("models/bench")
-    save_classifier(model, tokenizer, ccfg, folder, {})
-    texts = [r["text"] for r in read_goemotions(cfg.data.path(cfg.emotion.goemotions_dir), "test")[:n]]
-    predictor = EmotionPredictor(folder, 0.3)
-    start = time.perf_counter()
-    predictor.predict(texts)
-    base = time.perf_counter() - start
-    start = time.perf_counter()
-    ds = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=8)
-    rows = map_actors(ds, EmotionPredictor, {"model_dir": folder, "second_threshold": 0.3}, ActorPool(actors=2, cpus=0.5, batch_size=64)).count()
-    took = time.perf_counter() - start
-    assert rows == n
-    print(f"infer {n} utterances: plain loop (1 thread) {n / base:.0f}/s, actor pool (2 x 1 thread) {n / took:.0f}/s, ratio {base / took:.2f}")
-
-
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["annotate", "train", "infer"])
+    parser.add_argument("what", choices=["annotate", "train"])
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
     import ray
@@ -113,7 +89,7 @@ def main():
     ray.data.DataContext.get_current().enable_progress_bars = False
     cfg = load_config("tiny")
     with tempfile.TemporaryDirectory() as work:
-        run = {"annotate": (bench_annotate, 24), "train": (bench_train, 512), "infer": (bench_infer, 2000)}[args.what]
+        run = {"annotate": (bench_annotate, 24), "train": (bench_train, 512)}[args.what]
         run[0](cfg, RunDir(work), args.n or run[1])
     ray.shutdown()
 

@@ -43,9 +43,15 @@ def _section(cls, doc: str, **values):
 class ActorPool:
     """A Ray Data actor pool: every `map_batches` over actors takes one (`raytools.map_actors`)."""
     actors: int = _knob(1, "Ray Data actors", runtime=True)
-    cpus: float = _knob(0.5, "CPUs per actor (below 1 so reads and writes still schedule on 2 cores)", runtime=True)
+    cpus: float = _knob(0.5, "CPUs per actor (below 1 so reads and writes still schedule on 2 cores); torch threads: these, rounded, at least 1",
+                        runtime=True)
     gpus: float = _knob(0.0, "GPUs per actor (the model moves to its GPU; a fraction shares one); 0: CPU only", runtime=True)
     batch_size: int = _knob(64, "rows per batch", runtime=True)
+
+    @property
+    def threads(self) -> int:
+        """Torch threads of each actor: its CPUs rounded, at least one."""
+        return max(1, round(self.cpus))
 
 
 @dataclass
@@ -272,7 +278,7 @@ class GenConfig:
     context_turns: int = _knob(2, "latest dialogue utterances shown in a prompt")
     sample_size: int = _knob(200, "dialogue turns answered per split (seeded sample of turns with a target item)")
     sample_seed: int = _knob(0, "seed of that sample")
-    respond_pool: ActorPool = _section(ActorPool, "generation actors (prompts per batch, left-padded; torch threads = CPUs)", cpus=1.0, batch_size=8)
+    respond_pool: ActorPool = _section(ActorPool, "generation actors (prompts per batch, left-padded)", cpus=1.0, batch_size=8)
     decoding: DecodingConfig = _section(DecodingConfig, "decoding of responses (batch generation and the chat)")
     generator: GeneratorConfig = _section(GeneratorConfig, "the response generator and its training")
 

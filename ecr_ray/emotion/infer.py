@@ -11,7 +11,7 @@ import pyarrow as pa
 from collections import Counter
 
 from ecr_ray.artifacts import CLASSIFIER, model, prepared, utterance_emotions
-from ecr_ray.config import Config
+from ecr_ray.config import ActorPool, Config
 from ecr_ray.emotion.labels import LABELS, top_labels
 from ecr_ray.rundir import RunDir
 
@@ -19,15 +19,17 @@ PREDICTION_FIELDS = [pa.field("probs", pa.list_(pa.float32())), pa.field("labels
 
 
 class EmotionPredictor:
-    def __init__(self, model_dir: str, second_threshold: float, batch_size: int = 64):
-        """`model_dir`: a local folder or a run directory URI (fetched here, on the actor's node)."""
+    def __init__(self, model_dir: str, second_threshold: float, batch_size: int = 64, threads: int | None = None):
+        """`model_dir`: a local folder or a run directory URI (fetched here, on the actor's node); `threads`:
+        torch threads for the process (an actor's), None: leave the caller's setting alone."""
         import torch
 
         from ecr_ray.emotion.classifier import load_classifier
         from ecr_ray.models import torch_device
         from ecr_ray.rundir import fetch
 
-        torch.set_num_threads(1)  # one core per actor; parallelism comes from the actor pool
+        if threads:
+            torch.set_num_threads(threads)
         self.model, self.tokenizer, meta = load_classifier(fetch(model_dir))
         self.device = torch_device()
         self.model.to(self.device)
@@ -55,10 +57,10 @@ class EmotionPredictor:
         return batch.append_column(PREDICTION_FIELDS[1], pa.array(labels, PREDICTION_FIELDS[1].type))
 
 
-def predictor_kwargs(cfg: Config, run_dir: RunDir, batch_size: int) -> dict:
-    """What an EmotionPredictor actor is built from: the run's classifier, fetched on the actor's node."""
+def predictor_kwargs(cfg: Config, run_dir: RunDir, pool: ActorPool) -> dict:
+    """What an EmotionPredictor actor of `pool` is built from: the run's classifier, fetched on the actor's node."""
     return {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": cfg.emotion.second_label_threshold,
-            "batch_size": batch_size}
+            "batch_size": pool.batch_size, "threads": pool.threads}
 
 
 def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
@@ -71,7 +73,7 @@ def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     e, out = cfg.emotion, utterance_emotions(group)
     ds = ray.data.read_parquet(run_dir.location(prepared(group, "user_utterances"))).select_columns(
         ["split", "conversation_id", "turn", "utterance_id", "text"])
-    labelled = map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, e.infer_pool.batch_size), e.infer_pool)
+    labelled = map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, e.infer_pool), e.infer_pool)
     labelled.drop_columns(["text"]).write_parquet(run_dir.location(out))
     labels = run_dir.read_table(out, columns=["labels"]).column("labels").to_pylist()
     counts, top = Counter(x for row in labels for x in row), Counter(row[0] for row in labels)

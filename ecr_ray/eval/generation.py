@@ -57,7 +57,7 @@ def judge_rows(cfg: Config, run_dir: RunDir, rows: list[dict]) -> list[dict]:
     if pending:
         pool = cfg.eval.score_pool
         run_id = ask_pending(cfg, run_dir, SCORE_CACHE, ResponseScorer, pending, s, pool, local_server=False,
-                             threads=max(1, round(pool.cpus)), allow_download=cfg.models.allow_download)
+                             threads=pool.threads, allow_download=cfg.models.allow_download)
         check_answered(this_run(read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA), run_id), len(pending), s, "eval.scorer", "responses")
     results = best_results(read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA), keep_errors=True)
     return [results[k] for k in keys]

@@ -62,7 +62,7 @@ def generate(cfg: Config, run_dir: RunDir, prompts: list[dict], variant: str, ou
     ds = ray.data.from_items([{**p, "variant": variant, "retrieval": retrieval} for p in prompts],
                              override_num_blocks=blocks_for(len(prompts), pool.batch_size))
     kwargs = {"model_dir": folder and run_dir.location(model(folder)), "generator": g.generator, "decoding": g.decoding,
-              "retrieval": retrieval, "allow_download": cfg.models.allow_download, "threads": max(1, int(pool.cpus)),
+              "retrieval": retrieval, "allow_download": cfg.models.allow_download, "threads": pool.threads,
               "kg_dir": cfg.data.path(cfg.data.kg_dir)}
     map_actors(ds, ResponseGenerator, kwargs, pool).write_parquet(run_dir.location(out))
     table = run_dir.read_table(out, columns=["response", "prompt_truncated"])

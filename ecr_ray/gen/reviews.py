@@ -153,7 +153,7 @@ def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
     ds = ray.data.from_items(reviews, override_num_blocks=max(1, min(16, len(reviews) // 100)))
     ds = map_actors(ds, ReviewSentences, {"kg_dir": kg_dir, "min_words": g.min_sentence_words}, g.sentence_pool)
     ds = ds.repartition(target_num_rows_per_block=8 * g.review_pool.batch_size)  # sentences outnumber reviews: blocks for the pool
-    map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, g.review_pool.batch_size), g.review_pool).write_parquet(run_dir.location(SENTENCES))
+    map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, g.review_pool), g.review_pool).write_parquet(run_dir.location(SENTENCES))
     sentences = run_dir.read_table(SENTENCES).to_pylist() if run_dir.exists(SENTENCES) else []
     kept, funnel = review_knowledge(sentences, item_neighbours(kg), g.emotion_threshold)
     originals = {r["review_id"]: r for r in reviews}

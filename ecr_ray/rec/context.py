@@ -30,7 +30,7 @@ class ContextEmbedder:
         from ecr_ray.models import resolve_model
 
         if threads:
-            torch.set_num_threads(threads)  # one core per actor; parallelism comes from the actor pool
+            torch.set_num_threads(threads)
         path = resolve_model(model, allow_download)
         self.tokenizer = AutoTokenizer.from_pretrained(path, truncation_side="left")
         self.model = AutoModel.from_pretrained(path).eval()
@@ -74,7 +74,7 @@ def embed_contexts(cfg: Config, run_dir: RunDir, group: str) -> dict:
           .filter(lambda row: any(i >= 0 for i in row["target_items"]))  # only turns the recommender is trained or scored on
           .repartition(target_num_rows_per_block=8 * r.context_pool.batch_size))  # the filter leaves one block: split it for the pool
     kwargs = {"model": r.context_model, "max_length": r.context_max_length, "batch_size": r.context_pool.batch_size,
-              "allow_download": cfg.models.allow_download}
+              "allow_download": cfg.models.allow_download, "threads": r.context_pool.threads}
     map_actors(ds, ContextEmbedder, kwargs, r.context_pool).write_parquet(run_dir.location(out))
     table = run_dir.read_table(out, columns=["context_vec"])
     return {"contexts": table.num_rows, "dim": len(table.column("context_vec")[0]) if table.num_rows else 0}
