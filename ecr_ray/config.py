@@ -262,6 +262,8 @@ class DecodingConfig:
     candidates: int = _knob(1, "batch responses: decode this many per prompt (the configured decoding, then samples at temperature "
                                "and top_p) and keep the best grounded: naming the item first, then naming fewer KG entities the prompt does not "
                                "support, then more of its knowledge (1: off; the chat API always decodes one)")
+    title_fallback: bool = _knob(False, "batch responses: one that does not name the item (after the candidates) is decoded again "
+                                        "starting from the item's title, with the configured decoding")
 
 
 @dataclass

@@ -46,17 +46,30 @@ class ResponseGenerator:
 
     def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated).
-        With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept."""
+        With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept;
+        with `decoding.title_fallback` a response that does not name the item is decoded again from its title."""
+        from ecr_ray.eval.text_metrics import mentions
+
         prompts, truncated = zip(*map(self.prompt, rows))
+        texts = self._decode([(p, self.candidate(p, c), []) for p in prompts for c in range(self.decoding.candidates)])
+        k = self.decoding.candidates
+        chosen = [max(texts[i * k:(i + 1) * k], key=lambda text, row=row: grounding(text, row, self.grounding)) if k > 1 else texts[i]
+                  for i, row in enumerate(rows)]
+        missing = [i for i, row in enumerate(rows) if self.decoding.title_fallback and not mentions(chosen[i], row["title"])]
+        starts = [self.tokenizer.encode(rows[i]["title"], add_special_tokens=False) for i in missing]
+        for i, text in zip(missing, self._decode([(prompts[i], self.settings(), start) for i, start in zip(missing, starts)])):
+            chosen[i] = text
+        return chosen, list(truncated)
+
+    def _decode(self, requests: list[tuple[list[int], RowDecoding, list[int]]]) -> list[str]:
+        """(prompt, decoding, the response's first tokens) -> the responses, decoded in one batch."""
         decoder = self.decoder()
-        keys = [[decoder.add(p, self.candidate(p, c)) for c in range(self.decoding.candidates)] for p in prompts]
-        tokens = {k: [] for ks in keys for k in ks}
+        keys = [decoder.add(prompt + start, settings) for prompt, settings, start in requests]
+        tokens = {k: list(start) for k, (_, _, start) in zip(keys, requests)}
         while decoder.in_flight:
             for key, token in decoder.step().items():
                 tokens[key].append(token)
-        texts = [[self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in ks] for ks in keys]
-        return [max(options, key=lambda text, row=row: grounding(text, row, self.grounding)) if len(options) > 1 else options[0]
-                for options, row in zip(texts, rows, strict=True)], list(truncated)
+        return [self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in keys]
 
     def candidate(self, prompt: list[int], index: int) -> RowDecoding:
         """The decoding of a prompt's `index`-th candidate: the config's first, then seeded samples."""

@@ -283,3 +283,20 @@ def test_dialogue_intervals_resample_whole_dialogues():
     narrower = dialogue_intervals(mean, ["a", "b", "c", "d"], IntervalConfig(samples=400, seed=0))["m"]
     assert 0.0 <= narrower[0] and narrower[1] <= 1.0 and narrower[0] < 0.5 < narrower[1]
     assert dialogue_intervals(mean, ["a", "b", "c", "d"], IntervalConfig(samples=0)) == {}
+
+
+def test_a_response_that_misses_the_item_is_decoded_again_from_its_title():
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.eval.text_metrics import mentions
+    from ecr_ray.gen.generate import ResponseGenerator
+
+    rows = [{"context": f"User: {ask}", "title": title, "knowledge": {"entities": [], "triples": []}}
+            for ask, title in (("I want a film about the sea", "Jaws"), ("Something scary?", "The Shining"))]
+    decoding = DecodingConfig(max_new_tokens=6, no_repeat_ngram_size=3)
+    generator = ResponseGenerator(None, GPT2, decoding, retrieval=False)  # an untrained GPT-2: never names an item by itself
+    before, _ = generator.respond(rows)
+    assert not any(mentions(text, row["title"]) for text, row in zip(before, rows))
+    generator.decoding = dataclasses.replace(decoding, title_fallback=True)
+    after, _ = generator.respond(rows)
+    for text, row in zip(after, rows):
+        assert text.startswith(row["title"]) and mentions(text, row["title"]) and len(text) > len(row["title"])
