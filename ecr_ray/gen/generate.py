@@ -53,8 +53,7 @@ class ResponseGenerator:
         prompts, truncated = zip(*map(self.prompt, rows))
         texts = self._decode([(p, self.candidate(p, c), []) for p in prompts for c in range(self.decoding.candidates)])
         k = self.decoding.candidates
-        chosen = [max(texts[i * k:(i + 1) * k], key=lambda text, row=row: grounding(text, row, self.grounding)) if k > 1 else texts[i]
-                  for i, row in enumerate(rows)]
+        chosen = [max(texts[i * k:(i + 1) * k], key=lambda text, row=row: grounding(text, row, self.grounding)) for i, row in enumerate(rows)]
         missing = [i for i, row in enumerate(rows) if self.decoding.title_fallback and not mentions(chosen[i], row["title"])]
         starts = [self.tokenizer.encode(rows[i]["title"], add_special_tokens=False) for i in missing]
         for i, text in zip(missing, self._decode([(prompts[i], self.settings(), start) for i, start in zip(missing, starts)])):
