@@ -11,8 +11,9 @@ batches (default 8 per actor), the stage's rows taken in order and, where they a
 
 Start-up is the time until the first batch is out (building the model; for Ray also starting the actors).
 Steady state is the rate over the batches after each side's warm-up: the first batch for the plain loop,
-the first batch of every actor for the pool (one block per batch, so every batch is timed as it comes out). The ratio is Ray's steady rate over the plain loop's
-(>1: Ray faster); both are measured in the same run, one after the other, on the same cores.
+the first batch of every actor for the pool (one block per batch, so every batch is timed as it comes
+out). The ratio is Ray's steady rate over the plain loop's (>1: Ray faster); both are measured in the
+same run, one after the other, on the same cores.
 """
 import argparse
 import dataclasses
@@ -37,21 +38,19 @@ class Case:
     kwargs: dict  # for both sides
     rows: list[dict]
     pool: object  # the preset's ActorPool
-    plain_kwargs: dict = dataclasses.field(default_factory=dict)  # what only the plain loop is given (its threads)
-    pool_kwargs: dict = dataclasses.field(default_factory=dict)
+    torch: bool = False  # the UDF takes `threads`: every core in the plain loop, the pool's threads on an actor
 
 
 def rate(start: float, marks: list[tuple[float, int]], warm: int) -> dict:
     """Start-up (to the first batch out) and rows/s after the first `warm` batches."""
     warm = min(warm, len(marks) - 1)
     after = sum(rows for _, rows in marks[warm:])
-    return {"startup_s": marks[0][0] - start, "steady_per_s": after / (marks[-1][0] - marks[warm - 1][0]) if warm else float("nan"),
-            "batches": len(marks)}
+    return {"startup_s": marks[0][0] - start, "steady_per_s": after / (marks[-1][0] - marks[warm - 1][0]) if warm else float("nan")}
 
 
 def plain(case: Case) -> dict:
     start, marks = time.perf_counter(), []
-    udf = case.udf(**case.kwargs, **case.plain_kwargs)
+    udf = case.udf(**case.kwargs, **({"threads": CORES} if case.torch else {}))
     table = pa.Table.from_pylist(case.rows)
     for i in range(0, table.num_rows, case.pool.batch_size):
         out = udf(table.slice(i, case.pool.batch_size))
@@ -66,7 +65,8 @@ def pooled(case: Case) -> dict:
 
     start, marks = time.perf_counter(), []
     ds = ray.data.from_items(case.rows, override_num_blocks=len(case.rows) // case.pool.batch_size)
-    for batch in map_actors(ds, case.udf, {**case.kwargs, **case.pool_kwargs}, case.pool).iter_batches(batch_size=None, batch_format="pyarrow"):
+    kwargs = {**case.kwargs, **({"threads": case.pool.threads} if case.torch else {})}
+    for batch in map_actors(ds, case.udf, kwargs, case.pool).iter_batches(batch_size=None, batch_format="pyarrow"):
         marks.append((time.perf_counter(), batch.num_rows))
     return rate(start, marks, case.pool.actors)
 
@@ -97,15 +97,14 @@ def cases(cfg, run: RunDir, batches: int | None) -> dict:
     def infer():
         pool = cfg.emotion.infer_pool
         texts = cycled(run.read_table(prepared(POOL, "user_utterances"), columns=["text"]).to_pylist(), pool, batches)
-        return Case("emotion inference of user utterances", EmotionPredictor, {**classifier, "batch_size": pool.batch_size}, texts, pool,
-                    {"threads": CORES}, {"threads": pool.threads})
+        return Case("emotion inference of user utterances", EmotionPredictor, {**classifier, "batch_size": pool.batch_size}, texts, pool, torch=True)
 
     def context():
         r = cfg.rec
         turns = run.read_table(prepared(POOL, "rec_turns"), columns=["conversation_id", "turn", "context", "context_roles"]).to_pylist()
         return Case("context embedding (MiniLM)", ContextEmbedder, {"model": r.context_model, "max_length": r.context_max_length,
                                                                       "batch_size": r.context_pool.batch_size},
-                    cycled(turns, r.context_pool, batches), r.context_pool, {"threads": CORES}, {"threads": r.context_pool.threads})
+                    cycled(turns, r.context_pool, batches), r.context_pool, torch=True)
 
     def review_rows():
         return read_reviews(cfg.data.path(g.train_reviews_file), g.extra_reviews_file and cfg.data.path(g.extra_reviews_file), g.max_reviews)
@@ -116,9 +115,8 @@ def cases(cfg, run: RunDir, batches: int | None) -> dict:
 
     def reviews():
         pool = g.review_pool
-        rows = cycled(ReviewSentences(kg_dir, g.min_sentence_words)(pa.Table.from_pylist(review_rows()[:4000])).to_pylist(), pool, batches)
-        return Case("emotion of review sentences", EmotionPredictor, {**classifier, "batch_size": pool.batch_size}, rows, pool,
-                    {"threads": CORES}, {"threads": pool.threads})
+        rows = cycled(ReviewSentences(kg_dir, g.min_sentence_words)(pa.Table.from_pylist(review_rows())).to_pylist(), pool, batches)
+        return Case("emotion of review sentences", EmotionPredictor, {**classifier, "batch_size": pool.batch_size}, rows, pool, torch=True)
 
     def generate():
         pool = g.respond_pool
@@ -127,7 +125,7 @@ def cases(cfg, run: RunDir, batches: int | None) -> dict:
         kwargs = {"model_dir": run.local_copy(model(GENERATOR)), "generator": g.generator, "decoding": g.decoding, "retrieval": True,
                   "kg_dir": kg_dir}
         return Case(f"generation ({g.decoding.candidates} candidates, <= {g.decoding.max_new_tokens} tokens)", ResponseGenerator, kwargs,
-                    prompts, pool, {"threads": CORES}, {"threads": pool.threads})
+                    prompts, pool, torch=True)
 
     return {"link": link, "infer": infer, "context": context, "sentences": sentences, "reviews": reviews, "generate": generate}
 
