@@ -10,6 +10,7 @@ too). Greedy output equals `generate()`'s with the same settings (tested).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 
@@ -98,7 +99,7 @@ class BatchDecoder:
             if self.waiting:
                 keys, logits = keys + self.waiting, logits + [self._prefill(self.waiting)]
                 self.order, self.waiting = keys, []
-        tokens = [self._choose(self.rows[k], scores) for k, scores in zip(keys, torch.cat(logits))]
+        tokens = _choose([self.rows[k] for k in keys], torch.cat(logits))
         device = self.mask.device
         self.last = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
         self.positions = self.positions + 1
@@ -116,14 +117,20 @@ class BatchDecoder:
         import torch
         from transformers import DynamicCache
 
-        prompts = [self.rows[k].prompt for k in keys]
+        prompts = list(dict.fromkeys(tuple(self.rows[k].prompt) for k in keys))  # a prompt decoded several times is prefilled once
         width = max(map(len, prompts))
         device = next(self.model.parameters()).device
-        ids = torch.tensor([[self.eos] * (width - len(p)) + p for p in prompts], device=device)
+        ids = torch.tensor([[self.eos] * (width - len(p)) + list(p) for p in prompts], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        cache = DynamicCache(config=self.model.config)
+        cache = _roomy(DynamicCache(config=self.model.config))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :]
+        if len(prompts) < len(keys):  # each row gets its prompt's cache
+            where = {p: i for i, p in enumerate(prompts)}
+            index = torch.tensor([where[tuple(self.rows[k].prompt)] for k in keys], device=device)
+            cache.batch_select_indices(index)
+            mask, logits = mask[index], logits[index]
         positions = mask.sum(-1, keepdim=True) - 1  # the last prompt token's; +1 in step()
         if self.cache is None:
             self.cache, self.mask, self.positions = cache, mask, positions
@@ -134,7 +141,7 @@ class BatchDecoder:
                 old.values = torch.cat([_left_pad(old.values, length), _left_pad(new.values, length)])
             self.mask = torch.cat([_left_pad(self.mask, length, dim=1), _left_pad(mask, length, dim=1)])
             self.positions = torch.cat([self.positions, positions])
-        return out.logits[:, -1, :].float().cpu()
+        return logits.float().cpu()
 
     def _leave(self) -> None:
         """Finished rows out of the cache (and forgotten)."""
@@ -156,27 +163,88 @@ class BatchDecoder:
         self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
         self.order = [self.order[i] for i in keep]
 
-    @staticmethod
-    def _choose(row: _Row, scores) -> int:
-        """One row's next token, after the processors `generate()` applies in its order: repetition
-        penalty, n-gram ban, temperature, top-p."""
-        import torch
 
+NUCLEUS_HEAD = 256  # the top-p cut is looked for among this many most likely tokens (a full sort only when they fall short)
+
+
+def _choose(rows: list[_Row], scores) -> list[int]:
+    """The rows' next tokens (`scores`: their logits, a row each), after the processors `generate()` applies in
+    its order: repetition penalty, n-gram ban, temperature, top-p. The softmax and the search for the top-p cut
+    run for every sampling row at once: a sort of the whole vocabulary per row and step cost more than the model."""
+    import torch
+
+    for i, row in enumerate(rows):
         r = row.settings
         if r.repetition_penalty != 1.0 and row.seen:
             seen = torch.tensor(sorted(row.seen))
-            picked = scores[seen]
-            scores[seen] = torch.where(picked < 0, picked * r.repetition_penalty, picked / r.repetition_penalty)
+            picked = scores[i, seen]
+            scores[i, seen] = torch.where(picked < 0, picked * r.repetition_penalty, picked / r.repetition_penalty)
         if row.ban and (banned := row.ban.banned()):
-            scores[list(banned)] = -float("inf")
-        if r.temperature <= 0:
-            return int(scores.argmax())
-        probs = torch.softmax(scores / r.temperature, dim=-1)
-        if r.top_p < 1.0:
-            ordered, order = probs.sort(descending=True)
-            outside = ordered.cumsum(0) - ordered > r.top_p  # keep the smallest head whose mass reaches top_p
-            probs[order[outside]] = 0.0
+            scores[i, list(banned)] = -float("inf")
+    tokens = scores.argmax(-1).tolist()
+    sampled = [i for i, row in enumerate(rows) if row.settings.temperature > 0]
+    if sampled:
+        temperature = torch.tensor([rows[i].settings.temperature for i in sampled]).unsqueeze(1)
+        probs = torch.softmax(scores[sampled] / temperature, dim=-1)
+        heads, orders = probs.topk(min(NUCLEUS_HEAD, probs.shape[-1]), dim=-1)
+        for j, i in enumerate(sampled):
+            tokens[i] = _sample(probs[j], heads[j], orders[j], rows[i])
+    return tokens
+
+
+def _sample(probs, head, order, row: _Row) -> int:
+    """A token drawn from `probs` cut to the smallest head whose mass reaches top_p (`head`, `order`: its most
+    likely tokens, sorted)."""
+    import torch
+
+    top_p = row.settings.top_p
+    if top_p >= 1.0:
         return int(torch.multinomial(probs, 1, generator=row.random))
+    before = head.cumsum(0) - head  # the mass before each token
+    if before[-1] <= top_p:  # the cut lies beyond the head: sort them all
+        head, order = probs.sort(descending=True)
+        before = head.cumsum(0) - head
+    return int(order[torch.multinomial(head.masked_fill(before > top_p, 0.0), 1, generator=row.random)])
+
+
+def _roomy(cache):
+    """`cache` with its plain layers appending in place (`_roomy_layer`)."""
+    from transformers.cache_utils import DynamicLayer
+
+    cache.layers = [_roomy_layer()() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+ROOM = 64  # tokens of spare room a cache buffer gets when it is (re)made
+
+
+@functools.cache
+def _roomy_layer():
+    """A DynamicLayer whose keys and values are views of buffers with room for more tokens, so a step writes its
+    token in place (DynamicLayer's torch.cat copies the whole cache at every step and layer: 10% of a step at 128
+    rows). Keys or values replaced from outside (rows joining or leaving) move to new buffers at the next step.
+    Made on first use: transformers is imported only where decoding runs."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    class RoomyLayer(DynamicLayer):
+        views = buffers = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self.keys, self.values = key_states[..., :0, :], value_states[..., :0, :]
+            length, end = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+            ours = self.views is not None and self.views[0] is self.keys and self.views[1] is self.values
+            if not ours or self.buffers[0].shape[-2] < end:
+                shape = (*self.keys.shape[:-2], end + ROOM, self.keys.shape[-1])
+                self.buffers = [torch.empty(shape, dtype=key_states.dtype, device=key_states.device) for _ in range(2)]
+                self.buffers[0][..., :length, :], self.buffers[1][..., :length, :] = self.keys, self.values
+            self.buffers[0][..., length:end, :], self.buffers[1][..., length:end, :] = key_states, value_states
+            self.keys, self.values = self.views = (self.buffers[0][..., :end, :], self.buffers[1][..., :end, :])
+            return self.keys, self.values
+
+    return RoomyLayer
 
 
 def _left_pad(x, length: int, dim: int = -2):
