@@ -97,13 +97,12 @@ def cases(cfg, run: RunDir, batches: int | None) -> dict:
     def infer():
         pool = cfg.emotion.infer_pool
         texts = cycled(run.read_table(prepared(POOL, "user_utterances"), columns=["text"]).to_pylist(), pool, batches)
-        return Case("emotion inference of user utterances", EmotionPredictor, {**classifier, "batch_size": pool.batch_size}, texts, pool, torch=True)
+        return Case("emotion inference of user utterances", EmotionPredictor, classifier, texts, pool, torch=True)
 
     def context():
         r = cfg.rec
         turns = run.read_table(prepared(POOL, "rec_turns"), columns=["conversation_id", "turn", "context", "context_roles"]).to_pylist()
-        return Case("context embedding (MiniLM)", ContextEmbedder, {"model": r.context_model, "max_length": r.context_max_length,
-                                                                      "batch_size": r.context_pool.batch_size},
+        return Case("context embedding (MiniLM)", ContextEmbedder, {"model": r.context_model, "max_length": r.context_max_length},
                     cycled(turns, r.context_pool, batches), r.context_pool, torch=True)
 
     def review_rows():
@@ -116,14 +115,14 @@ def cases(cfg, run: RunDir, batches: int | None) -> dict:
     def reviews():
         pool = g.review_pool
         rows = cycled(ReviewSentences(kg_dir, g.min_sentence_words)(pa.Table.from_pylist(review_rows())).to_pylist(), pool, batches)
-        return Case("emotion of review sentences", EmotionPredictor, {**classifier, "batch_size": pool.batch_size}, rows, pool, torch=True)
+        return Case("emotion of review sentences", EmotionPredictor, classifier, rows, pool, torch=True)
 
     def generate():
         pool = g.respond_pool
         prompts = cycled([{k: v for k, v in r.items() if k not in ("response", "prompt_truncated", "variant", "retrieval")}
                           for r in run.read_table(responses("ecr", "pool")).to_pylist()], pool, batches)
         kwargs = {"model_dir": run.local_copy(model(GENERATOR)), "generator": g.generator, "decoding": g.decoding, "retrieval": True,
-                  "kg_dir": kg_dir}
+                  "kg_dir": kg_dir, "bf16": g.decoding.batch_bf16}
         return Case(f"generation ({g.decoding.candidates} candidates, <= {g.decoding.max_new_tokens} tokens)", ResponseGenerator, kwargs,
                     prompts, pool, torch=True)
 

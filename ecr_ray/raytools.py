@@ -99,6 +99,14 @@ def restore(model, optimizer) -> dict | None:
     return state
 
 
+def adamw(params, knobs: TrainKnobs):
+    """Inside a loop: AdamW at the knobs' rate and decay, fused (one kernel per step instead of a dozen passes
+    over every weight: the emotion classifier's optimiser step on the CPU took 179 ms, fused 19 ms)."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=knobs.lr, weight_decay=knobs.weight_decay, fused=True)
+
+
 def step(optimizer, loss) -> float:
     """Inside a loop: one optimiser step on `loss` (DDP averages the gradients across workers); returns the loss."""
     optimizer.zero_grad()

@@ -20,8 +20,9 @@ PREDICTION_FIELDS = [pa.field("probs", pa.list_(pa.float32())), pa.field("labels
 
 class EmotionPredictor:
     def __init__(self, model_dir: str, second_threshold: float, batch_size: int = 64, threads: int | None = None):
-        """`model_dir`: a local folder or a run directory URI (fetched here, on the actor's node); `threads`:
-        torch threads for the process (an actor's), None: leave the caller's setting alone."""
+        """`model_dir`: a local folder or a run directory URI (fetched here, on the actor's node); `batch_size`: texts
+        per forward pass (a Ray Data batch is sorted by length and cut into these); `threads`: torch threads for
+        the process (an actor's), None: leave the caller's setting alone."""
         import torch
 
         from ecr_ray.emotion.classifier import load_classifier
@@ -40,15 +41,15 @@ class EmotionPredictor:
     def predict(self, texts) -> np.ndarray:
         import torch
 
-        from ecr_ray.emotion.classifier import encode
+        from ecr_ray.emotion.classifier import by_length, encode
 
         texts = [t if t and t.strip() else "." for t in texts]  # an empty text still gets a row
-        out = []
+        out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
         with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = encode(self.tokenizer, texts[i : i + self.batch_size], self.max_length)
-                out.append(torch.sigmoid(self.model(**{k: v.to(self.device) for k, v in enc.items()})).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 9), dtype=np.float32)
+            for chunk in by_length(texts, self.batch_size):
+                enc = encode(self.tokenizer, [texts[i] for i in chunk], self.max_length)
+                out[chunk] = torch.sigmoid(self.model(**{k: v.to(self.device) for k, v in enc.items()})).cpu().numpy()
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         probs = self.predict(batch.column("text").to_pylist())
@@ -60,7 +61,7 @@ class EmotionPredictor:
 def predictor_kwargs(cfg: Config, run_dir: RunDir, pool: ActorPool) -> dict:
     """What an EmotionPredictor actor of `pool` is built from: the run's classifier, fetched on the actor's node."""
     return {"model_dir": run_dir.location(model(CLASSIFIER)), "second_threshold": cfg.emotion.second_label_threshold,
-            "batch_size": pool.batch_size, "threads": pool.threads}
+            "threads": pool.threads}
 
 
 def infer_group(cfg: Config, run_dir: RunDir, group: str) -> dict:

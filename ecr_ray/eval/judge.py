@@ -4,7 +4,7 @@ Per criterion the judge is asked for one digit 0-9, and the score is the probabi
 the ten digits in its next-token distribution (renormalised over the digits): nothing free-form is
 parsed, so no answer is invalid, and a judge unsure between 6 and 8 says 7 rather than a coin flip.
 In-process (`LocalJudge`) the rubric, conversation and response are a prefix the five questions
-share: it goes through the model once and its KV cache is reused. Against an OpenAI-compatible
+share: it goes through the model once and the questions follow it together, as a batch of five. Against an OpenAI-compatible
 endpoint the same reading comes from `top_logprobs` (`logprob_score`; `eval/scorer.py` asks).
 """
 from __future__ import annotations
@@ -106,18 +106,23 @@ class LocalJudge:
         return [float(p[ids].sum()) for ids in self.digits]
 
     def score(self, context: str, title: str, response: str) -> dict[str, float]:
-        """The five criteria's scores (0-9, probability-weighted) of one response."""
+        """The five criteria's scores (0-9, probability-weighted) of one response: the prefix once, then the five
+        questions together on copies of its cache (left-padded to one width: 1.9 s a response one question at a time)."""
         import torch
         from transformers import DynamicCache
 
         prefix, suffixes = self.parts(context, title, response)
+        asks = [suffixes[c] for c in CRITERIA]
+        width, start = max(map(len, asks)), len(prefix)
         cache, device = DynamicCache(config=self.model.config), self.model.device
+        pad = lambda a: width - len(a)  # noqa: E731
+        ids = [[self.tokenizer.eos_token_id] * pad(a) + a for a in asks]
+        mask = [[1] * start + [0] * pad(a) + [1] * len(a) for a in asks]
+        positions = [[start] * pad(a) + list(range(start, start + len(a))) for a in asks]
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
-            out = {}
-            for criterion in CRITERIA:
-                logits = self.model(input_ids=torch.tensor([suffixes[criterion]], device=device), past_key_values=cache, use_cache=True,
-                                    logits_to_keep=1).logits[0, -1].cpu()
-                cache.crop(-len(suffixes[criterion]))  # back to the shared prefix for the next question
-                out[criterion] = expected_digit(self.digit_probs(logits))
-        return out
+            cache.batch_repeat_interleave(len(asks))
+            logits = self.model(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
+                                position_ids=torch.tensor(positions, device=device), past_key_values=cache, use_cache=True,
+                                logits_to_keep=1).logits[:, -1].cpu()
+        return {c: expected_digit(self.digit_probs(row)) for c, row in zip(CRITERIA, logits)}

@@ -17,9 +17,10 @@ from ecr_ray.gen.retrieval import Grounding
 
 class ResponseGenerator:
     def __init__(self, model_dir: str | None, generator: GeneratorConfig, decoding: DecodingConfig, retrieval: bool,
-                 allow_download: bool = False, threads: int = 1, kg_dir: str | None = None):
+                 allow_download: bool = False, threads: int = 1, kg_dir: str | None = None, bf16: bool = False):
         """`model_dir`: a trained generator (a folder or a run directory URI, fetched here); None: `generator`'s base untuned.
-        `kg_dir`: the KG that candidates (`decoding.candidates` > 1) are checked against for unsupported entities."""
+        `kg_dir`: the KG that candidates (`decoding.candidates` > 1) are checked against for unsupported entities.
+        `bf16`: bfloat16 weights (`decoding.batch_bf16`, for batches)."""
         import torch
 
         from ecr_ray.data.kg import load_kg
@@ -37,7 +38,7 @@ class ResponseGenerator:
             generator = from_dict(GeneratorConfig, meta["generator"])
             if hasattr(self.model, "merge_and_unload"):  # a LoRA adapter folded into the weights: no extra products per layer
                 self.model = self.model.merge_and_unload()
-        self.model.to(torch_device())
+        self.model.to(torch_device(), **({"dtype": torch.bfloat16} if bf16 else {}))
         self.prompts = PromptBuilder(self.tokenizer, generator.max_length, generator.response_tokens, retrieval)
         self.decoding = decoding
         self.grounding = Grounding(load_kg(kg_dir)) if kg_dir and decoding.candidates > 1 else None

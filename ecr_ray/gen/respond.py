@@ -63,7 +63,7 @@ def generate(cfg: Config, run_dir: RunDir, prompts: list[dict], variant: str, ou
                              override_num_blocks=blocks_for(len(prompts), pool.batch_size))
     kwargs = {"model_dir": folder and run_dir.location(model(folder)), "generator": g.generator, "decoding": g.decoding,
               "retrieval": retrieval, "allow_download": cfg.models.allow_download, "threads": pool.threads,
-              "kg_dir": cfg.data.path(cfg.data.kg_dir)}
+              "kg_dir": cfg.data.path(cfg.data.kg_dir), "bf16": g.decoding.batch_bf16}
     map_actors(ds, ResponseGenerator, kwargs, pool).write_parquet(run_dir.location(out))
     table = run_dir.read_table(out, columns=["response", "prompt_truncated"])
     return {"responses": table.num_rows, "truncated_prompts": sum(table.column("prompt_truncated").to_pylist()),

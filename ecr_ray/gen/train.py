@@ -32,12 +32,19 @@ def collate(batch: dict, pad_id: int):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def autocast(device, bf16: bool):
+    """bfloat16 matmuls over the float32 weights when `bf16` (`generator.autocast_bf16`), else nothing."""
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def trained_state(model) -> dict:
     """The weights that training changes (adapters only for LoRA), on the CPU."""
     return {k: p.detach().cpu().clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def mean_loss(model, batches, pad_id: int, device) -> float:
+def mean_loss(model, batches, pad_id: int, device, bf16: bool) -> float:
     import torch
 
     model.eval()
@@ -46,7 +53,8 @@ def mean_loss(model, batches, pad_id: int, device) -> float:
         for batch in batches:
             inputs = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
             n = int((inputs["labels"][:, 1:] != -100).sum())
-            total += float(model(**inputs).loss) * n
+            with autocast(device, bf16):
+                total += float(model(**inputs).loss) * n
             tokens += n
     return total / tokens if tokens else float("nan")
 
@@ -58,13 +66,13 @@ def train_loop(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from ecr_ray.gen.model import build_generator
-    from ecr_ray.raytools import report_epoch, restore, step, world_rank
+    from ecr_ray.raytools import adamw, report_epoch, restore, step, world_rank
 
     g = from_dict(GeneratorConfig, config["generator"])
     t = g.train
     torch.manual_seed(t.seed)
     generator, tokenizer = build_generator(g, config["allow_download"])
-    optimizer = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = adamw([p for p in generator.parameters() if p.requires_grad], t)
     state = restore(generator, optimizer)
     start = state["epoch"] + 1 if state else 0
     ddp = prepare_model(generator)
@@ -76,14 +84,15 @@ def train_loop(config: dict) -> None:
         losses, began = [], time.perf_counter()
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + epoch):
-            loss = ddp(**{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}).loss
+            with autocast(device, g.autocast_bf16):
+                loss = ddp(**{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}).loss
             losses.append(step(optimizer, loss))
             if rank == 0 and len(losses) % every == 0:  # progress: epochs of a 7B model on CPUs are long
                 pace = (time.perf_counter() - began) / len(losses)
                 print(f"[generator] epoch {epoch + 1}/{t.epochs} step {len(losses)}/{steps} loss {np.mean(losses[-every:]):.3f} "
                       f"({pace:.1f} s/step, ~{pace * (steps - len(losses)) / 60:.0f} min left in the epoch)", flush=True)
         val = mean_loss(generator, ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_size, batch_format="numpy"),
-                        tokenizer.pad_token_id, device)
+                        tokenizer.pad_token_id, device, g.autocast_bf16)
         metrics = {"epoch": epoch, "resumed_from": start, "steps": len(losses),
                    "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val,
                    "val_perplexity": math.exp(val) if val == val and val < 50 else float("nan")}

@@ -43,16 +43,16 @@ class ContextEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        from ecr_ray.emotion.classifier import mean_pool
+        from ecr_ray.emotion.classifier import by_length, mean_pool
 
-        out = []
+        out = np.zeros((len(texts), self.dim), np.float32)
         with torch.no_grad():
-            for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer([t or "." for t in texts[i : i + self.batch_size]], padding=True, truncation=True,
+            for chunk in by_length(texts, self.batch_size):
+                enc = self.tokenizer([texts[i] or "." for i in chunk], padding=True, truncation=True,
                                      max_length=self.max_length, return_tensors="pt")
                 pooled = mean_pool(self.model(**enc).last_hidden_state, enc["attention_mask"])
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+                out[chunk] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select(["context", "context_roles"]).to_pylist()
@@ -73,8 +73,8 @@ def embed_contexts(cfg: Config, run_dir: RunDir, group: str) -> dict:
           .select_columns(["conversation_id", "turn", "context", "context_roles", "target_items"])
           .filter(lambda row: any(i >= 0 for i in row["target_items"]))  # only turns the recommender is trained or scored on
           .repartition(target_num_rows_per_block=8 * r.context_pool.batch_size))  # the filter leaves one block: split it for the pool
-    kwargs = {"model": r.context_model, "max_length": r.context_max_length, "batch_size": r.context_pool.batch_size,
-              "allow_download": cfg.models.allow_download, "threads": r.context_pool.threads}
+    kwargs = {"model": r.context_model, "max_length": r.context_max_length, "allow_download": cfg.models.allow_download,
+              "threads": r.context_pool.threads}
     map_actors(ds, ContextEmbedder, kwargs, r.context_pool).write_parquet(run_dir.location(out))
     table = run_dir.read_table(out, columns=["context_vec"])
     return {"contexts": table.num_rows, "dim": len(table.column("context_vec")[0]) if table.num_rows else 0}

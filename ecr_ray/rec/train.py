@@ -28,7 +28,7 @@ def train_loop(config: dict) -> None:
     import torch
     from ray.train.torch import prepare_model
 
-    from ecr_ray.raytools import report_epoch, restore, step
+    from ecr_ray.raytools import adamw, report_epoch, restore, step
     from ecr_ray.rec.channels import apply_channels
     from ecr_ray.rec.checkpoint import build_recommender
     from ecr_ray.rec.evaluate import evaluate
@@ -42,8 +42,7 @@ def train_loop(config: dict) -> None:
         apply_channels(model, config["channels"])
     channels = model.channel_parameters()
     embeddings = [p for p in model.parameters() if p.requires_grad and all(p is not c for c in channels)]
-    optimizer = torch.optim.AdamW([{"params": embeddings, "base_lr": t.lr}, {"params": channels, "base_lr": cfg.channel_lr}],
-                                  lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = adamw([{"params": embeddings, "base_lr": t.lr}, {"params": channels, "base_lr": cfg.channel_lr}], t)
     pretrain = cfg.pretrain_epochs
     steps = [math.ceil(config[k] / (t.num_workers * t.batch_size)) for k in ("pretrain_examples", "train_examples")]
     schedule = [*[steps[0]] * pretrain, *[steps[1]] * t.epochs]  # steps per epoch; one warm-up and decay over them all

@@ -250,6 +250,49 @@ def test_the_batch_decoder_equals_generate_and_requests_join_and_leave_the_batch
     assert ban.banned() == set() and NGramBan(3, [1, 2]).banned() == set()
 
 
+def test_a_prompt_decoded_several_times_is_prefilled_once_and_each_copy_decodes_as_alone():
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.gen.decode import RowDecoding
+    from ecr_ray.gen.generate import ResponseGenerator
+
+    smol = dataclasses.replace(GPT2, model="smollm2-135m-instruct", max_length=256)
+    generator = ResponseGenerator(None, smol, DecodingConfig(max_new_tokens=10, no_repeat_ngram_size=3), retrieval=False)
+    same, other = (generator.tokenizer(t).input_ids for t in ("User: I loved Inception.\nAssistant:", "Hi, any comedies?"))
+
+    def decode(prompts):
+        decoder, widths = generator.decoder(), []
+        hook = generator.model.register_forward_pre_hook(lambda m, a, kw: widths.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+        keys = [decoder.add(p, RowDecoding(10)) for p in prompts]
+        made = {k: [] for k in keys}
+        while decoder.in_flight:
+            for key, token in decoder.step().items():
+                made[key].append(token)
+        hook.remove()
+        return [made[k] for k in keys], widths
+
+    (a, b, c), widths = decode([same, other, same])
+    assert widths[0][0] == 2  # two distinct prompts through the prefill, three rows decoded
+    assert a == c == decode([same])[0][0] and b == decode([other])[0][0]
+
+
+def test_top_p_sampling_keeps_the_nucleus_within_the_head_or_beyond_it():
+    import torch
+
+    from ecr_ray.gen.decode import NUCLEUS_HEAD, RowDecoding, _choose, _Row
+
+    scores = torch.stack([-0.001 * torch.arange(2000.0),  # nearly flat: the 0.9 nucleus lies far beyond the head
+                          torch.cat([torch.tensor([10.0, 9.5, 9.0]), torch.zeros(1997)])])  # peaked: three tokens hold 0.956
+    probs = torch.softmax(scores[0], -1)
+    nucleus = int(((probs.cumsum(0) - probs) <= 0.9).sum())
+    rows = [_Row([1], RowDecoding(1, temperature=1.0, top_p=0.9, seed=s), 0, False) for s in (1, 2)]
+    drawn = [_choose(rows, scores.clone()) for _ in range(300)]
+    flat, peaked = [d[0] for d in drawn], [d[1] for d in drawn]
+    assert max(flat) < nucleus and max(flat) > NUCLEUS_HEAD  # the full sort ran, and cut where generate() cuts
+    assert set(peaked) == {0, 1, 2}
+    greedy = _Row([1], RowDecoding(1), 0, False)
+    assert _choose([greedy, rows[0]], scores.clone())[0] == 0
+
+
 def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cached():
     import math
 

@@ -330,3 +330,15 @@ def test_reasons_name_the_entities_that_raised_an_item_and_a_fact_they_share(kg)
     assert reasons[1]["score"] == pytest.approx(0.6) and reasons[1]["emotions"] == ["like"]
     assert reasons[1]["text"].startswith("you liked ") and "same director" in reasons[1]["text"]
     assert reasons[0]["text"].startswith("you mentioned ") and reasons[0]["channel"] == "co-occurrence"
+
+
+def test_contexts_embedded_in_length_sorted_chunks_keep_their_order():
+    from ecr_ray.emotion.classifier import by_length
+    from ecr_ray.rec.context import ContextEmbedder
+
+    texts = ["User: hi", "User: I loved Inception and Interstellar, what else by Nolan would you suggest?", "", "User: a comedy please"]
+    assert by_length(texts, 3) == [[1, 3, 0], [2]]
+    embedder = ContextEmbedder("minilm-l6", 64, batch_size=3)
+    together = embedder.embed(texts)
+    alone = np.concatenate([embedder.embed([t]) for t in texts])
+    assert np.abs(together - alone).max() < 1e-5 and np.abs(together[0] - together[1]).max() > 0.1
