@@ -34,6 +34,11 @@ def timed(fn, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def in_order(n: int, size: int) -> list[list[int]]:
+    """Indices 0..n-1 in chunks of `size`, as they come (the baseline to `by_length`)."""
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
 def show(what: str, unit: str, results: list[tuple[str, float]]) -> None:
     base = results[0][1]
     print(f"\n{what}", flush=True)
@@ -49,7 +54,6 @@ def teacher(cfg, run, steps):
     rows = read_goemotions(cfg.data.path(cfg.emotion.goemotions_dir), "train")[: steps * tc.train.batch_size]
     texts, targets = [r["text"] for r in rows], torch.tensor([multi_hot(r["labels"]) for r in rows], dtype=torch.float32)
     size = tc.train.batch_size
-    in_order = [list(range(i, min(i + size, len(rows)))) for i in range(0, len(rows), size)]
     by_len = by_length(texts, size)
     random.Random(0).shuffle(by_len)
 
@@ -69,21 +73,22 @@ def teacher(cfg, run, steps):
         return (time.perf_counter() - start) / (len(chunks) - 1)
 
     show(f"teacher training step ({size} GoEmotions comments, MiniLM, {steps} steps)", "s/step", [
-        ("1 thread, AdamW, data order (before)", run_steps(1, False, in_order)),
-        ("2 threads", run_steps(2, False, in_order)),
-        ("2 threads, fused AdamW", run_steps(2, True, in_order)),
+        ("1 thread, AdamW, data order (before)", run_steps(1, False, in_order(len(rows), size))),
+        ("2 threads", run_steps(2, False, in_order(len(rows), size))),
+        ("2 threads, fused AdamW", run_steps(2, True, in_order(len(rows), size))),
         ("2 threads, fused AdamW, length buckets (now)", run_steps(2, True, by_len))])
 
 
 def lora(cfg, run, steps):
     from ecr_ray.gen.model import build_generator
     from ecr_ray.gen.train import autocast, collate, training_examples
+    from ecr_ray.raytools import adamw
 
     g = cfg.gen.generator
     torch.set_num_threads(2)
     train, _, _ = training_examples(cfg, run, True)
     generator, tokenizer = build_generator(g)
-    optimizer = torch.optim.AdamW([p for p in generator.parameters() if p.requires_grad], lr=g.train.lr, fused=True)
+    optimizer = adamw([p for p in generator.parameters() if p.requires_grad], g.train)  # the stage's optimiser
     batches = [collate({k: [r[k] for r in train[i:i + g.train.batch_size]] for k in ("input_ids", "labels")}, tokenizer.pad_token_id)
                for i in range(0, steps * g.train.batch_size, g.train.batch_size)]
 
@@ -118,7 +123,7 @@ def infer(cfg, run, steps):
 
     size = predictor.batch_size
     show(f"emotion inference ({len(texts)} user utterances, {size} a pass)", "s", [
-        ("in their order (before)", timed(over([list(range(i, min(i + size, len(texts)))) for i in range(0, len(texts), size)]), 1)),
+        ("in their order (before)", timed(over(in_order(len(texts), size)), 1)),
         ("sorted by length (now)", timed(over(by_length(texts, size)), 1))])
 
 

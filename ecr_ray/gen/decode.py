@@ -117,7 +117,8 @@ class BatchDecoder:
         import torch
         from transformers import DynamicCache
 
-        prompts = list(dict.fromkeys(tuple(self.rows[k].prompt) for k in keys))  # a prompt decoded several times is prefilled once
+        asked = [tuple(self.rows[k].prompt) for k in keys]
+        prompts = list(dict.fromkeys(asked))  # a prompt decoded several times is prefilled once
         width = max(map(len, prompts))
         device = next(self.model.parameters()).device
         ids = torch.tensor([[self.eos] * (width - len(p)) + list(p) for p in prompts], device=device)
@@ -128,7 +129,7 @@ class BatchDecoder:
         logits = out.logits[:, -1, :]
         if len(prompts) < len(keys):  # each row gets its prompt's cache
             where = {p: i for i, p in enumerate(prompts)}
-            index = torch.tensor([where[tuple(self.rows[k].prompt)] for k in keys], device=device)
+            index = torch.tensor([where[p] for p in asked], device=device)
             cache.batch_select_indices(index)
             mask, logits = mask[index], logits[index]
         positions = mask.sum(-1, keepdim=True) - 1  # the last prompt token's; +1 in step()
