@@ -59,15 +59,16 @@ def train_loop(config: dict) -> None:
 def _evaluate(model, tokenizer, shard, cfg: ClassifierConfig) -> dict:
     import torch
 
-    from ecr_ray.emotion.classifier import encode
+    from ecr_ray.emotion.classifier import by_length, encode
     from ecr_ray.emotion.metrics import emotion_metrics
 
     model.eval()
     probs, targets = [], []
     with torch.no_grad():
-        for batch in shard.iter_batches(batch_size=128, batch_format="numpy"):
-            probs.append(torch.sigmoid(model(**encode(tokenizer, batch["text"], cfg.max_length))).numpy())
-            targets.append(np.stack(batch["targets"]))
+        for batch in shard.iter_batches(batch_size=BUCKET * 128, batch_format="numpy"):
+            for chunk in by_length(list(batch["text"]), 128):  # pairs stay together; metrics ignore their order
+                probs.append(torch.sigmoid(model(**encode(tokenizer, batch["text"][chunk], cfg.max_length))).numpy())
+                targets.append(np.stack(batch["targets"][chunk]))
     if not probs:
         return {}
     metrics = emotion_metrics(np.concatenate(probs), np.concatenate(targets))

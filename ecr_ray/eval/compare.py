@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ecr_ray.artifacts import GENERATION_REPORTS, POOL, responses
 from ecr_ray.config import Config
-from ecr_ray.eval.generation import TEXT_KEYS, judge_validity, llm_scores, merged, text_report, validity_table
+from ecr_ray.eval.generation import TEXT_KEYS, judged, merged, text_report, validity_table
 from ecr_ray.gen.respond import VARIANTS, generate
 from ecr_ray.gen.train import train_generator
 from ecr_ray.rundir import RunDir
@@ -30,7 +30,7 @@ def compare(cfg: Config, run_dir: RunDir) -> dict:
     by_variant["ecr"] = ecr
     for rows in by_variant.values():
         rows.sort(key=lambda r: (r["conversation_id"], r["turn"]))
-    scores, validity = llm_scores(cfg, run_dir, by_variant), judge_validity(cfg, run_dir, ecr)
+    scores, validity = judged(cfg, run_dir, by_variant, ecr)
     results = {VARIANT_NAMES[v]: merged(text_report(cfg, run_dir, rows), scores[v]) for v, rows in by_variant.items()}
     llm_keys = [f"llm_{c}" for c in CRITERIA]
     run_dir.write_json(json_path, {**results, "judge_validity": validity})

@@ -52,8 +52,9 @@ def judge_rows(cfg: Config, run_dir: RunDir, rows: list[dict]) -> list[dict]:
     judge = f"{s.model}@{s.base_url or 'local'}"
     keys = [score_key(judge, r["context"], r["title"], r["response"]) for r in rows]
     cached = best_results(read_cache(run_dir, SCORE_CACHE, SCORE_SCHEMA))
-    pending = list({k: {"key": k, "context": r["context"], "title": r["title"], "response": r["response"]}
-                    for k, r in zip(keys, rows, strict=True) if k not in cached}.values())
+    pending = sorted({k: {"key": k, "context": r["context"], "title": r["title"], "response": r["response"]}
+                      for k, r in zip(keys, rows, strict=True) if k not in cached}.values(),
+                     key=lambda r: (r["context"], r["title"]))  # a turn's rows together: the judge reuses their prefill
     if pending:
         pool = cfg.eval.score_pool
         run_id = ask_pending(cfg, run_dir, SCORE_CACHE, ResponseScorer, pending, s, pool, local_server=False,
@@ -82,6 +83,25 @@ def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) 
     return out
 
 
+def validity_asked(sample: list[dict]) -> dict[str, list[dict]]:
+    """Per kind (real, mismatched, template), the rows {context, title, response} the judge is asked about."""
+    others = [next(o for o in sample[i + 1:] + sample[:i] if o["conversation_id"] != r["conversation_id"])["reference"]
+              if len({x["conversation_id"] for x in sample}) > 1 else TEMPLATE for i, r in enumerate(sample)]
+    return {kind: [{"context": r["context"], "title": r["target_title"], "response": resp}
+                   for r, resp in zip(sample, responses_, strict=True)]
+            for kind, responses_ in (("real", [r["reference"] for r in sample]), ("mismatched", others),
+                                     ("template", [TEMPLATE] * len(sample)))}
+
+
+def judged(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]], ecr: list[dict]) -> tuple[dict, dict]:
+    """`llm_scores` of the variants and the `judge_validity` of ECR's turns, from one pass of the judge over all
+    their rows (so a turn's rows, from every variant and kind, share their conversation's prefill), then its cache."""
+    validity = validity_asked(score_sample(cfg, ecr))
+    judge_rows(cfg, run_dir, [r for rows in by_variant.values() for r in score_sample(cfg, rows)] +
+               [x for kind in validity.values() for x in kind])
+    return llm_scores(cfg, run_dir, by_variant), judge_validity(cfg, run_dir, ecr)
+
+
 def judge_validity(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
     """Can the judge tell? On the scored sample's turns, the dataset's real recommender response
     against the same kind of response taken from another dialogue (mismatched) and against a generic
@@ -91,12 +111,7 @@ def judge_validity(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
     from ecr_ray.rec.metrics import auc
 
     sample = score_sample(cfg, rows)
-    others = [next(o for o in sample[i + 1:] + sample[:i] if o["conversation_id"] != r["conversation_id"])["reference"]
-              if len({x["conversation_id"] for x in sample}) > 1 else TEMPLATE for i, r in enumerate(sample)]
-    asked = {kind: [{"context": r["context"], "title": r["target_title"], "response": resp}
-                    for r, resp in zip(sample, responses_, strict=True)]
-             for kind, responses_ in (("real", [r["reference"] for r in sample]), ("mismatched", others),
-                                      ("template", [TEMPLATE] * len(sample)))}
+    asked = validity_asked(sample)
     results = judge_rows(cfg, run_dir, [x for kind in asked.values() for x in kind])
     n = len(sample)
     scores = {kind: np.array([[r[c] if r["status"] == OK else np.nan for c in CRITERIA] for r in results[i * n:(i + 1) * n]])
@@ -156,8 +171,9 @@ def dialogue_intervals(stat, dialogues: list, intervals, level: float = 0.95) ->
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     """The gen-eval-<group> stage: ECR's responses -> reports/gen-eval-<split>.json."""
     rows = run_dir.read_table(responses("ecr", group)).to_pylist()
-    result = merged(text_report(cfg, run_dir, rows), llm_scores(cfg, run_dir, {"ecr": rows})["ecr"])
-    result.update(scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=judge_validity(cfg, run_dir, rows))
+    scores, validity = judged(cfg, run_dir, {"ecr": rows}, rows)
+    result = merged(text_report(cfg, run_dir, rows), scores["ecr"])
+    result.update(scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=validity)
     print(validity_table(result["judge_validity"], cfg.eval.scorer), flush=True)
     run_dir.write_json(report(f"gen-eval-{split_name(group)}"), result)
     return {k: v for k, v in result.items() if not isinstance(v, dict)}

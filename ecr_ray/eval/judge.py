@@ -77,6 +77,7 @@ class LocalJudge:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path).eval().to(torch_device())
         self.digits = self._digit_tokens()
+        self.last: tuple[list[int], object] | None = None  # the last prefix's ids and its cache, for the next row's reuse
 
     def _digit_tokens(self) -> list[list[int]]:
         """Per digit, the single tokens that spell it (with or without a leading space)."""
@@ -105,22 +106,46 @@ class LocalJudge:
         p = torch.softmax(logits.float(), dim=-1)
         return [float(p[ids].sum()) for ids in self.digits]
 
-    def score(self, context: str, title: str, response: str) -> dict[str, float]:
-        """The five criteria's scores (0-9, probability-weighted) of one response: the prefix once, then the five
-        questions together on copies of its cache (left-padded to one width: 1.9 s a response one question at a time)."""
+    def prefilled(self, prefix: list[int]):
+        """A cache holding `prefix`, starting from the part it shares with the last row's prefix: rows of
+        one turn (a variant's response, the real one, a mismatched one, the template) share the rubric and
+        the conversation and differ only in the response."""
+        import copy
+
         import torch
         from transformers import DynamicCache
+
+        shared = 0
+        if self.last is not None:
+            ids, kept = self.last
+            while shared < min(len(ids), len(prefix) - 1) and ids[shared] == prefix[shared]:
+                shared += 1
+        cache = DynamicCache(config=self.model.config)
+        if shared:
+            cache = copy.deepcopy(kept)
+            cache.crop(shared - len(ids))  # transformers 5: minus the tokens to drop
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([prefix[shared:]], device=self.model.device), past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+        self.last = prefix, copy.deepcopy(cache)
+        return cache
+
+    def score(self, context: str, title: str, response: str) -> dict[str, float]:
+        """The five criteria's scores (0-9, probability-weighted) of one response: the prefix once (what it shares
+        with the last row's reused), then the five questions together on copies of its cache (left-padded to one
+        width: 1.9 s a response one question at a time)."""
+        import torch
 
         prefix, suffixes = self.parts(context, title, response)
         asks = [suffixes[c] for c in CRITERIA]
         width, start = max(map(len, asks)), len(prefix)
-        cache, device = DynamicCache(config=self.model.config), self.model.device
+        device = self.model.device
         pad = lambda a: width - len(a)  # noqa: E731
         ids = [[self.tokenizer.eos_token_id] * pad(a) + a for a in asks]
         mask = [[1] * start + [0] * pad(a) + [1] * len(a) for a in asks]
         positions = [[start] * pad(a) + list(range(start, start + len(a))) for a in asks]
+        cache = self.prefilled(prefix)
         with torch.inference_mode():
-            self.model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(len(asks))
             logits = self.model(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
                                 position_ids=torch.tensor(positions, device=device), past_key_values=cache, use_cache=True,

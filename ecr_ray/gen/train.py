@@ -128,12 +128,14 @@ def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[li
     """(train, validation) tokenised examples from the reviews that answer a seeker utterance; truncated prompts."""
     from ecr_ray.gen.model import load_tokenizer
     from ecr_ray.gen.prompts import PromptBuilder
+    from ecr_ray.eval.text_metrics import mentions
     from ecr_ray.gen.retrieval import item_title, load_retriever
 
     g, gen = cfg.gen.generator, cfg.gen
     retriever = load_retriever(cfg, run_dir)
-    reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]),
-                     key=lambda r: hashlib.sha256(f"{g.train.seed}:{r['review_id']}".encode()).hexdigest())  # seeded order
+    names = lambda r: g.item_named_first and mentions(r["response"], item_title(retriever.kg, r["item"]))  # noqa: E731
+    reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]),  # seeded order, item-naming first
+                     key=lambda r: (not names(r), hashlib.sha256(f"{g.train.seed}:{r['review_id']}".encode()).hexdigest()))
     builder = PromptBuilder(load_tokenizer(g, cfg.models.allow_download), g.max_length, g.response_tokens, retrieval)
     train, val = [], []
     for r in reviews:

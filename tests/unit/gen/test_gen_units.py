@@ -313,6 +313,24 @@ def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cac
         with torch.inference_mode():
             whole = judge.digit_probs(judge.model(input_ids=torch.tensor([prefix + suffixes[criterion]])).logits[0, -1])
         assert abs(scores[criterion] - sum(d * p for d, p in enumerate(whole)) / sum(whole)) < 1e-3
+    # the next row of the same turn starts from the conversation already in the cache, and scores as a fresh judge does
+    other, model, fed = "I'm glad you liked it. I think it's a great movie.", judge.model, []
+
+    class Spy:  # the model, noting how many tokens each call feeds it
+        def __getattr__(self, name):
+            return getattr(model, name)
+
+        def __call__(self, **kw):
+            fed.append(kw["input_ids"].shape[1])
+            return model(**kw)
+
+    judge.model = Spy()
+    reused = judge.score(context, title, other)
+    judge.last = None
+    fresh, (full, _) = judge.score(context, title, other), judge.parts(context, title, other)
+    shared = next(i for i, (a, b) in enumerate(zip(prefix, full)) if a != b)
+    assert shared > len(full) // 2 and fed[0] == len(full) - shared and fed[2] == len(full)
+    assert all(abs(reused[c] - fresh[c]) < 1e-3 for c in CRITERIA)
 
 
 def test_dialogue_intervals_resample_whole_dialogues():
