@@ -268,6 +268,8 @@ class DecodingConfig:
     candidates: int = _knob(1, "batch responses: decode this many per prompt (the configured decoding, then samples at temperature "
                                "and top_p) and keep the best grounded: naming the item first, then naming fewer KG entities the prompt does not "
                                "support, then more of its knowledge (1: off; the chat API always decodes one)")
+    more_candidates: int = _knob(0, "batch responses: a prompt none of whose candidates names the item gets this many more samples, "
+                                    "and the best grounded of all is kept (0: off)")
     batch_bf16: bool = _knob(False, "batch responses (gen-respond, gen-compare) decoded with bfloat16 weights: 1.4x faster at 128 rows on "
                                     "CPUs with AMX (chat replies keep float32: one row decodes slower in bfloat16)")
     title_fallback: bool = _knob(False, "batch responses: one that does not name the item (after the candidates) is decoded again "

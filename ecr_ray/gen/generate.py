@@ -47,14 +47,20 @@ class ResponseGenerator:
 
     def respond(self, rows: list[dict]) -> tuple[list[str], list[bool]]:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated).
-        With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept;
+        With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept (with
+        `decoding.more_candidates`, more samples for the prompts whose candidates all miss the item);
         with `decoding.title_fallback` a response that does not name the item is decoded again from its title."""
         from ecr_ray.eval.text_metrics import mentions
 
         prompts, truncated = zip(*map(self.prompt, rows))
-        texts = self._decode([(p, self.candidate(p, c), []) for p in prompts for c in range(self.decoding.candidates)])
-        k = self.decoding.candidates
-        chosen = [max(texts[i * k:(i + 1) * k], key=lambda text, row=row: grounding(text, row, self.grounding)) for i, row in enumerate(rows)]
+        k, more = self.decoding.candidates, self.decoding.more_candidates
+        texts = self._decode([(p, self.candidate(p, c), []) for p in prompts for c in range(k)])
+        groups = [texts[i * k:(i + 1) * k] for i in range(len(rows))]
+        missed = [i for i, row in enumerate(rows) if more and not any(mentions(t, row["title"]) for t in groups[i])]
+        extra = self._decode([(prompts[i], self.candidate(prompts[i], c), []) for i in missed for c in range(k, k + more)])
+        for j, i in enumerate(missed):
+            groups[i] += extra[j * more:(j + 1) * more]
+        chosen = [max(group, key=lambda text, row=row: grounding(text, row, self.grounding)) for group, row in zip(groups, rows)]
         missing = [i for i, row in enumerate(rows) if self.decoding.title_fallback and not mentions(chosen[i], row["title"])]
         starts = [self.tokenizer.encode(rows[i]["title"], add_special_tokens=False) for i in missing]
         for i, text in zip(missing, self._decode([(prompts[i], self.settings(), start) for i, start in zip(missing, starts)])):

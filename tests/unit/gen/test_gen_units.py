@@ -361,3 +361,42 @@ def test_a_response_that_misses_the_item_is_decoded_again_from_its_title():
     after, _ = generator.respond(rows)
     for text, row in zip(after, rows):
         assert text.startswith(row["title"]) and mentions(text, row["title"]) and len(text) > len(row["title"])
+
+
+def test_reviews_naming_their_item_come_first_in_training_order():
+    from ecr_ray.gen.train import training_order
+
+    reviews = [{"review_id": str(i), "item": i, "response": text} for i, text in enumerate(
+        ["A haunting film.", "Jaws made me scared of the sea.", "I loved every minute.", "Alien is a classic of dread."])]
+    titles = {0: "Vertigo", 1: "Jaws", 2: "Up", 3: "Alien"}.get
+    first = training_order(GeneratorConfig(), reviews, lambda r: titles(r["item"]))
+    assert {r["item"] for r in first[:2]} == {1, 3} and {r["item"] for r in first[2:]} == {0, 2}
+    seeded = training_order(GeneratorConfig(item_named_first=False), reviews, lambda r: titles(r["item"]))
+    assert sorted(r["item"] for r in seeded) == [0, 1, 2, 3]
+    assert [r["item"] for r in seeded if r["item"] in (0, 2)] == [r["item"] for r in first if r["item"] in (0, 2)]  # one seeded order
+
+
+def test_prompts_whose_candidates_all_miss_the_item_get_more_samples():
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.gen.generate import ResponseGenerator
+
+    rows = [{"context": f"User: {ask}", "title": title, "knowledge": {"entities": [], "triples": []}}
+            for ask, title in (("I want a film about the sea", "Jaws"), ("Something scary?", "The Shining"))]
+    generator = ResponseGenerator(None, GPT2, DecodingConfig(max_new_tokens=4, candidates=2, more_candidates=3), retrieval=False)
+    decode, asked = generator._decode, []
+
+    def named_late(requests):  # the real decoder; the sea prompt's fourth sample is then made to name its item
+        asked.append([(prompt[-3:], settings.seed) for prompt, settings, _ in requests])
+        texts = decode(requests)
+        return [t + " Jaws" if len(asked) == 2 and i == 1 else t for i, t in enumerate(texts)]
+
+    generator._decode = named_late
+    chosen, _ = generator.respond(rows)
+    first, more = asked[:2]
+    assert len(first) == 4 and len(more) == 6  # 2 candidates each; both missed the item: 3 more each
+    assert not {seed for _, seed in more} & {seed for _, seed in first}  # new samples, not the first ones again
+    assert chosen[0].endswith(" Jaws") and "Jaws" not in chosen[1]
+    generator.decoding = DecodingConfig(max_new_tokens=4, candidates=2)
+    asked.clear()
+    generator.respond(rows)
+    assert len(asked[0]) == 4 and asked[1] == []  # more_candidates off: nothing more decoded
