@@ -249,8 +249,6 @@ class GeneratorConfig:
     max_length: int = _knob(384, "tokens per training example (prompt + response); longer prompts lose their oldest context tokens")
     response_tokens: int = _knob(160, "training responses are cut to this many tokens")
     max_examples: int | None = _knob(None, "train on at most this many review examples (None: all)")
-    item_named_first: bool = _knob(True, "under max_examples, take first the reviews whose response names the item: "
-                                         "they teach the generator to name it")
     holdout_fraction: float = _knob(0.05, "share of review examples held out for the validation loss")
     train: TrainKnobs = _section(TrainKnobs, "Ray Train run (lr: the paper's 5e-5 for Llama-2 LoRA, 1e-4 for DialoGPT)",
                                  epochs=1, lr=1e-4, weight_decay=0.01, batch_size=8)

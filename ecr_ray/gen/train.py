@@ -124,15 +124,6 @@ def _held_out(review_id: str, fraction: float) -> bool:
     return int(hashlib.sha256(f"gen-holdout:{review_id}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
 
 
-def training_order(g: GeneratorConfig, reviews: list[dict], title) -> list[dict]:
-    """Reviews in a seeded order; with `item_named_first`, those whose response names the item (`title(review)`)
-    first, so that a `max_examples` cut keeps what teaches the generator to name it."""
-    from ecr_ray.eval.text_metrics import mentions
-
-    names = lambda r: g.item_named_first and mentions(r["response"], title(r))  # noqa: E731
-    return sorted(reviews, key=lambda r: (not names(r), hashlib.sha256(f"{g.train.seed}:{r['review_id']}".encode()).hexdigest()))
-
-
 def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[list[dict], list[dict], int]:
     """(train, validation) tokenised examples from the reviews that answer a seeker utterance; truncated prompts."""
     from ecr_ray.gen.model import load_tokenizer
@@ -141,8 +132,8 @@ def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[li
 
     g, gen = cfg.gen.generator, cfg.gen
     retriever = load_retriever(cfg, run_dir)
-    reviews = training_order(g, [r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]],
-                             lambda r: item_title(retriever.kg, r["item"]))
+    reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]),
+                     key=lambda r: hashlib.sha256(f"{g.train.seed}:{r['review_id']}".encode()).hexdigest())  # seeded order
     builder = PromptBuilder(load_tokenizer(g, cfg.models.allow_download), g.max_length, g.response_tokens, retrieval)
     train, val = [], []
     for r in reviews:

@@ -363,19 +363,6 @@ def test_a_response_that_misses_the_item_is_decoded_again_from_its_title():
         assert text.startswith(row["title"]) and mentions(text, row["title"]) and len(text) > len(row["title"])
 
 
-def test_reviews_naming_their_item_come_first_in_training_order():
-    from ecr_ray.gen.train import training_order
-
-    reviews = [{"review_id": str(i), "item": i, "response": text} for i, text in enumerate(
-        ["A haunting film.", "Jaws made me scared of the sea.", "I loved every minute.", "Alien is a classic of dread."])]
-    titles = {0: "Vertigo", 1: "Jaws", 2: "Up", 3: "Alien"}.get
-    first = training_order(GeneratorConfig(), reviews, lambda r: titles(r["item"]))
-    assert {r["item"] for r in first[:2]} == {1, 3} and {r["item"] for r in first[2:]} == {0, 2}
-    seeded = training_order(GeneratorConfig(item_named_first=False), reviews, lambda r: titles(r["item"]))
-    assert sorted(r["item"] for r in seeded) == [0, 1, 2, 3]
-    assert [r["item"] for r in seeded if r["item"] in (0, 2)] == [r["item"] for r in first if r["item"] in (0, 2)]  # one seeded order
-
-
 def test_prompts_whose_candidates_all_miss_the_item_get_more_samples():
     from ecr_ray.config import DecodingConfig
     from ecr_ray.gen.generate import ResponseGenerator
