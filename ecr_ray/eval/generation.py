@@ -16,6 +16,7 @@ from ecr_ray.rundir import RunDir
 
 TEMPLATE = "I'm glad you liked it. I think it's a great movie."  # the generic reply the judge must score below real ones
 VALID_AUC = 0.7
+VALIDITY_KINDS = ("real", "mismatched", "template")  # what the judge scores per validity turn, in this order
 INTERVAL_KEYS = ("bleu-2", "item_mention_rate", "hallucination_rate", "emotion_intensity")  # not Dist-n: a resample repeats responses, and repeats lower it
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
 
@@ -64,10 +65,9 @@ def judge_rows(cfg: Config, run_dir: RunDir, rows: list[dict]) -> list[dict]:
     return [results[k] for k in keys]
 
 
-def llm_scores(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]]) -> dict[str, dict]:
-    """Mean 0-9 scores per variant, each with its interval over dialogues, from the judge (cached)."""
-    samples = {v: score_sample(cfg, rows) for v, rows in by_variant.items()}
-    results = judge_rows(cfg, run_dir, [r for rows in samples.values() for r in rows])
+def llm_scores(cfg: Config, samples: dict[str, list[dict]], results: list[dict]) -> dict[str, dict]:
+    """Mean 0-9 scores per variant, each with its interval over dialogues, from the judge's `results` for
+    the variants' scored `samples` (in their order)."""
     out, at = {}, 0
     for variant, sample in samples.items():
         got, at = results[at: at + len(sample)], at + len(sample)
@@ -89,33 +89,29 @@ def validity_asked(sample: list[dict]) -> dict[str, list[dict]]:
               if len({x["conversation_id"] for x in sample}) > 1 else TEMPLATE for i, r in enumerate(sample)]
     return {kind: [{"context": r["context"], "title": r["target_title"], "response": resp}
                    for r, resp in zip(sample, responses_, strict=True)]
-            for kind, responses_ in (("real", [r["reference"] for r in sample]), ("mismatched", others),
-                                     ("template", [TEMPLATE] * len(sample)))}
+            for kind, responses_ in zip(VALIDITY_KINDS, ([r["reference"] for r in sample], others, [TEMPLATE] * len(sample)))}
 
 
 def judged(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]], ecr: list[dict]) -> tuple[dict, dict]:
     """`llm_scores` of the variants and the `judge_validity` of ECR's turns, from one pass of the judge over all
-    their rows (so a turn's rows, from every variant and kind, share their conversation's prefill), then its cache."""
-    validity = validity_asked(score_sample(cfg, ecr))
-    judge_rows(cfg, run_dir, [r for rows in by_variant.values() for r in score_sample(cfg, rows)] +
-               [x for kind in validity.values() for x in kind])
-    return llm_scores(cfg, run_dir, by_variant), judge_validity(cfg, run_dir, ecr)
+    their rows (so a turn's rows, from every variant and kind, share their conversation's prefill)."""
+    samples, sample = {v: score_sample(cfg, rows) for v, rows in by_variant.items()}, score_sample(cfg, ecr)
+    scored = [r for rows in samples.values() for r in rows]
+    results = judge_rows(cfg, run_dir, scored + [x for kind in validity_asked(sample).values() for x in kind])
+    return llm_scores(cfg, samples, results[:len(scored)]), judge_validity(cfg, sample, results[len(scored):])
 
 
-def judge_validity(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
+def judge_validity(cfg: Config, sample: list[dict], results: list[dict]) -> dict:
     """Can the judge tell? On the scored sample's turns, the dataset's real recommender response
     against the same kind of response taken from another dialogue (mismatched) and against a generic
-    template, scored by the judge for the turn's context and target item: AUC per criterion and of
-    the five's mean (P(real scores higher), ties half), intervals over dialogues. `valid`: every
-    mean's AUC reaches VALID_AUC."""
+    template, scored by the judge for the turn's context and target item (`results`: the judge's, for
+    `validity_asked(sample)` in its order): AUC per criterion and of the five's mean (P(real scores
+    higher), ties half), intervals over dialogues. `valid`: every mean's AUC reaches VALID_AUC."""
     from ecr_ray.rec.metrics import auc
 
-    sample = score_sample(cfg, rows)
-    asked = validity_asked(sample)
-    results = judge_rows(cfg, run_dir, [x for kind in asked.values() for x in kind])
     n = len(sample)
     scores = {kind: np.array([[r[c] if r["status"] == OK else np.nan for c in CRITERIA] for r in results[i * n:(i + 1) * n]])
-              for i, kind in enumerate(asked)}
+              for i, kind in enumerate(VALIDITY_KINDS)}
     dialogues = [r["conversation_id"] for r in sample]
     out = {"turns": n, "template": TEMPLATE, "valid_auc": VALID_AUC}
     for negative in ("mismatched", "template"):

@@ -115,20 +115,19 @@ class LocalJudge:
         import torch
         from transformers import DynamicCache
 
-        shared = 0
+        shared, cache = 0, DynamicCache(config=self.model.config)
         if self.last is not None:
             ids, kept = self.last
             while shared < min(len(ids), len(prefix) - 1) and ids[shared] == prefix[shared]:
                 shared += 1
-        cache = DynamicCache(config=self.model.config)
-        if shared:
-            cache = copy.deepcopy(kept)
-            cache.crop(shared - len(ids))  # transformers 5: minus the tokens to drop
+            if shared:  # the kept cache loses what is not shared and takes this prefix's rest
+                kept.crop(shared - len(ids))  # transformers 5: minus the tokens to drop
+                cache = kept
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([prefix[shared:]], device=self.model.device), past_key_values=cache,
                        use_cache=True, logits_to_keep=1)
-        self.last = prefix, copy.deepcopy(cache)
-        return cache
+        self.last = prefix, cache
+        return copy.deepcopy(cache)  # the caller extends its copy with the questions
 
     def score(self, context: str, title: str, response: str) -> dict[str, float]:
         """The five criteria's scores (0-9, probability-weighted) of one response: the prefix once (what it shares
