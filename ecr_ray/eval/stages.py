@@ -4,6 +4,8 @@ gen-eval-<g>      Dist-1/2, BLEU, item mentions, hallucinations, emotion intensi
                   responses -> reports/gen-eval-<g>.json (the pool's dev sample -> gen-eval-dev.json)
 gen-compare       base model / fine-tuned without retrieval / ECR on the dev sample -> reports/
                   generation.{json,md,png} and generation-examples.md (optional: `ecr-ray compare`)
+judge-check       the judge's validity on training-split turns -> reports/judge-check.json (optional:
+                  `ecr-ray judge-check`; for choosing a judge without the dev turns)
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ecr_ray.artifacts import GENERATION_REPORTS, GENERATOR_NO_RETRIEVAL, POOL, 
 from ecr_ray.config import Config
 from ecr_ray.eval.compare import compare
 from ecr_ray.eval.generation import evaluate_group
+from ecr_ray.eval.judge_check import JUDGE_CHECK, judge_check
 from ecr_ray.llm.client import require_api_key
 from ecr_ray.stage import Stage
 
@@ -26,4 +29,6 @@ def eval_stages(cfg: Config) -> list[Stage]:
               for g in [POOL, *sorted(cfg.data.split_files)]]
     stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING,
                         outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))
+    stages.append(Stage("judge-check", run=judge_check, needs=(f"prepare-{POOL}",), optional=True, config=(*SCORING, "eval.check_turns", "gen.context_turns"),
+                        outputs=(JUDGE_CHECK,)))
     return stages

@@ -49,7 +49,8 @@ class ResponseGenerator:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated).
         With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept (with
         `decoding.more_candidates`, more samples for the prompts whose candidates all miss the item);
-        with `decoding.title_fallback` a response that does not name the item is decoded again from its title."""
+        with `decoding.title_fallback` a response that does not name the item is decoded again from its title;
+        with `decoding.trim_unsupported` the chosen response loses its sentences with unsupported entities (`trimmed`)."""
         from ecr_ray.eval.text_metrics import mentions
 
         prompts, truncated = zip(*map(self.prompt, rows))
@@ -65,6 +66,8 @@ class ResponseGenerator:
         starts = [self.tokenizer.encode(rows[i]["title"], add_special_tokens=False) for i in missing]
         for i, text in zip(missing, self._decode([(prompts[i], self.settings(), start) for i, start in zip(missing, starts)])):
             chosen[i] = text
+        if self.decoding.trim_unsupported and self.grounding:
+            chosen = [trimmed(text, row, self.grounding) for text, row in zip(chosen, rows)]
         return chosen, list(truncated)
 
     def _decode(self, requests: list[tuple[list[int], RowDecoding, list[int]]]) -> list[str]:
@@ -138,6 +141,17 @@ def grounding(response: str, row: dict, kg: Grounding | None = None) -> tuple[bo
     names = {*row["knowledge"]["entities"], *(t[-1] for t in row["knowledge"]["triples"])}
     unsupported = len(kg.named(response, row)[1]) if kg else 0
     return mentions(response, row["title"]), -unsupported, sum(mentions(response, n) for n in names)
+
+
+def trimmed(response: str, row: dict, kg: Grounding) -> str:
+    """`response` without the sentences that name a KG entity its prompt does not support (`Grounding`), except a
+    sentence naming the item, which stays whatever else it says; a response none of whose sentences would stay
+    is kept whole rather than emptied."""
+    from ecr_ray.eval.text_metrics import mentions
+    from ecr_ray.gen.reviews import split_sentences
+
+    kept = [s for s in split_sentences(response, 1) if mentions(s, row["title"]) or not kg.named(s, row)[1]]
+    return " ".join(kept) if kept else response
 
 
 class ChatBatch:

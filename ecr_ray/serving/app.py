@@ -89,7 +89,7 @@ class Generator:
     def __init__(self, run_dir: str, overrides: list[str]):
         cfg, run = load_run(run_dir, overrides)
         self.part = Responder(run, overrides, threads=cfg.serve.threads)
-        self.batcher = ContinuousBatcher(self.part.chat_batch, cfg.serve.max_batch)
+        self.batcher = ContinuousBatcher(self.part.chat_batch, cfg.serve.max_batch, cfg.serve.stream_interval_ms / 1000)
 
     def ready(self) -> bool:
         return True

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 
 
 class _Request:
     def __init__(self, row: dict, options: dict | None, loop: asyncio.AbstractEventLoop):
         self.row, self.options, self.loop, self.out, self.cancelled = row, options, loop, asyncio.Queue(), False
+        self.held, self.sent_at = "", -float("inf")  # text not sent yet, and when text was last sent
 
     def send(self, item) -> None:
         """To the request's coroutine, from the decoding thread."""
@@ -26,11 +28,13 @@ class _Request:
 
 class ContinuousBatcher:
     """`stream(row, options)` yields what `ResponseGenerator.stream` does; at most `max_batch` requests
-    are decoded at once (the rest wait their turn in arrival order)."""
+    are decoded at once (the rest wait their turn in arrival order). After a request's first piece, its text is
+    sent at most every `interval_s` (the pieces between joined): each piece sent wakes the replica's event loop
+    and crosses to the caller, work that competes with decoding for the same cores."""
 
-    def __init__(self, make_batch: Callable, max_batch: int):
+    def __init__(self, make_batch: Callable, max_batch: int, interval_s: float = 0.0):
         """`make_batch()`: a fresh `ChatBatch` (after a failed step, the requests in it get the error)."""
-        self.make_batch, self.max_batch, self.incoming = make_batch, max_batch, queue.SimpleQueue()
+        self.make_batch, self.max_batch, self.interval, self.incoming = make_batch, max_batch, interval_s, queue.SimpleQueue()
         threading.Thread(target=self._run, daemon=True, name="decode").start()
 
     async def stream(self, row: dict, options: dict | None) -> AsyncIterator[str | dict]:
@@ -68,10 +72,13 @@ class ContinuousBatcher:
                     request.send(err)
                 batch, live = self.make_batch(), {}
                 continue
+            now = time.monotonic()
             for key, (piece, end) in results.items():
                 request = live[key]
-                if piece:
-                    request.send(piece)
+                request.held += piece
+                if request.held and (end or now - request.sent_at >= self.interval):
+                    request.send(request.held)
+                    request.held, request.sent_at = "", now
                 if end:
                     request.send(end)
                     request.send(None)

@@ -67,6 +67,22 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
     assert all(0 <= cell["auc"] <= 1 for k in ("mismatched", "template") for cell in validity[f"real vs {k}"].values())
 
 
+def test_judge_check_scores_training_turns_only(gen_run):
+    from ecr_ray.artifacts import read_rows
+    from ecr_ray.eval.judge_check import training_turns
+    from ecr_ray.pipeline import run_stages
+
+    cfg, run_dir, _ = gen_run
+    turns = training_turns(cfg, run_dir)
+    split = {(t["conversation_id"], t["turn"]): t["split"] for t in read_rows(run_dir, "pool", "rec_turns")}
+    assert len(turns) == cfg.eval.check_turns == len({t["conversation_id"] for t in turns})  # one turn per dialogue
+    assert all(split[(t["conversation_id"], t["turn"])] == "train" and t["target_title"] and t["context"] for t in turns)
+    run_stages(cfg, run_dir, only=["judge-check"])
+    check = run_dir.read_json("reports/judge-check.json")
+    assert check["split"] == "train" and check["turns"] == cfg.eval.check_turns and check["scorer"]["model"] == cfg.eval.scorer.model
+    assert check["valid"] == all(check[f"real vs {k}"]["mean"]["auc"] >= check["valid_auc"] for k in ("mismatched", "template"))
+
+
 def test_scores_are_cached_and_the_comparison_is_written(gen_run):
     from ecr_ray.pipeline import run_stages
 

@@ -95,14 +95,21 @@ def test_prompts_truncate_context_first_and_mask_the_prompt_in_labels():
     assert "Related entities" not in tokenizer.decode(plain.prompt("User: hi", "Big", knowledge))
 
 
-def test_grounding_names_what_the_prompt_does_not_support_and_candidates_prefer_grounded_text(kg):
-    from ecr_ray.gen.generate import grounding
-
+@pytest.fixture(scope="module")
+def near_far(kg):
+    """A Grounding, an item, an entity one hop from it and one far from it (both linkable in a sentence)."""
     g = Grounding(kg)
     linkable = lambda ids: [e for e in sorted(ids) if g.linker.link(f"I liked {kg.names[e]} a lot") == [e]]  # noqa: E731
     item = next(int(i) for i in kg.item_ids if linkable(g.hops.one_hop(int(i))))
     near = linkable(g.hops.one_hop(item))[0]
     far = next(e for e in linkable(range(50)) if e not in g.hops.one_hop(item) and e != item)
+    return g, item, near, far
+
+
+def test_grounding_names_what_the_prompt_does_not_support_and_candidates_prefer_grounded_text(kg, near_far):
+    from ecr_ray.gen.generate import grounding
+
+    g, item, near, far = near_far
     row = {"item": item, "title": item_title(kg, item), "entity_ids": [far], "triple_ids": [], "retrieval": True,
            "knowledge": {"entities": [kg.names[far]], "triples": []}}
     text = f"I liked {kg.names[near]} a lot, and {kg.names[far]} too"
@@ -112,6 +119,19 @@ def test_grounding_names_what_the_prompt_does_not_support_and_candidates_prefer_
     generic, named = "A great movie, you will love it.", f"{row['title']} is a great movie, you will love it."
     assert grounding(named, row, g) > grounding(generic, row, g) and grounding(generic, row, g) == grounding(generic, row, g)
     assert grounding(text, row, g) > grounding(text, {**row, "entity_ids": []}, g)  # an unsupported entity counts against
+
+
+def test_trimmed_drops_sentences_naming_unsupported_entities_but_keeps_the_items(kg, near_far):
+    from ecr_ray.gen.generate import trimmed
+
+    g, item, near, far = near_far
+    row = {"item": item, "title": item_title(kg, item), "entity_ids": [], "triple_ids": [], "retrieval": True}
+    text = (f"You should see {row['title']}, much like {kg.names[far]}. I liked {kg.names[near]} a lot. "
+            f"I liked {kg.names[far]} a lot. It is great!")
+    assert trimmed(text, row, g) == f"You should see {row['title']}, much like {kg.names[far]}. I liked {kg.names[near]} a lot. It is great!"
+    assert trimmed(text, {**row, "entity_ids": [far]}, g) == text  # shown in the prompt: supported, nothing dropped
+    alone = f"I liked {kg.names[far]} a lot."
+    assert trimmed(alone, row, g) == alone  # nothing would stay: kept whole
 
 
 def test_text_metrics_values():

@@ -201,3 +201,24 @@ def test_the_continuous_batcher_answers_concurrent_requests_as_if_alone_and_drop
     *answers, got = asyncio.run(main())
     assert answers == alone and got == 2
     assert max(steps) == 3  # decoded together, never more than max_batch at once
+
+
+def test_the_continuous_batcher_joins_a_replys_pieces_after_the_first_within_its_interval():
+    import dataclasses
+
+    from ecr_ray.config import DecodingConfig, GeneratorConfig
+    from ecr_ray.gen.generate import ChatBatch, ResponseGenerator
+    from ecr_ray.serving.batching import ContinuousBatcher
+
+    generator = ResponseGenerator(None, dataclasses.replace(GeneratorConfig(), max_length=256), DecodingConfig(max_new_tokens=12),
+                                  retrieval=False)
+    row = {"context": "User: I loved Inception", "title": "Heat", "knowledge": {"entities": [], "triples": []}}
+    alone = list(generator.stream(row))
+
+    async def streamed(interval_s: float) -> list:
+        batcher = ContinuousBatcher(lambda: ChatBatch(generator), max_batch=2, interval_s=interval_s)
+        return [out async for out in batcher.stream(row, None)]
+
+    every, joined = asyncio.run(streamed(0.0)), asyncio.run(streamed(60.0))
+    assert every == alone and len(alone) > 3  # every token's piece on its own
+    assert joined == [alone[0], "".join(alone[1:-1]), alone[-1]]  # the first piece at once, the rest with the end

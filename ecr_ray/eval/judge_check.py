@@ -1,0 +1,43 @@
+"""`ecr-ray judge-check`: the judge's validity (real vs mismatched vs template responses) on training-split
+turns, so a judge model or prompt can be chosen without looking at the dev turns its scores are reported on."""
+from __future__ import annotations
+
+import hashlib
+
+from ecr_ray.artifacts import POOL, read_rows, report
+from ecr_ray.config import Config
+from ecr_ray.rundir import RunDir
+
+JUDGE_CHECK = report("judge-check")
+
+
+def training_turns(cfg: Config, run_dir: RunDir) -> list[dict]:
+    """A seeded sample of `eval.check_turns` training-split recommendation turns whose target is a KG item, one
+    per dialogue (so the interval's resampling units are independent): {conversation_id, turn, context,
+    target_title, reference}, in the shape `validity_asked` reads."""
+    from ecr_ray.data.kg import load_kg
+    from ecr_ray.gen.retrieval import item_title
+    from ecr_ray.rec.features import context_text
+
+    kg, e, context_turns = load_kg(cfg.data.path(cfg.data.kg_dir)), cfg.eval, cfg.gen.context_turns
+    first: dict[int, dict] = {}
+    for t in sorted(read_rows(run_dir, POOL, "rec_turns"), key=lambda t: (t["conversation_id"], t["turn"])):
+        if t["split"] == "train" and t["context"] and any(i >= 0 for i in t["target_items"]):
+            first.setdefault(t["conversation_id"], t)
+    chosen = sorted(first, key=lambda d: hashlib.sha256(f"{e.score_seed}:check:{d}".encode()).hexdigest())[: e.check_turns]
+    return [{"conversation_id": d, "turn": t["turn"], "reference": t["response"],
+             "context": context_text(t["context"][-context_turns:], t["context_roles"][-context_turns:]),
+             "target_title": item_title(kg, next(i for i in t["target_items"] if i >= 0))}
+            for d in sorted(chosen) for t in [first[d]]]
+
+
+def judge_check(cfg: Config, run_dir: RunDir) -> dict:
+    """The judge-check stage -> reports/judge-check.json (and its table on stdout)."""
+    from ecr_ray.eval.generation import judge_rows, judge_validity, validity_asked, validity_table
+
+    sample = training_turns(cfg, run_dir)
+    validity = {**judge_validity(cfg, sample, judge_rows(cfg, run_dir, [x for kind in validity_asked(sample).values() for x in kind])),
+                "split": "train"}
+    run_dir.write_json(JUDGE_CHECK, {"scorer": {"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, **validity})
+    print(validity_table(validity, cfg.eval.scorer), flush=True)
+    return {"valid": validity["valid"], **{f"real vs {n}": validity[f"real vs {n}"]["mean"]["auc"] for n in ("mismatched", "template")}}
