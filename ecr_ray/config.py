@@ -263,6 +263,8 @@ class DecodingConfig:
     do_sample: bool = _knob(False, "sample (with temperature, top_p) instead of greedy")
     temperature: float = _knob(0.7, "sampling temperature")
     top_p: float = _knob(0.9, "nucleus sampling mass")
+    repetition_penalty: float = _knob(1.0, "logits of tokens already in the prompt or response divided by this (1: off; a chat "
+                                           "request's presence/frequency penalty overrides it)")
     candidates: int = _knob(1, "batch responses: decode this many per prompt (the configured decoding, then samples at temperature "
                                "and top_p) and keep the best grounded: naming the item first, then naming fewer KG entities the prompt does not "
                                "support, then more of its knowledge (1: off; the chat API always decodes one)")

@@ -85,7 +85,7 @@ class ResponseGenerator:
         if index == 0:
             return self.settings()
         d = self.decoding
-        return RowDecoding(max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p,
+        return RowDecoding(max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p, repetition_penalty=d.repetition_penalty,
                            seed=zlib.crc32(bytes(str(prompt), "utf-8")) + index)  # the same prompt samples the same candidates
 
     def reply(self, row: dict, options: dict | None = None) -> dict:
@@ -122,7 +122,7 @@ class ResponseGenerator:
         d, o = self.decoding, options or {}
         temperature = o.get("temperature", d.temperature if d.do_sample else 0.0)
         return RowDecoding(max_new_tokens=min(o.get("max_new_tokens", d.max_new_tokens), d.max_new_tokens), temperature=temperature,
-                           top_p=o.get("top_p", d.top_p) if temperature > 0 else 1.0, repetition_penalty=o.get("repetition_penalty", 1.0),
+                           top_p=o.get("top_p", d.top_p) if temperature > 0 else 1.0, repetition_penalty=o.get("repetition_penalty", d.repetition_penalty),
                            seed=o.get("seed"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

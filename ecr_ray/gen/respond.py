@@ -12,8 +12,8 @@ from ecr_ray.rundir import RunDir
 VARIANTS = {"base": (None, True), "no-retrieval": (GENERATOR_NO_RETRIEVAL, False), "ecr": (GENERATOR, True)}
 
 
-def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
-    """A seeded sample of the group's recommendation turns (the pool: its dev split), each with the
+def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str, split: str = "dev") -> list[dict]:
+    """A seeded sample of the group's recommendation turns (the pool: its `split`), each with the
     recommender's top item and that item's knowledge."""
     from ecr_ray.gen.retrieval import item_title, load_retriever
     from ecr_ray.rec.evaluate import load_trained, recommend_rows
@@ -24,7 +24,7 @@ def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
     rows, _ = load_examples(cfg, run_dir, group)
     first = {}
     for r in rows:
-        if group != POOL or r["split"] == "dev":
+        if group != POOL or r["split"] == split:
             first.setdefault((r["conversation_id"], r["turn"]), r)
     keys = sorted(first, key=lambda k: hashlib.sha256(f"{g.sample_seed}:{k[0]}:{k[1]}".encode()).hexdigest())[: g.sample_size]
     if not keys:

@@ -407,3 +407,12 @@ def test_prompts_whose_candidates_all_miss_the_item_get_more_samples():
     asked.clear()
     generator.respond(rows)
     assert len(asked[0]) == 4 and asked[1] == []  # more_candidates off: nothing more decoded
+
+
+def test_the_configured_repetition_penalty_reaches_every_candidate_and_a_request_overrides_it():
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.gen.generate import ResponseGenerator
+
+    generator = ResponseGenerator(None, GPT2, DecodingConfig(max_new_tokens=4, repetition_penalty=1.3, candidates=3), retrieval=False)
+    assert [generator.candidate([1, 2], i).repetition_penalty for i in range(3)] == [1.3] * 3
+    assert generator.settings().repetition_penalty == 1.3 and generator.settings({"repetition_penalty": 1.1}).repetition_penalty == 1.1
