@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|chat|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|chat|results|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ecr_ray.config import ConfigError, describe, load_config
+from ecr_ray.config import ConfigError, describe, describe_markdown, load_config
 
 OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare", "judge-check": "judge-check"}  # commands that run an optional stage
 
@@ -39,8 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override the run's recorded config, e.g. --set gen.decoding.max_new_tokens=48 (repeatable)")
     chat.add_argument("--top-k", type=int, default=None, help="movies shown per reply (default: serve.top_k)")
+    results = sub.add_parser("results", help="write a trained run's figures to reports/results.md and the README's results table")
+    results.add_argument("--run-dir", default=str(Path("runs") / "cpu"), help="the trained run directory (default: runs/cpu)")
+    results.add_argument("--out", default="reports/results.md", help="the page to write (default: reports/results.md)")
+    results.add_argument("--readme", default="README.md", help="a README whose results table is replaced, if it exists (default: README.md)")
     cfg = sub.add_parser("config", parents=[common], help="print the resolved config (or --describe every knob)")
-    cfg.add_argument("--describe", action="store_true")
+    cfg.add_argument("--describe", action="store_true", help="every knob with its default and description")
+    cfg.add_argument("--markdown", action="store_true", help="with --describe: the docs/configuration.md page")
     return parser
 
 
@@ -51,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         return chat(args.run_dir or str(Path("runs") / "tiny"), args.overrides, args.top_k)
+    if args.command == "results":
+        return _results(args.run_dir, Path(args.out), Path(args.readme))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         overrides = list(args.overrides)
@@ -61,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"data.split_files.{name}={json.dumps(str(Path(path).resolve()))}")
         cfg = load_config(args.config, overrides)
         if args.command == "config":
-            if args.describe:
+            if args.describe and args.markdown:
+                print(describe_markdown(), end="")
+            elif args.describe:
                 for key, default, doc in describe():
                     print(f"{key:32} {default:24} {doc}")
             else:
@@ -75,26 +84,50 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from ecr_ray.artifacts import RUN_REPORT, SUMMARY
-    from ecr_ray.pipeline import NotTrained, evaluate, run, with_needs
+    from ecr_ray.pipeline import NotTrained, StagesFailed, evaluate, run, with_needs
     from ecr_ray.rundir import RunDir
 
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
     print(f"ecr-ray {args.command}: preset {cfg.name}, run directory {run_dir.uri}", flush=True)
-    if args.command == "evaluate":
-        try:
+    try:
+        if args.command == "evaluate":
             evaluate(cfg, run_dir, force=args.force)
-        except NotTrained as err:
-            print(f"ecr-ray: {err}", file=sys.stderr)
-            return 2
-    elif args.command in OPTIONAL:
-        run(cfg, run_dir, with_needs(cfg, OPTIONAL[args.command]), force=args.force, report=False)
-    else:
-        stages = ["prepare"] if args.command == "prepare" else args.stages.split(",") if args.stages else None
-        run(cfg, run_dir, stages, force=args.force, report=args.command == "run")
+        elif args.command in OPTIONAL:
+            run(cfg, run_dir, with_needs(cfg, OPTIONAL[args.command]), force=args.force, report=False)
+        else:
+            stages = ["prepare"] if args.command == "prepare" else args.stages.split(",") if args.stages else None
+            run(cfg, run_dir, stages, force=args.force, report=args.command == "run")
+    except NotTrained as err:
+        print(f"ecr-ray: {err}", file=sys.stderr)
+        return 2
+    except StagesFailed as err:
+        print(f"ecr-ray: {len(err.failed)} stage(s) did not finish (the others did; summary: {run_dir.location(SUMMARY)}):",
+              file=sys.stderr)
+        for name, error in err.failed.items():
+            print(f"  {name}: {error}", file=sys.stderr)
+        return 1
     print(f"summary: {run_dir.location(SUMMARY)}")
     if args.command == "run":
         print(f"report: {run_dir.location(RUN_REPORT)}")
     return 0
+
+def _results(run_dir: str, out: Path, readme: Path) -> int:
+    from ecr_ray.rundir import RunDir
+    from ecr_ray.run_report import replace_results, results_page
+
+    try:
+        page, table = results_page(RunDir(run_dir), run_dir)
+    except FileNotFoundError as err:
+        print(f"ecr-ray: {err}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    print(f"results: {out}")
+    if readme.exists():
+        readme.write_text(replace_results(readme.read_text(), table))
+        print(f"results table: {readme}")
+    return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,7 @@ the stage to run again.
 from __future__ import annotations
 
 import time
+import traceback
 from typing import Sequence
 
 from ecr_ray.artifacts import GENERATOR, RECOMMENDER, RUN_REPORT, SUMMARY, NotTrained, is_trained, manifest
@@ -26,8 +27,17 @@ def stage_graph(cfg: Config) -> list[Stage]:
     return data_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg) + gen_stages(cfg) + eval_stages(cfg)
 
 
+class StagesFailed(RuntimeError):
+    """Stages that raised (their dependents were skipped; every other stage ran)."""
+
+    def __init__(self, failed: dict[str, str], summaries: dict[str, dict]):
+        self.failed, self.summaries = failed, summaries
+        super().__init__("; ".join(f"{name}: {error}" for name, error in failed.items()))
+
+
 def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, force: bool = False) -> dict[str, dict]:
-    """Run the graph (or the named stages and nothing else); returns name -> summary."""
+    """Run the graph (or the named stages and nothing else); returns name -> summary. A stage that raises
+    does not stop the run: the stages that need it are skipped, the others still run, then StagesFailed."""
     stages = stage_graph(cfg)
     known = [s.name for s in stages]
     for name in only or ():
@@ -35,12 +45,19 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
             raise ValueError(f"unknown stage {name!r}; stages: {', '.join(known)}")
     hashes: dict[str, str] = {}
     summaries: dict[str, dict] = {}
+    failed: dict[str, str] = {}  # name -> its error, or the failed stage it needed
     for stage in stages:
         digest = stage.digest(cfg, hashes)
         hashes[stage.name] = digest
         # an optional stage is selected by its full name only, never by a prefix such as "rec"
         selected = any(n == stage.name if stage.optional else _matches(n, stage.name) for n in only or ())
         if not selected and (only or stage.optional):
+            continue
+        blocked = next((n for n in stage.needs if n in failed), None)
+        if blocked:
+            failed[stage.name] = f"not run: it needs {blocked}, which failed"
+            summaries[stage.name] = {"failed": failed[stage.name]}
+            print(f"[{stage.name}] {failed[stage.name]}", flush=True)
             continue
         record = manifest(stage.name)
         if not force and run_dir.exists(record):
@@ -53,11 +70,20 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
             run_dir.delete(output)
         print(f"[{stage.name}] running", flush=True)
         start = time.perf_counter()
-        summary = stage.run(cfg, run_dir)
+        try:
+            summary = stage.run(cfg, run_dir)
+        except Exception as err:  # noqa: BLE001 - reported below and raised as StagesFailed once the rest has run
+            traceback.print_exc()
+            failed[stage.name] = f"{type(err).__name__}: {err}"
+            summaries[stage.name] = {"failed": failed[stage.name], "seconds": round(time.perf_counter() - start, 2)}
+            print(f"[{stage.name}] FAILED after {summaries[stage.name]['seconds']}s: {failed[stage.name]}", flush=True)
+            continue
         summary["seconds"] = round(time.perf_counter() - start, 2)
         run_dir.write_json(record, {"hash": digest, "summary": summary, "config": cfg.to_dict()})
         summaries[stage.name] = summary
         print(f"[{stage.name}] done in {summary['seconds']}s: {_one_line(summary)}", flush=True)
+    if failed:
+        raise StagesFailed(failed, summaries)
     return summaries
 
 
@@ -69,10 +95,18 @@ def run(cfg: Config, run_dir: RunDir | str, stages: Sequence[str] | None = None,
 
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     start = time.perf_counter()
-    summaries = run_stages(cfg, run_dir, only=stages, force=force)
-    run_dir.write_json(SUMMARY, summaries)
-    if report:
-        run_dir.write_text(RUN_REPORT, run_report(summaries, cfg.name, run_dir.uri, time.perf_counter() - start))
+
+    def write(summaries: dict[str, dict]) -> None:
+        run_dir.write_json(SUMMARY, summaries)
+        if report:
+            run_dir.write_text(RUN_REPORT, run_report(summaries, cfg.name, run_dir.uri, time.perf_counter() - start))
+
+    try:
+        summaries = run_stages(cfg, run_dir, only=stages, force=force)
+    except StagesFailed as err:  # a failed run still reports what it did
+        write(err.summaries)
+        raise
+    write(summaries)
     return summaries
 
 

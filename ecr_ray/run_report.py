@@ -2,6 +2,8 @@
 paper's where they measure the same thing, so one file answers "how long, and how good"."""
 from __future__ import annotations
 
+import os
+
 # ECR (Zhang et al., RecSys 2024) on ReDial: the recommender on the official test split (Table 2), the
 # classifier on GPT-3.5-turbo labels. Our dev split and teacher labels differ: beside, not against.
 PAPER = {
@@ -11,44 +13,94 @@ PAPER = {
     ("rec-eval-pool", "recall_true@50"): 0.452, ("rec-eval-pool", "auc"): 0.541,
 }
 
+SPLITS = {  # where each stage's figures come from
+    "prepare-pool": "ReDial train pool", "linking-report": "UniCRS valid dialogues",
+    "emotion-teacher": "GoEmotions test", "emotion-classifier": "held-out annotations",
+    "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews", "gen-eval-pool": "dev turns, batch path",
+}
+PAPER_SPLIT = "ReDial test; classifier: GPT-3.5 labels"  # the paper's figures: a different split, beside not against
+
 FIGURES = [  # (stage, summary key, what it is)
     ("prepare-pool", "movie_mentions_linked", "movie mentions linked to the KG"),
     ("linking-report", "entity_f1", "entity linking F1 against UniCRS' entity lists"),
-    ("emotion-teacher", "test_recall@2", "teacher Recall@2, GoEmotions test mapped to the nine emotions"),
-    ("emotion-classifier", "recall@1", "emotion classifier Recall@1 (held-out annotations)"),
-    ("emotion-classifier", "recall@2", "emotion classifier Recall@2 (held-out annotations)"),
+    ("emotion-teacher", "test_recall@2", "teacher Recall@2, mapped to the nine emotions"),
+    ("emotion-classifier", "recall@1", "emotion classifier Recall@1"),
+    ("emotion-classifier", "recall@2", "emotion classifier Recall@2"),
     ("emotion-classifier", "macro_f1", "emotion classifier macro-F1"),
-    *[("rec-eval-pool", k, f"recommender {label} (dev split)") for k, label in [
+    *[("rec-eval-pool", k, f"recommender {label}") for k, label in [
         ("recall@1", "R@1"), ("recall@10", "R@10"), ("recall@50", "R@50"), ("recall_true@1", "RT@1"),
         ("recall_true@10", "RT@10"), ("recall_true@50", "RT@50"), ("auc", "AUC")]],
-    ("gen-train", "val_loss", "generator validation loss (held-out reviews)"),
-    *[("gen-eval-pool", k, f"responses: {label} (dev turns)") for k, label in [
+    ("gen-train", "val_loss", "generator validation loss"),
+    *[("gen-eval-pool", k, f"responses: {label}") for k, label in [
         ("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
         ("hallucination_rate", "hallucination rate"), ("emotion_intensity", "emotion intensity (classifier)"),
         ("llm_emotional_intensity", "LLM score: emotional intensity"), ("llm_emotional_persuasiveness", "LLM score: emotional persuasiveness"),
         ("llm_logic_persuasiveness", "LLM score: logic persuasiveness"), ("llm_informativeness", "LLM score: informativeness"),
         ("llm_lifelikeness", "LLM score: lifelikeness")]],
 ]
+RESULTS_BEGIN, RESULTS_END = "<!-- results:begin (ecr-ray results) -->", "<!-- results:end -->"
+
+
+def machine_line() -> str:
+    from ecr_ray.precision import cpu_capability, cpu_model
+
+    return f"Machine: {cpu_model()}, {os.cpu_count()} cores; torch CPU capability {cpu_capability()}."
 
 
 def run_report(summaries: dict[str, dict], preset: str, location: str, wall_s: float) -> str:
-    """Markdown: a row per stage (its wall time when it last ran, and whether this invocation ran it), then the
-    figures (with their 95% interval over dialogues where the stage gives one)."""
-    lines = [f"# Run report: preset `{preset}`, {location}", "",
+    """Markdown: the machine, a row per stage (its wall time when it last ran, and whether this invocation ran it),
+    then the figures (with their 95% interval over dialogues where the stage gives one)."""
+    lines = [f"# Run report: preset `{preset}`, {location}", "", machine_line(), "",
              "| stage | wall time | this invocation |", "|---|---:|---|"]
     for name, s in summaries.items():
-        lines.append(f"| {name} | {_duration(s.get('seconds', 0))} | {'reused (up to date)' if s.get('skipped') else 'ran'} |")
+        status = f"FAILED: {s['failed']}" if s.get("failed") else "reused (up to date)" if s.get("skipped") else "ran"
+        lines.append(f"| {name} | {_duration(s.get('seconds', 0))} | {status} |")
     total = sum(s.get("seconds", 0) for s in summaries.values())
     ran = sum(s.get("seconds", 0) for s in summaries.values() if not s.get("skipped"))
-    lines += [f"| **all stages** | **{_duration(total)}** | {_duration(ran)} run now; this invocation took {_duration(wall_s)} |", "",
-              "| figure | this run | paper |", "|---|---:|---:|"]
+    lines += [f"| **all stages** | **{_duration(total)}** | {_duration(ran)} run now; this invocation took {_duration(wall_s)} |", ""]
+    return "\n".join(lines + figures_table(summaries, preset)) + "\n"
+
+
+def figures_table(summaries: dict[str, dict], preset: str) -> list[str]:
+    """The figures a run's stages report, each naming its split, with its 95% interval, beside the paper's."""
+    lines = [f"| figure | split | ecr-ray `{preset}` [95% interval] | paper ({PAPER_SPLIT}) |", "|---|---|---:|---:|"]
     for stage, key, label in FIGURES:
         if stage in summaries and key in summaries[stage]:
             paper = PAPER.get((stage, key))
             interval = summaries[stage].get("intervals", {}).get(key)
             shown = _value(summaries[stage][key]) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
-            lines.append(f"| {label} | {shown} | {'' if paper is None else _value(paper)} |")
-    return "\n".join(lines) + "\n"
+            lines.append(f"| {label} | {SPLITS[stage]} | {shown} | {'' if paper is None else _value(paper)} |")
+    return lines
+
+
+def results_page(run_dir, name: str) -> tuple[str, str]:
+    """(reports/results.md, the table for the README) from a trained run's stage manifests: the figures its
+    stages last wrote, whichever invocation ran them."""
+    from ecr_ray.artifacts import RUN_REPORT, manifest
+
+    records = {stage: run_dir.read_json(manifest(stage)) for stage in dict.fromkeys(s for s, _, _ in FIGURES)
+               if run_dir.exists(manifest(stage))}
+    if not records:
+        raise FileNotFoundError(f"{run_dir.uri} holds no finished stage: run `ecr-ray run` into it first")
+    preset = next(iter(records.values()))["config"]["name"]
+    table = figures_table({stage: r["summary"] for stage, r in records.items()}, preset)
+    machine = next((ln for ln in run_dir.read_text(RUN_REPORT).splitlines() if ln.startswith("Machine:")), "Machine: not recorded.") \
+        if run_dir.exists(RUN_REPORT) else "Machine: not recorded."
+    page = [f"# Results: run `{name}` (preset `{preset}`)", "",
+            f"Written by `ecr-ray results --run-dir {name}` from that run's stage records; do not edit. {machine} "
+            "Intervals: 95%, bootstrap over whole dialogues. The paper's figures are on another split (ReDial's test split; "
+            "its classifier on GPT-3.5 labels, ours on the teacher's): beside ours, not a comparison. The response figures "
+            "are the batch path's (the preset's candidates and trimming), not a chat reply's single decode.", "", *table]
+    return "\n".join(page) + "\n", "\n".join(table)
+
+
+def replace_results(readme: str, table: str) -> str:
+    """The README with the table between its results markers replaced."""
+    head, begin, rest = readme.partition(RESULTS_BEGIN)
+    _, end, tail = rest.partition(RESULTS_END)
+    if not begin or not end:
+        raise ValueError(f"the README has no {RESULTS_BEGIN} ... {RESULTS_END} markers")
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def _duration(seconds: float) -> str:

@@ -71,11 +71,13 @@ class LocalJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ecr_ray.models import resolve_model, torch_device
+        from ecr_ray.precision import inference_dtype
 
         torch.set_num_threads(threads)
-        path = resolve_model(model, allow_download)
+        path, device = resolve_model(model, allow_download), torch_device()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path).eval().to(torch_device())
+        # the packaged judges are saved in bf16: emulated on an AVX2-only CPU (51.5 s a response against 7.1 s in fp32)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(device)).eval().to(device)
         self.digits = self._digit_tokens()
         self.last: tuple[list[int], object] | None = None  # the last prefix's ids and its cache, for the next row's reuse
 

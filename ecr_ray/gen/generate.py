@@ -10,23 +10,24 @@ import zlib
 
 import pyarrow as pa
 
-from ecr_ray.config import DecodingConfig, GeneratorConfig, from_dict
+from ecr_ray.config import Bf16, DecodingConfig, GeneratorConfig, from_dict
 from ecr_ray.gen.decode import BatchDecoder, RowDecoding
 from ecr_ray.gen.retrieval import Grounding
 
 
 class ResponseGenerator:
     def __init__(self, model_dir: str | None, generator: GeneratorConfig, decoding: DecodingConfig, retrieval: bool,
-                 allow_download: bool = False, threads: int = 1, kg_dir: str | None = None, bf16: bool = False):
+                 allow_download: bool = False, threads: int = 1, kg_dir: str | None = None, bf16: Bf16 = False):
         """`model_dir`: a trained generator (a folder or a run directory URI, fetched here); None: `generator`'s base untuned.
         `kg_dir`: the KG that candidates (`decoding.candidates` > 1) are checked against for unsupported entities.
-        `bf16`: bfloat16 weights (`decoding.batch_bf16`, for batches)."""
+        `bf16`: bfloat16 weights (`decoding.batch_bf16`, for batches; "auto": where bf16 is native)."""
         import torch
 
         from ecr_ray.data.kg import load_kg
         from ecr_ray.gen.model import context_limit, load_base, load_generator
         from ecr_ray.gen.prompts import PromptBuilder
         from ecr_ray.models import torch_device
+        from ecr_ray.precision import use_bf16
         from ecr_ray.rundir import fetch
 
         torch.set_num_threads(threads)
@@ -38,7 +39,7 @@ class ResponseGenerator:
             generator = from_dict(GeneratorConfig, meta["generator"])
             if hasattr(self.model, "merge_and_unload"):  # a LoRA adapter folded into the weights: no extra products per layer
                 self.model = self.model.merge_and_unload()
-        self.model.to(torch_device(), **({"dtype": torch.bfloat16} if bf16 else {}))
+        self.model.to(torch_device(), **({"dtype": torch.bfloat16} if use_bf16(bf16, torch_device()) else {}))
         self.prompts = PromptBuilder(self.tokenizer, generator.max_length, generator.response_tokens, retrieval)
         self.decoding = decoding
         self.grounding = Grounding(load_kg(kg_dir)) if kg_dir and decoding.candidates > 1 else None

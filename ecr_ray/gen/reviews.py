@@ -76,9 +76,17 @@ class ReviewSentences:
         return pa.Table.from_pylist(rows, schema=SENTENCE_SCHEMA)
 
 
-def is_emotional(probs, threshold: float) -> bool:
-    p = np.asarray(probs)
-    return bool(np.delete(p, _NEUTRAL).max() >= threshold)
+def emotion_score(probs) -> float:
+    """How emotional a sentence reads: its strongest non-neutral probability."""
+    return float(np.delete(np.asarray(probs), _NEUTRAL).max())
+
+
+def emotion_cut(scores, threshold: float, min_share: float) -> float:
+    """The score a sentence needs to count as emotional: `threshold`, lowered where fewer than `min_share` of the
+    sentences reach it, so a barely trained (under-confident) classifier still yields training data."""
+    if not len(scores) or min_share <= 0:
+        return threshold
+    return min(threshold, float(np.quantile(np.asarray(scores), 1 - min(min_share, 1.0))))
 
 
 def item_neighbours(kg: KnowledgeGraph) -> dict[int, list[tuple[int, int]]]:
@@ -95,16 +103,18 @@ def item_neighbours(kg: KnowledgeGraph) -> dict[int, list[tuple[int, int]]]:
     return out
 
 
-def review_knowledge(sentences: list[dict], neighbours: dict, threshold: float) -> tuple[list[dict], dict]:
-    """Per review: its emotional sentences, their entities and the item's triples that reach them."""
+def review_knowledge(sentences: list[dict], neighbours: dict, threshold: float, min_share: float = 0.0) -> tuple[list[dict], dict]:
+    """Per review: its emotional sentences (`emotion_cut`), their entities and the item's triples that reach them."""
     by_review: dict[str, list[dict]] = defaultdict(list)
     for s in sentences:
+        s["score"] = emotion_score(s["probs"])
         by_review[s["review_id"]].append(s)
+    cut = emotion_cut([s["score"] for s in sentences], threshold, min_share)
     reviews, funnel = [], Counter()
     for review_id, rows in by_review.items():
         rows.sort(key=lambda s: s["position"])
         item = rows[0]["item"]
-        emotional = [s for s in rows if is_emotional(s["probs"], threshold)]
+        emotional = [s for s in rows if s["score"] >= cut]
         entities = list(dict.fromkeys(e for s in emotional for e in s["entities"] if e != item))
         wanted = set(entities)
         triples = [[item, r, e] for r, e in neighbours.get(item, ()) if e in wanted]
@@ -116,6 +126,7 @@ def review_knowledge(sentences: list[dict], neighbours: dict, threshold: float) 
             reviews.append({"review_id": review_id, "source": rows[0]["source"], "item": item,
                             "response": " ".join(s["text"] for s in emotional), "sentences": [s["text"] for s in emotional],
                             "entities": entities, "triples": list(dict.fromkeys(map(tuple, triples)))})
+    funnel["emotion_cut"] = round(cut, 4)
     funnel["reviews_with_sentences"] = len(by_review)
     funnel["reviews_kept"] = len(reviews)
     funnel["triples"] = sum(len(r["triples"]) for r in reviews)
@@ -155,13 +166,15 @@ def process_reviews(cfg: Config, run_dir: RunDir) -> dict:
     ds = ds.repartition(target_num_rows_per_block=8 * g.review_pool.batch_size)  # sentences outnumber reviews: blocks for the pool
     map_actors(ds, EmotionPredictor, predictor_kwargs(cfg, run_dir, g.review_pool), g.review_pool).write_parquet(run_dir.location(SENTENCES))
     sentences = run_dir.read_table(SENTENCES).to_pylist() if run_dir.exists(SENTENCES) else []
-    kept, funnel = review_knowledge(sentences, item_neighbours(kg), g.emotion_threshold)
+    kept, funnel = review_knowledge(sentences, item_neighbours(kg), g.emotion_threshold, g.min_emotional_share)
     originals = {r["review_id"]: r for r in reviews}
     for r in kept:
         r["context"] = originals[r["review_id"]]["context"]
     base = retrieval_base(kept)
     if not kept:
-        raise RuntimeError(f"no review kept an emotional sentence out of {len(reviews)} (gen.emotion_threshold={g.emotion_threshold})")
+        raise RuntimeError(f"no review kept an emotional sentence: {len(reviews)} reviews read, {linked} linked to a KG item, "
+                           f"{len(sentences)} sentences of at least {g.min_sentence_words} words; raise gen.max_reviews, lower "
+                           f"gen.min_sentence_words, or raise gen.min_emotional_share (now {g.min_emotional_share})")
     run_dir.write_parquet(f"{REVIEWS}/part-0.parquet", pa.Table.from_pylist(kept))
     run_dir.write_parquet(f"{RETRIEVAL}/part-0.parquet", pa.Table.from_pylist(base))
     result = {"reviews_read": len(reviews), "reviews_linked_to_item": linked, **funnel,

@@ -30,7 +30,8 @@ def gen_stages(cfg: Config) -> list[Stage]:
     if g.generator.method == "lora" and g.generator.model is None:
         raise ConfigError("gen.generator.model=null (a random GPT-2) needs gen.generator.method=full")
     stages = [Stage("gen-reviews", run=process_reviews, outputs=(SENTENCES, REVIEWS, RETRIEVAL, report("reviews")),
-                    needs=("emotion-classifier",), config=("gen.max_reviews", "gen.min_sentence_words", "gen.emotion_threshold"),
+                    needs=("emotion-classifier",), config=("gen.max_reviews", "gen.min_sentence_words", "gen.emotion_threshold",
+                            "gen.min_emotional_share"),
                     inputs=_review_files),
               Stage("gen-train", run=train_generator, outputs=(model(GENERATOR), report(GENERATOR)), needs=("gen-reviews",), config=TRAINING)]
     for grp in [POOL, *sorted(cfg.data.split_files)]:

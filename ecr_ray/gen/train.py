@@ -33,7 +33,7 @@ def collate(batch: dict, pad_id: int):
 
 
 def autocast(device, bf16: bool):
-    """bfloat16 matmuls over the float32 weights when `bf16` (`generator.autocast_bf16`), else nothing."""
+    """bfloat16 matmuls over the float32 weights when `bf16` (`generator.autocast_bf16` resolved), else nothing."""
     import torch
 
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
@@ -66,6 +66,7 @@ def train_loop(config: dict) -> None:
     from ray.train.torch import prepare_model
 
     from ecr_ray.gen.model import build_generator
+    from ecr_ray.precision import use_bf16
     from ecr_ray.raytools import adamw, report_epoch, restore, step, world_rank
 
     g = from_dict(GeneratorConfig, config["generator"])
@@ -77,6 +78,7 @@ def train_loop(config: dict) -> None:
     start = state["epoch"] + 1 if state else 0
     ddp = prepare_model(generator)
     device = next(generator.parameters()).device
+    bf16 = use_bf16(g.autocast_bf16, device.type)
     rank = world_rank()
     steps, every = config["steps_per_epoch"], max(1, config["steps_per_epoch"] // 20)
     for epoch in range(start, t.epochs):
@@ -84,7 +86,7 @@ def train_loop(config: dict) -> None:
         losses, began = [], time.perf_counter()
         for batch in ray.train.get_dataset_shard("train").iter_batches(
                 batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=4 * t.batch_size, local_shuffle_seed=t.seed + epoch):
-            with autocast(device, g.autocast_bf16):
+            with autocast(device, bf16):
                 loss = ddp(**{k: v.to(device) for k, v in collate(batch, tokenizer.pad_token_id).items()}).loss
             losses.append(step(optimizer, loss))
             if rank == 0 and len(losses) % every == 0:  # progress: epochs of a 7B model on CPUs are long
@@ -92,7 +94,7 @@ def train_loop(config: dict) -> None:
                 print(f"[generator] epoch {epoch + 1}/{t.epochs} step {len(losses)}/{steps} loss {np.mean(losses[-every:]):.3f} "
                       f"({pace:.1f} s/step, ~{pace * (steps - len(losses)) / 60:.0f} min left in the epoch)", flush=True)
         val = mean_loss(generator, ray.train.get_dataset_shard("val").iter_batches(batch_size=t.batch_size, batch_format="numpy"),
-                        tokenizer.pad_token_id, device, g.autocast_bf16)
+                        tokenizer.pad_token_id, device, bf16)
         metrics = {"epoch": epoch, "resumed_from": start, "steps": len(losses),
                    "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": val,
                    "val_perplexity": math.exp(val) if val == val and val < 50 else float("nan")}
@@ -106,7 +108,8 @@ def fit_generator(cfg: Config, name: str, train_rows: list[dict], val_rows: list
 
     g = cfg.gen.generator
     if not train_rows:
-        raise RuntimeError("no generator training examples (no review kept an emotional sentence: check gen.emotion_threshold)")
+        raise RuntimeError("no generator training examples: no review that gen-reviews kept answers a dialogue context "
+                           "(reports/reviews.json: training_reviews); raise gen.max_reviews or gen.min_emotional_share")
     loop_config = {"generator": dataclasses.asdict(g), "allow_download": cfg.models.allow_download,
                    "steps_per_epoch": math.ceil(len(train_rows) / (g.train.batch_size * g.train.num_workers))}
     state, metrics = fit(train_loop, g.train, loop_config, {"train": train_rows, "val": val_rows or train_rows[:1]}, name, run_dir, cfg.ray)

@@ -4,7 +4,8 @@ GET /v1/models, POST /v1/chat/completions (chat template, temperature, top_p, ma
 seed, stream, usage; response_format json_object / json_schema enforced by constrained decoding,
 llm/constrained.py; logprobs and top_logprobs in plain answers). Offline default: the packaged SmolLM2-135M-Instruct. Run it with
 `serve run ecr_ray.llm.server:build_app model=smollm2-135m-instruct`, or from Python with
-`start_llm_server(cfg, model)` (the annotation and scoring stages do when no endpoint is configured).
+`start_llm_server(cfg, model)` (LLM annotation does when `emotion.llm.base_url` is unset; the judge
+runs its model in-process instead, in `eval.score_pool`'s actors).
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 import pytest
 
-from ecr_ray.config import PRESETS_DIR, ConfigError, DataConfig, describe, load_config, output_values
+from ecr_ray.config import PRESETS_DIR, REPO_ROOT, ConfigError, DataConfig, describe, describe_markdown, load_config, output_values
 
 
 def test_presets_load_and_differ():
@@ -99,3 +99,26 @@ def test_a_saved_model_config_this_version_cannot_read_names_its_file(tmp_path):
     run.write_json(f"{model('recommender')}/{MODEL_CONFIG}", saved)
     with pytest.raises(ConfigError, match=r"models/recommender/ecr_config\.json: unknown config key rec\.min_cooccurrence.*re-train"):
         model_config(run, "recommender")
+
+
+def test_the_configuration_page_is_fresh():
+    """docs/configuration.md is generated from the knobs' own descriptions: regenerate it when a knob changes."""
+    page = (REPO_ROOT / "docs" / "configuration.md").read_text()
+    assert page == describe_markdown(), "docs/configuration.md is stale: ecr-ray config --describe --markdown > docs/configuration.md"
+    assert "| `gen.min_emotional_share` | `0.25` |" in page and "| `gen.generator.autocast_bf16` | `False` | `'auto'` |" in page
+
+
+def test_precision_knobs_take_auto_and_resolve_from_the_hardware(monkeypatch, tmp_path):
+    from ecr_ray import precision
+
+    assert load_config("cpu").gen.generator.autocast_bf16 == "auto"
+    with pytest.raises(ConfigError, match="should be one of 'auto', True, False"):
+        load_config("tiny", ["gen.decoding.batch_bf16=sometimes"])
+    for flags, native in [("fpu avx2 fma", False), ("fpu avx2 avx512f avx512_bf16", True), ("avx2 amx_bf16 amx_tile", True)]:
+        precision._cpuinfo.cache_clear()
+        (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nmodel name\t: test cpu\nflags\t\t: {flags}\n")
+        monkeypatch.setattr(precision, "CPUINFO", tmp_path / "cpuinfo")
+        assert precision.bf16_native("cpu") is native and precision.use_bf16("auto", "cpu") is native
+        assert precision.use_bf16(True, "cpu") and not precision.use_bf16(False, "cpu")
+        assert ("emulated" in precision.cpu_capability()) is not native and precision.cpu_model() == "test cpu"
+    precision._cpuinfo.cache_clear()

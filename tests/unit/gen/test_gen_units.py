@@ -58,10 +58,28 @@ def test_review_knowledge_keeps_emotional_sentences_and_item_triples(kg):
     assert by_id["a"]["triples"] == [(item, r0, linked)]  # only entities one hop from the item give triples
     assert by_id["b"]["entities"] == [] and by_id["b"]["triples"] == []  # a review with no linkable entity still counts
     assert funnel == {"sentences": 5, "sentences_with_entities": 3, "emotional_sentences": 3, "reviews_without_entities": 2,
-                      "reviews_with_sentences": 3, "reviews_kept": 2, "triples": 1}
+                      "emotion_cut": 0.5, "reviews_with_sentences": 3, "reviews_kept": 2, "triples": 1}
     base = retrieval_base(reviews)
     assert base == [{"item": item, "reviews": 2, "entities": [linked, other], "triples": [[item, r0, linked]],
                      "sentences": ["So happy", "Loved it", "No names"]}]
+
+
+def test_an_under_confident_classifier_still_yields_the_most_emotional_share(kg):
+    """A barely trained classifier (every non-neutral probability below the threshold) must not leave the
+    generator without data: the top `min_share` of sentences by their strongest non-neutral probability count."""
+    item = kg.item_ids.tolist()[0]
+    scores = [0.30, 0.12, 0.25, 0.11, 0.14, 0.13, 0.28, 0.10]
+    sentences = [{"review_id": f"r{i}", "source": "train", "item": item, "position": 0, "text": f"s{i}", "entities": [],
+                  "probs": _probs("happy", p)} for i, p in enumerate(scores)]
+    reviews, funnel = review_knowledge(sentences, item_neighbours(kg), threshold=0.5)
+    assert reviews == [] and funnel["emotion_cut"] == 0.5  # the threshold alone keeps nothing
+    reviews, funnel = review_knowledge(sentences, item_neighbours(kg), threshold=0.5, min_share=0.25)
+    assert sorted(r["review_id"] for r in reviews) == ["r0", "r6"]  # the two most emotional of eight
+    assert funnel["emotional_sentences"] == 2 and 0.25 < funnel["emotion_cut"] <= 0.28
+    # a confident classifier: the threshold already keeps more than the share, so it stands
+    confident = [{**s, "probs": _probs("happy", 0.9 if i < 4 else 0.2)} for i, s in enumerate(sentences)]
+    _, funnel = review_knowledge(confident, item_neighbours(kg), threshold=0.5, min_share=0.25)
+    assert funnel["emotional_sentences"] == 4 and funnel["emotion_cut"] == 0.5
 
 
 def test_retrieval_falls_back_to_kg_triples_for_an_item_without_reviews(kg):
