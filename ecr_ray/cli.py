@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stages = ["prepare"] if args.command == "prepare" else args.stages.split(",") if args.stages else None
             run(cfg, run_dir, stages, force=args.force, report=args.command == "run")
-    except NotTrained as err:
+    except (NotTrained, ConfigError) as err:
         print(f"ecr-ray: {err}", file=sys.stderr)
         return 2
     except StagesFailed as err:
@@ -124,7 +124,11 @@ def _results(run_dir: str, out: Path, readme: Path) -> int:
     out.write_text(page)
     print(f"results: {out}")
     if readme.exists():
-        readme.write_text(replace_results(readme.read_text(), table))
+        try:
+            readme.write_text(replace_results(readme.read_text(), table))
+        except ValueError as err:
+            print(f"ecr-ray: {readme} not updated: {err}", file=sys.stderr)
+            return 2
         print(f"results table: {readme}")
     return 0
 

@@ -132,7 +132,7 @@ class LLMConfig:
 
 @dataclass
 class LLMServerConfig:
-    host: str = _knob("127.0.0.1", "address of the local OpenAI-compatible server (annotation and scoring when no endpoint is set)", runtime=True)
+    host: str = _knob("127.0.0.1", "address of the local OpenAI-compatible server (LLM annotation when emotion.llm.base_url is unset)", runtime=True)
     port: int = _knob(8000, "port of the local OpenAI-compatible server", runtime=True)
     replicas: int = _knob(1, "replicas of the LLM deployment", runtime=True)
     replica_cpus: float = _knob(1.0, "CPUs per replica", runtime=True)

@@ -11,7 +11,7 @@ import traceback
 from typing import Sequence
 
 from ecr_ray.artifacts import GENERATOR, RECOMMENDER, RUN_REPORT, SUMMARY, NotTrained, is_trained, manifest
-from ecr_ray.config import Config
+from ecr_ray.config import Config, ConfigError
 from ecr_ray.rundir import RunDir
 from ecr_ray.stage import Stage
 
@@ -42,7 +42,7 @@ def run_stages(cfg: Config, run_dir: RunDir, only: Sequence[str] | None = None, 
     known = [s.name for s in stages]
     for name in only or ():
         if not any(_matches(name, k) for k in known):
-            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(known)}")
+            raise ConfigError(f"unknown stage {name!r}; stages: {', '.join(known)}")
     hashes: dict[str, str] = {}
     summaries: dict[str, dict] = {}
     failed: dict[str, str] = {}  # name -> its error, or the failed stage it needed

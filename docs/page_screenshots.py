@@ -1,0 +1,57 @@
+"""Screenshots of the chat page for docs/serving.md, taken from a trained run as a user sees it.
+
+    python docs/page_screenshots.py --run-dir runs/cpu
+
+Deploys the run's Serve graph on a local Ray (as `serve run serve/config.yaml` does), asks one question in
+Debian's headless Chromium (apt-get install chromium chromium-driver) and saves docs/page-desktop.png and
+docs/page-400px.png.
+"""
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+QUESTION = "Hi! I loved Inception and The Matrix. Can you recommend a thriller?"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/cpu")
+    parser.add_argument("--out", default=str(Path(__file__).parent))
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ecr_ray.serving.app import deploy
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    base = deploy(args.run_dir)
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (*FLAGS, f"--user-data-dir={tempfile.mkdtemp()}", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    try:
+        driver.get(f"{base}/")
+        driver.find_element(By.ID, "input").send_keys(QUESTION)
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 300).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant .response")
+                                         and d.find_element(By.ID, "send").is_enabled())
+        print("reply:", driver.find_elements(By.CSS_SELECTOR, ".assistant .response")[-1].text)
+        driver.save_screenshot(str(Path(args.out) / "page-desktop.png"))
+        driver.set_window_size(400, 900)
+        driver.save_screenshot(str(Path(args.out) / "page-400px.png"))
+    finally:
+        driver.quit()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
