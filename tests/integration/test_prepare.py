@@ -6,14 +6,14 @@ import pytest
 
 from ecr_ray.config import load_config
 from ecr_ray.data.linking import DialogueLinker
-from ecr_ray.data.prepare import POOL, RejectsExceeded, prepared, read_group, split_of
+from ecr_ray.data.prepare import POOL, prepared, read_group, split_of
 from ecr_ray.data.turns import (
     DIALOGUE_SCHEMA,
     REC_TURN_SCHEMA,
     USER_UTTERANCE_SCHEMA,
     rec_turns,
 )
-from ecr_ray.pipeline import run_stages
+from ecr_ray.pipeline import StagesFailed, run_stages
 from ecr_ray.rundir import RunDir
 
 from tests.conftest import PREPARE_STAGES, TINY_DIALOGUES
@@ -98,5 +98,5 @@ def test_too_many_rejects_stop_the_run(ray_local, tmp_path, tiny_cfg):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"conversationId": "1"}\n{not json\n')
     cfg = load_config("tiny", ["data.max_dialogues=120", f"data.split_files.test={bad}"])
-    with pytest.raises(RejectsExceeded, match="2 of 2 lines quarantined"):
+    with pytest.raises(StagesFailed, match="prepare-test: RejectsExceeded: .*2 of 2 lines quarantined"):
         run_stages(cfg, RunDir(tmp_path / "run"), only=["prepare-test"])
