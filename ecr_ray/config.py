@@ -81,6 +81,8 @@ class DataConfig:
     max_dialogues: int | None = _knob(None, "use only the first N pool dialogues by conversationId (None: all)")
     max_reject_fraction: float = _knob(0.05, "fail a file when more than this share of its lines is quarantined")
     split_files: dict[str, str] = _knob({}, "extra named splits: name -> raw ReDial jsonl path (e.g. test)")
+    allow_pool_overlap: bool = _knob(False, "prepare a named split that shares dialogues with the training pool (refused by default, "
+                                            "naming the shared conversationIds: evaluating on training dialogues flatters every figure)")
     unicrs_turns_file: str = _knob("redial/processed/unicrs_kgA/valid_data_processed.jsonl", "UniCRS entity lists for the linking report")
     unicrs_dialogues_file: str = _knob("redial/raw/train_split_subsets/cfcrs_unicrs_valid_data.jsonl", "the raw dialogues behind unicrs_turns_file")
     link_pool: ActorPool = _section(ActorPool, "entity linking of dialogues (Ray Data; larger batches amortise the arrow<->python conversion)",
@@ -184,6 +186,7 @@ class PromptConfig:
 
 REC_KS = (1, 10, 50)  # Recall@k and Recall_True@k cut-offs (the paper's)
 REC_METRICS = (*(f"recall@{k}" for k in REC_KS), *(f"recall_true@{k}" for k in REC_KS), "auc")
+NEW_METRICS = tuple(f"recall_new@{k}" for k in REC_KS)  # Recall@k over targets the dialogue has not mentioned before
 MEAN_RECALL = "mean_recall"  # the mean of Recall@10 and Recall@50: a steadier epoch selector than either
 MEAN_RECALL_AUC = "mean_recall_auc"  # the mean of Recall@10, Recall@50 and AUC: ranking and liked over disliked together
 

@@ -78,8 +78,24 @@ def link_dialogues(cfg: Config, dialogues: list[dict]):
     return map_actors(ds, DialogueLinker, {"kg_dir": str(cfg.data.path(cfg.data.kg_dir))}, pool).materialize()
 
 
+def pool_overlap(cfg: Config, group: str, dialogues: list[dict]) -> set[int]:
+    """The conversationIds a named split shares with the pool dialogues the models train on; refused (an
+    error naming them) unless `data.allow_pool_overlap`: evaluating on training dialogues flatters every figure."""
+    pool = sorted(conversation_ids(cfg.data.path(cfg.data.pool_file)))[: cfg.data.max_dialogues]
+    overlap = {d["conversation_id"] for d in dialogues} & set(pool)
+    if overlap and not cfg.data.allow_pool_overlap:
+        shown = ", ".join(map(str, sorted(overlap)[:20])) + (", ..." if len(overlap) > 20 else "")
+        raise ValueError(f"split {group!r} shares {len(overlap)} dialogues with the training pool ({cfg.data.pool_file}): "
+                         f"conversationId {shown}; remove them, or set data.allow_pool_overlap=true to evaluate anyway")
+    if overlap:
+        print(f"WARNING: {len(overlap)} dialogues of split {group!r} are also in the training pool, "
+              f"e.g. conversationId {min(overlap)} (data.allow_pool_overlap)", flush=True)
+    return overlap
+
+
 def prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict:
     dialogues, rejects = read_group(cfg, group, path)
+    overlap = pool_overlap(cfg, group, dialogues) if group != POOL else None  # refused before any work
     run_dir.write_jsonl(prepared(group, REJECTS), rejects)
     if not dialogues:
         raise RejectsExceeded(f"{path}: no valid dialogue")
@@ -91,13 +107,7 @@ def prepare_group(cfg: Config, run_dir: RunDir, group: str, path: Path) -> dict:
     linked.map_batches(flat_mapper(user_utterances, USER_UTTERANCE_SCHEMA), batch_format="pyarrow").write_parquet(
         run_dir.location(prepared(group, "user_utterances"))
     )
-    summary = {"file": str(path)}
-    if group != POOL:  # evaluating on dialogues the models trained on would flatter them
-        overlap = {d["conversation_id"] for d in dialogues} & conversation_ids(cfg.data.path(cfg.data.pool_file))
-        summary["overlap_with_pool"] = len(overlap)
-        if overlap:
-            print(f"WARNING: {len(overlap)} dialogues of split {group!r} are also in the training pool "
-                  f"({cfg.data.pool_file}), e.g. conversationId {min(overlap)}", flush=True)
+    summary = {"file": str(path), **({"overlap_with_pool": len(overlap)} if overlap is not None else {})}
     return {**summary, "rejected_lines": len({r["line"] for r in rejects if r["message"] == -1}),
             "rejected_messages": sum(r["message"] >= 0 for r in rejects), **dialogue_stats(linked.take_all())}
 

@@ -5,7 +5,7 @@ A dialogue is a plain dict (it travels through Ray Data as one row):
     utterances: [{role: 'seeker'|'recommender', text, movie_ids}], consecutive messages of one
                 speaker merged, '@123' replaced by the movie title, HTML entities unescaped,
     movies: [{movie_id, title, feedback}] with feedback 1 like, 0 dislike, 2 not said (the
-            seeker's questionnaire first, the recommender's as fallback).
+            seeker's questionnaire only, as ECR's code: the recommender's guess is not the user's word).
 A Reject is {file, line, conversation_id, message, reason}; message is -1 when the whole dialogue
 is quarantined, else the index of the quarantined raw message (an empty text).
 """
@@ -97,7 +97,7 @@ def parse_dialogue(raw: bytes, catalogue: Mapping[str, str]) -> tuple[dict, list
     if not kept:
         raise BadDialogue("every message is empty")
 
-    feedback = _feedback(_mapping(record, "initiatorQuestions"), _mapping(record, "respondentQuestions"))
+    feedback = _feedback(_mapping(record, "initiatorQuestions"))
     mentioned = {m for _, body in kept for m in MENTION.findall(body)} | set(titles)
     movies = [
         {"movie_id": int(m), "title": display_title(titles.get(m) or catalogue.get(m) or ""), "feedback": feedback.get(m, FEEDBACK_NOT_SAID)}
@@ -122,14 +122,13 @@ def _merge_turns(messages: list[tuple[str, str]], names: Mapping[str, str]) -> l
     return turns
 
 
-def _feedback(seeker_answers: Mapping, recommender_answers: Mapping) -> dict[str, int]:
-    """movieId -> liked (1 like, 0 dislike, 2 not said); the seeker's answer wins."""
+def _feedback(seeker_answers: Mapping) -> dict[str, int]:
+    """movieId -> liked (1 like, 0 dislike, 2 not said) from the seeker's questionnaire."""
     out: dict[str, int] = {}
-    for answers in (recommender_answers, seeker_answers):
-        for movie_id, answer in answers.items():
-            liked = answer.get("liked") if isinstance(answer, dict) else None
-            if liked in (FEEDBACK_LIKE, FEEDBACK_DISLIKE, FEEDBACK_NOT_SAID):
-                out[str(movie_id)] = liked
+    for movie_id, answer in seeker_answers.items():
+        liked = answer.get("liked") if isinstance(answer, dict) else None
+        if liked in (FEEDBACK_LIKE, FEEDBACK_DISLIKE, FEEDBACK_NOT_SAID):
+            out[str(movie_id)] = liked
     return out
 
 

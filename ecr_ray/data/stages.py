@@ -28,14 +28,16 @@ def data_stages(cfg: Config) -> list[Stage]:
         f"prepare-{POOL}", run=lambda c, rd: prepare_group(c, rd, POOL, c.data.path(c.data.pool_file)), outputs=outputs(POOL),
         config=("data.dev_fraction", "data.split_seed", "data.max_dialogues", "data.max_reject_fraction"),
         inputs=lambda c: {**inputs_key(c), "pool": file_digest(c.data.path(c.data.pool_file))},
+        version=2,  # feedback from the seeker's questionnaire only
     )]
     for name, path in sorted(cfg.data.split_files.items()):
         if name in RESERVED:
             raise ValueError(f"split name {name!r} is reserved; choose another for --split-file")
         stages.append(Stage(
             f"prepare-{name}", run=lambda c, rd, name=name, path=path: prepare_group(c, rd, name, Path(path)), outputs=outputs(name),
-            config=("data.max_reject_fraction",),
+            config=("data.max_reject_fraction", "data.max_dialogues", "data.allow_pool_overlap"),
             inputs=lambda c, path=path: {**inputs_key(c), "file": file_digest(path), "pool": file_digest(c.data.path(c.data.pool_file))},
+            version=2,  # feedback from the seeker's questionnaire only; overlap with the pool refused
         ))
     stages.append(Stage(
         "linking-report", run=write_linking_report, outputs=(LINKING_REPORT,), needs=(f"prepare-{POOL}",),

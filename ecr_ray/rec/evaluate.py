@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecr_ray.artifacts import POOL, RECOMMENDER, model, report, split_name
-from ecr_ray.config import REC_METRICS, Config, EvalConfig, IntervalConfig, RecConfig
+from ecr_ray.config import NEW_METRICS, REC_METRICS, Config, EvalConfig, IntervalConfig, RecConfig
 from ecr_ray.rundir import RunDir
 
 
@@ -40,15 +40,15 @@ def reported_metrics(ranks, probs, rows: list[dict], auc_batch_size: int, interv
     with `minus` (ranks, probs of another system on the same rows): the paired differences."""
     from ecr_ray.rec.metrics import bootstrap_intervals, rec_metrics
 
-    feedback, dialogues = [r["feedback"] for r in rows], [r["conversation_id"] for r in rows]
-    out = rec_metrics(ranks, probs, feedback, auc_batch_size)
+    feedback, dialogues, new = [r["feedback"] for r in rows], [r["conversation_id"] for r in rows], [r["new"] for r in rows]
+    out = rec_metrics(ranks, probs, feedback, auc_batch_size, new)
     if minus is not None:
-        other = rec_metrics(*minus, feedback, auc_batch_size)
+        other = rec_metrics(*minus, feedback, auc_batch_size, new)
         out = {k: (v - other[k] if isinstance(v, float) and isinstance(other[k], float) else None) for k, v in out.items()
-               if k in (*REC_METRICS, "auc_per_batch")}
+               if k in (*REC_METRICS, *NEW_METRICS, "auc_per_batch")}
     if intervals.samples:
         out["intervals"] = bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size, intervals.samples, intervals.seed,
-                                               minus=minus)
+                                               minus=minus, new=new)
     return out
 
 
@@ -107,7 +107,7 @@ def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
         raise RuntimeError(f"split {group!r} has no recommender turn with a target item in the KG: nothing to evaluate")
     result = {**evaluate_rows(recommender, rows, cfg.rec, cfg.eval.intervals), "counts": counts}
     run_dir.write_json(report(f"eval-{split_name(group)}"), result)
-    return {k: result[k] for k in [*REC_METRICS, "auc_per_batch", "examples"] + (["intervals"] if "intervals" in result else [])}
+    return {k: result[k] for k in [*REC_METRICS, *NEW_METRICS, "auc_per_batch", "examples", "new"] + (["intervals"] if "intervals" in result else [])}
 
 
 def baseline_ranks(inputs, kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, dict]:

@@ -73,7 +73,7 @@ def build_examples(turns: Iterable[dict], probs: dict[tuple[int, int], list[floa
         if not turn["target_items"]:
             counts["turns_without_target"] += 1
             continue
-        mentioned = entity_emotions(turn, probs, rcfg)
+        mentioned, earlier = entity_emotions(turn, probs, rcfg), set(turn["entities"])
         made = 0
         for item, feedback in zip(turn["target_items"], turn["target_feedback"], strict=True):
             if item not in item_index:
@@ -84,6 +84,7 @@ def build_examples(turns: Iterable[dict], probs: dict[tuple[int, int], list[floa
                 "split": turn["split"], "conversation_id": turn["conversation_id"], "turn": turn["turn"],
                 "context_text": context_text(turn["context"], turn["context_roles"]),
                 **mentioned, "item": item_index[item], "feedback": int(feedback),
+                "new": int(item not in earlier),  # not mentioned earlier in the dialogue: no copy can find it
             })
         counts["turns_with_kg_target"] += made > 0
         counts["examples_without_entities"] += made * (not mentioned["entities"])

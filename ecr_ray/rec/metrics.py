@@ -1,7 +1,8 @@
 """Recommendation metrics: Recall@k, Recall_True@k and AUC (plain numpy).
 
 Every example is one (turn, target item). Recall@k: the target is among the k best-scored items.
-Recall_True@k: the same over examples whose item the user liked. AUC: how often a liked target's
+Recall_True@k: the same over examples whose item the user liked. Recall_New@k: the same over examples
+whose item the dialogue has not mentioned before (what copying cannot find). AUC: how often a liked target's
 probability (softmax over all items, as in the paper's code) exceeds a disliked target's, ties
 counting half. `auc` is global over all liked x disliked pairs of the split; `auc_per_batch`
 averages the AUC of consecutive evaluation batches that hold both kinds, as the paper's code does.
@@ -46,7 +47,8 @@ def auc(positive, negative) -> float | None:
     return float(u / (len(positive) * len(negative)))
 
 
-def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
+def rec_metrics(ranks, probs, feedback, auc_batch_size: int, new=None) -> dict:
+    """The metrics of ranked examples; `new` (1 where the target was not mentioned earlier) adds Recall_New@k."""
     ranks, probs, feedback = np.asarray(ranks), np.asarray(probs), np.asarray(feedback)
     liked, disliked = feedback == LIKE, feedback == DISLIKE
     out: dict = {}
@@ -54,6 +56,11 @@ def rec_metrics(ranks, probs, feedback, auc_batch_size: int) -> dict:
         out[f"recall@{k}"] = float((ranks < k).mean()) if len(ranks) else 0.0
     for k in KS:
         out[f"recall_true@{k}"] = float((ranks[liked] < k).mean()) if liked.any() else 0.0
+    if new is not None:
+        fresh = np.asarray(new, dtype=bool)
+        for k in KS:
+            out[f"recall_new@{k}"] = float((ranks[fresh] < k).mean()) if fresh.any() else 0.0
+        out["new"] = int(fresh.sum())
     out["auc"] = auc(probs[liked], probs[disliked])
     batch_aucs = []
     for start in range(0, len(probs), auc_batch_size):
@@ -80,20 +87,22 @@ def selection_metric(metrics: dict, name: str) -> float:
 
 
 def bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size: int, samples: int, seed: int,
-                        level: float = 0.95, minus: tuple | None = None) -> dict[str, list[float]]:
+                        level: float = 0.95, minus: tuple | None = None, new=None) -> dict[str, list[float]]:
     """A `level` interval of every metric, resampling whole dialogues (`dialogues`: each example's) with
     replacement: the examples of one dialogue are not independent, so they move together. With `minus`
     (the ranks and probabilities of another model on the same examples): intervals of the difference,
     both models scored on the same resamples."""
     ranks, probs, feedback = np.asarray(ranks), np.asarray(probs), np.asarray(feedback)
+    new = None if new is None else np.asarray(new)
     _, inverse = np.unique(np.asarray(dialogues), return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)] if len(inverse) else []
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {}
     for _ in range(samples if members else 0):
         pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
-        values = rec_metrics(ranks[pick], probs[pick], feedback[pick], auc_batch_size)
-        other = rec_metrics(np.asarray(minus[0])[pick], np.asarray(minus[1])[pick], feedback[pick], auc_batch_size) if minus else {}
+        fresh = None if new is None else new[pick]
+        values = rec_metrics(ranks[pick], probs[pick], feedback[pick], auc_batch_size, fresh)
+        other = rec_metrics(np.asarray(minus[0])[pick], np.asarray(minus[1])[pick], feedback[pick], auc_batch_size, fresh) if minus else {}
         for key, value in values.items():
             if isinstance(value, float) and (not minus or isinstance(other.get(key), float)):
                 draws.setdefault(key, []).append(value - other.get(key, 0.0))

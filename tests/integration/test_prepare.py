@@ -13,6 +13,7 @@ from ecr_ray.data.turns import (
     USER_UTTERANCE_SCHEMA,
     rec_turns,
 )
+from ecr_ray.data.redial import conversation_ids
 from ecr_ray.pipeline import StagesFailed, run_stages
 from ecr_ray.rundir import RunDir
 
@@ -70,10 +71,16 @@ def test_rerun_is_skipped_and_a_config_change_reruns(ray_local, tmp_path, tiny_c
     test_file = tmp_path / "test_data.jsonl"
     test_file.write_bytes(b"\n".join(sub + [b'{"conversationId": "1", "messages": [']) + b"\n")
     with_test = load_config("tiny", ["data.max_dialogues=120", f"data.split_files.test={test_file}"])
+    pool = sorted(conversation_ids(data_root / with_test.data.pool_file))[:120]
+    shared = sum(int(json.loads(line)["conversationId"]) in pool for line in sub)
+    assert shared > 0  # kepler's dialogues come from the pool file
+    with pytest.raises(StagesFailed, match=f"split 'test' shares {shared} dialogues with the training pool.*conversationId"):
+        run_stages(with_test, run_dir, only=PREPARE_STAGES)  # refused: evaluating on training dialogues
+    with_test = load_config("tiny", ["data.max_dialogues=120", f"data.split_files.test={test_file}", "data.allow_pool_overlap=true"])
     third = run_stages(with_test, run_dir, only=PREPARE_STAGES)
     assert third["prepare-pool"]["skipped"] and third["linking-report"]["skipped"]
     assert not third["prepare-test"].get("skipped") and third["prepare-test"]["dialogues"] == {"test": 40}
-    assert third["prepare-test"]["overlap_with_pool"] == 40  # kepler's dialogues are in the pool: reported
+    assert third["prepare-test"]["overlap_with_pool"] == shared  # allowed explicitly: still reported
     rejects = run_dir.read_text(prepared("test", "rejects.jsonl")).splitlines()
     assert json.loads(rejects[0])["line"] == 41 and json.loads(rejects[0])["conversation_id"] == 1
     assert set(_table(run_dir, "test", "rec_turns").column("split").to_pylist()) == {"test"}

@@ -34,14 +34,15 @@ def test_reads_the_real_pool(data_root, catalogue):
     assert not any("@" in u["text"] and any(c.isdigit() for c in u["text"].split("@")[1][:1]) for d in dialogues for u in d["utterances"])
 
 
-def test_feedback_seeker_first_recommender_fallback(pool_lines, catalogue):
+def test_feedback_is_the_seekers_questionnaire_only(pool_lines, catalogue):
+    """RT@n and AUC count what the user said (ECR's protocol), never the recommender's guess."""
     record = json.loads(pool_lines[0])
-    record["initiatorQuestions"] = {"196336": {"liked": 0}}
-    record["respondentQuestions"] = {"196336": {"liked": 1}, "114851": {"liked": 1}, "204292": {"liked": 2}}
+    record["initiatorQuestions"] = {"196336": {"liked": 0}, "204292": {"liked": 1}}
+    record["respondentQuestions"] = {"196336": {"liked": 1}, "114851": {"liked": 1}, "204292": {"liked": 0}}
     dialogue, _ = parse_dialogue(json.dumps(record).encode(), catalogue)
     feedback = {m["movie_id"]: m["feedback"] for m in dialogue["movies"]}
-    assert feedback[196336] == 0  # the seeker's answer wins
-    assert feedback[114851] == 1 and feedback[204292] == 2  # respondent's answer as fallback
+    assert feedback[196336] == 0 and feedback[204292] == 1  # the seeker's answers
+    assert feedback[114851] == 2  # only the recommender answered: not said
     assert feedback[143189] == 2  # nobody answered: not said
 
 

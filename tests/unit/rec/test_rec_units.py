@@ -93,6 +93,18 @@ def test_auc_matches_pair_counting_and_recall_uses_ranks():
     assert m["auc"] == pytest.approx(0.5)  # liked 0.9 beats disliked 0.5, liked 0.2 does not
     assert m["auc_per_batch"] == 1.0 and m["auc_batches"] == 1  # only the first pair of examples holds both kinds
     assert (m["liked"], m["disliked"], m["not_said"]) == (2, 1, 1)
+    assert "recall_new@1" not in m
+    new = rec_metrics(ranks=[0, 5, 60, 9], probs=[0.9, 0.5, 0.2, 0.3], feedback=[1, 0, 1, 2], auc_batch_size=2, new=[0, 1, 1, 0])
+    assert (new["recall_new@1"], new["recall_new@10"], new["recall_new@50"], new["new"]) == (0.0, 0.5, 0.5, 2)
+    assert new["recall@10"] == m["recall@10"]  # the overall figures do not change
+
+
+def test_a_target_the_dialogue_mentioned_before_is_not_new():
+    """Recall_New@k counts only targets no copy could find: not among the context's entities, however far back."""
+    turn = {"split": "dev", "conversation_id": 3, "context": ["a", "b", "c"], "context_roles": [S, R, S], "turn": 3,
+            "entities": [100, 11, 12], "entity_turns": [0, 1, 2], "target_items": [100, 101], "target_feedback": [1, 1]}
+    rows, _ = build_examples([turn], {}, {100: 0, 101: 1}, RecConfig(max_entities=1))  # 100 falls out of the kept entities
+    assert [(r["item"], r["new"]) for r in rows] == [(0, 0), (1, 1)] and rows[0]["entities"] == [12]
 
 
 def test_feedback_weights_are_rec_knobs_with_the_papers_defaults():
