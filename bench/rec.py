@@ -45,7 +45,8 @@ def bench_kg(cfg, run_dir, n):
 
 
 CHANNELS = {  # each row adds one part to the one above
-    "plain (user . item)": {"cooccurrence_channel": False, "copy_channel": False, "local_emotion": False, "global_emotion": False},
+    "plain (user . item)": {"variant": "hybrid", "cooccurrence_channel": False, "copy_channel": False, "local_emotion": False,
+                            "global_emotion": False},
     "+ co-occurrence": {"cooccurrence_channel": True},
     "+ copy": {"copy_channel": True},
     "+ local emotion": {"local_emotion": True},

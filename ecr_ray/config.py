@@ -213,10 +213,14 @@ class RecConfig:
     pretrain_epochs: int = _knob(1, "epochs of entity-prediction pre-training before the recommendation epochs: every entity of every training utterance (both speakers) predicted among all entities from those before it (UniCRS/ECR)")
     dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
-    cooccurrence_channel: bool = _knob(True, "score log(1 + training dialogues an item occurs in) and log(1 + recency-weighted training dialogues it shares with the context's entities), each with a learned weight (counts leave the example's own dialogue out)")
-    copy_channel: bool = _knob(True, "score items the context already mentions, last by the seeker or by the recommender, with learned weights (gated by the user's emotion towards the item when local_emotion)")
+    variant: Literal["paper", "hybrid"] = _knob("hybrid", "paper: ECR's recommender alone (RGCN entities, emotion-aware local entities "
+                                                "and global emotion-related neighbours in the user vector, the context encoder, the "
+                                                "feedback-weighted loss) | hybrid: the same plus the count/copy channels below, fitted for ranking")
+    cooccurrence_channel: bool = _knob(True, "hybrid only: score log(1 + training dialogues an item occurs in) and log(1 + recency-weighted training dialogues it shares with the context's entities), each with a learned weight (counts leave the example's own dialogue out)")
+    copy_channel: bool = _knob(True, "hybrid only: score items the context already mentions, last by the seeker or by the recommender, with learned weights (gated by the user's emotion towards the item when local_emotion)")
     local_emotion: bool = _knob(True, "fuse the user's emotion towards each mentioned entity into it (a zero-initialised fusion) and gate the copy channel by it")
-    global_emotion: bool = _knob(True, "the emotion-related neighbours' distribution P(later entity | earlier entity) as its own channel: a neighbour representation and an item score, each with a learned weight")
+    global_emotion: bool = _knob(True, "the emotion-related neighbours' distribution P(later entity | earlier entity): their representation "
+                                       "joins the user vector with a learned weight (and, in the hybrid, their item score is a channel)")
     reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (rec.feedback_weights)")
     feedback_weights: FeedbackWeights = _section(FeedbackWeights, "feedback-aware reweighting (rec.reweight)")
     beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero")

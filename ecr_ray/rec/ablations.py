@@ -48,7 +48,7 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     for f, held in enumerate(folds(everyone, cfg.rec.cv_folds)):
         inputs = training_inputs(cfg, rows, dialogues, probs, everyone - held)
         held_rows += inputs.held_out
-        for kind, result in baseline_ranks(inputs, kg, cfg.rec, cfg.eval).items():
+        for kind, result in baseline_ranks(inputs.train, inputs.meta["tables"]["items"], inputs.held_out, kg, cfg.rec, cfg.eval).items():
             ranked.setdefault(kind, []).append(result)
         for name, flags in VARIANTS.items():
             rcfg = dataclasses.replace(cfg.rec, **flags)

@@ -15,7 +15,7 @@ from ecr_ray.config import RecConfig, from_dict
 
 # keys that change the weights' shapes or meaning; training knobs (lr, epochs, ...) may differ
 ARCHITECTURE_KEYS = ("context_encoder", "context_model", "context_max_length", "hidden", "num_bases", "max_entities",
-                     "local_emotion", "global_emotion", "cooccurrence_channel", "copy_channel", "recency_decay", "beta",
+                     "variant", "local_emotion", "global_emotion", "cooccurrence_channel", "copy_channel", "recency_decay", "beta",
                      "max_emotions", "prompt")
 META_FILE, TABLES_FILE = "recommender.json", "tables.npz"
 

@@ -9,6 +9,8 @@ from ecr_ray.artifacts import POOL, RECOMMENDER, model, report, split_name
 from ecr_ray.config import NEW_METRICS, REC_METRICS, Config, EvalConfig, IntervalConfig, RecConfig
 from ecr_ray.rundir import RunDir
 
+BASELINE_FIGURES = ("recall@10", "recall@50")  # of each baseline, in the stage summary and the run report
+
 
 def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None, own: dict | None = None) -> dict:
     """Metrics of a model over numpy batches of examples (in order), through the scoring path; `own`:
@@ -96,29 +98,47 @@ def load_trained(cfg: Config, run_dir: RunDir):
 
 
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
-    """The rec-eval-<group> stage (the pool: its dev split) -> reports/eval-<split>.json."""
+    """The rec-eval-<group> stage (the pool: its dev split) -> reports/eval-<split>.json: the trained model and the
+    training-free baselines (their counts from the pool's training split) on the same examples, with the model's
+    paired differences against each."""
+    from ecr_ray.artifacts import read_tables
+    from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.examples import load_examples
 
     recommender = load_trained(cfg, run_dir)
     rows, counts = load_examples(cfg, run_dir, group)
+    pool = rows if group == POOL else load_examples(cfg, run_dir, POOL)[0]
     if group == POOL:
         rows = [r for r in rows if r["split"] == "dev"]
     if not rows:
         raise RuntimeError(f"split {group!r} has no recommender turn with a target item in the KG: nothing to evaluate")
-    result = {**evaluate_rows(recommender, rows, cfg.rec, cfg.eval.intervals), "counts": counts}
+    model_ranks = rank_rows(recommender, rows, cfg.rec)
+    baselines = baseline_ranks([r for r in pool if r["split"] == "train"], read_tables(run_dir)["items"], rows,
+                               load_kg(cfg.data.path(cfg.data.kg_dir)), cfg.rec, cfg.eval)
+    measured = lambda ranks, minus=None: reported_metrics(*ranks, rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus)  # noqa: E731
+    result = {**measured(model_ranks), "counts": counts,
+              "baselines": {name: measured(ranks) for name, ranks in baselines.items()},
+              "differences": {f"ecr-ray − {name}": measured(model_ranks, ranks) for name, ranks in baselines.items()}}
     run_dir.write_json(report(f"eval-{split_name(group)}"), result)
-    return {k: result[k] for k in [*REC_METRICS, *NEW_METRICS, "auc_per_batch", "examples", "new"] + (["intervals"] if "intervals" in result else [])}
+    summary = {k: result[k] for k in [*REC_METRICS, *NEW_METRICS, "auc_per_batch", "examples", "new"]}
+    intervals = dict(result.get("intervals", {}))
+    for name, metrics in result["baselines"].items():  # flat keys: the run report's figures
+        for k in BASELINE_FIGURES:
+            summary[f"{name}: {k}"] = metrics[k]
+            if k in metrics.get("intervals", {}):
+                intervals[f"{name}: {k}"] = metrics["intervals"][k]
+    return {**summary, **({"intervals": intervals} if intervals else {})}
 
 
-def baseline_ranks(inputs, kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, dict]:
-    """(ranks, probabilities) of every training-free baseline on the held-out examples of `inputs`
-    (a TrainingInputs), from its training examples and tables."""
+def baseline_ranks(train_rows: list[dict], items, rows: list[dict], kg, rcfg: RecConfig, ecfg: EvalConfig) -> dict[str, tuple]:
+    """(ranks, probabilities) of every training-free baseline on `rows`, from the training examples (popularity)
+    and the co-occurrence table `items` of the training dialogues."""
     from ecr_ray.rec.baselines import BASELINES, baseline_scores, item_popularity
     from ecr_ray.rec.features import item_index
     from ecr_ray.rec.metrics import target_ranks
 
-    index, rows = item_index(kg), inputs.held_out
-    popularity, items = item_popularity(inputs.train, len(index)), inputs.meta["tables"]["items"]
+    index = item_index(kg)
+    popularity = item_popularity(train_rows, len(index))
     results = {}
     for kind in BASELINES:
         scores = baseline_scores(kind, rows, popularity, items, index, rcfg.recency_decay, ecfg.baselines.copy_bonus)

@@ -6,8 +6,8 @@ residual projections, as in UniCRS/ECR. User: attention over the mentioned entit
 untrained fusion leaves them as they are), plus, with `global_emotion`, the emotion-related
 neighbours' representation with a learned weight, combined with a context encoder from a registry.
 
-An item's score is user . item + its bias + channels with their own weights (fitted for ranking,
-rec/channels.py, or trained with the rest):
+An item's score is user . item + its bias (`rec.variant: paper`, ECR's model alone), and in the hybrid
+variant also channels with their own weights (fitted for ranking, rec/channels.py, or trained with the rest):
   co-occurrence  log(1 + training dialogues it occurs in) and log(1 + recency-weighted training
                  dialogues it shares with the context's entities; with `local_emotion` an entity the
                  user liked or met with negative emotion weighs 1 + its own weight x that emotion)
@@ -84,12 +84,17 @@ class ECRRecommender(nn.Module):
             raise ValueError(f"unknown rec.context_encoder {cfg.context_encoder!r}; known: {', '.join(CONTEXT_ENCODERS)}")
         h = cfg.hidden
         self.cfg = cfg
+        # the paper variant is ECR's model alone; the hybrid adds the count/copy channels (each can be switched off)
+        hybrid = cfg.variant == "hybrid"
+        self.counting, self.copying, self.global_scoring = (hybrid and cfg.cooccurrence_channel, hybrid and cfg.copy_channel,
+                                                            hybrid and cfg.global_emotion)
         self.kg = KGEncoder(num_entities, num_relations, h, cfg.num_bases, edges, tables.get("init"))
         self.dropout = nn.Dropout(cfg.dropout)
         self.attn = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1, bias=False))
         self.context = CONTEXT_ENCODERS[cfg.context_encoder](cfg, context_dim, allow_download)
         self.user = nn.Linear(2 * h, h)
-        nn.init.zeros_(self.user.weight), nn.init.zeros_(self.user.bias)  # training starts from the channels alone
+        if hybrid:  # training starts from the channels alone
+            nn.init.zeros_(self.user.weight), nn.init.zeros_(self.user.bias)
         self.item_bias = nn.Parameter(torch.zeros(len(item_ids)))
         self.register_buffer("item_ids", torch.as_tensor(item_ids, dtype=torch.long))
         # parameters exist only for the parts in use: unused ones break DDP's gradient sync
@@ -97,16 +102,17 @@ class ECRRecommender(nn.Module):
             self.emotions = nn.Embedding(len(LABELS), h)
             self.fuse = nn.Linear(2 * h, h)
             nn.init.zeros_(self.fuse.weight), nn.init.zeros_(self.fuse.bias)
-        if cfg.cooccurrence_channel:
+        if self.counting:
             self.cooccurrence_weights = nn.Parameter(torch.tensor([0.1, 1.0]))  # popularity, shared with the context
             if cfg.local_emotion:
                 self.emotion_weights = nn.Parameter(torch.zeros(2))  # evidence of a liked entity, of one met with negative emotion
-        if cfg.copy_channel:
+        if self.copying:
             self.copy_weights = nn.Parameter(torch.tensor([1.0, 1.0]))  # last mentioned by the seeker, by the recommender
             if cfg.local_emotion:
                 self.copy_gate = nn.Parameter(torch.zeros(len(LABELS)))
         if cfg.global_emotion:
             self.neighbour_weight = nn.Parameter(torch.zeros(()))  # the neighbours' representation in the user vector
+        if self.global_scoring:
             self.global_weight = nn.Parameter(torch.zeros(()))  # their item score
         self.tables = {k: tables[k] for k in ("items", "popularity", "neighbours")}  # counts, read by `inputs`, never trained
         self.neighbour_totals = torch.sparse.sum(self.tables["neighbours"], 1).to_dense().double().numpy()
@@ -142,15 +148,15 @@ class ECRRecommender(nn.Module):
     def channels(self, inputs: dict) -> torch.Tensor | float:
         """The item scores beside user . item: co-occurrence, copy and global."""
         out = 0.0
-        if self.cfg.cooccurrence_channel:
+        if self.counting:
             counts = inputs["cooccurrence"]  # [B, 1 + emotions, items]
             if self.cfg.local_emotion:
                 counts = counts[:, :1] + (self.emotion_weights[:, None] * counts[:, 1:]).sum(1, keepdim=True)
             shared = torch.log1p(counts[:, 0].clamp(min=0.0))
             out = out + self.cooccurrence_weights[0] * inputs["popularity"] + self.cooccurrence_weights[1] * shared
-        if self.cfg.global_emotion:
+        if self.global_scoring:
             out = out + self.global_weight * inputs["neighbour_items"]
-        if self.cfg.copy_channel:
+        if self.copying:
             seeker = inputs["by_seeker"]
             value = seeker * self.copy_weights[0] + (1 - seeker) * self.copy_weights[1]
             if self.cfg.local_emotion:
@@ -183,11 +189,11 @@ class ECRRecommender(nn.Module):
         def split(evidence: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
             return evidence / evidence.sum(0).clamp(min=1e-12) * score
 
-        if self.cfg.cooccurrence_channel:
+        if self.counting:
             weight = recency * (1 + felt[:, [LIKED, NEGATIVE]] @ self.emotion_weights) if self.cfg.local_emotion else recency
             evidence = (weight[:, None] * self.tables["items"].index_select(0, entities).to_dense()[:, items]).clamp(min=0.0)
             out["co-occurrence"] = split(evidence, self.cooccurrence_weights[1] * torch.log1p(evidence.sum(0)))
-        if self.cfg.global_emotion:
+        if self.global_scoring:
             totals = torch.from_numpy(self.neighbour_totals[entities.numpy()]).float()
             scale = torch.where(totals > 0.5, recency / totals.clamp(min=1.0), torch.zeros_like(recency))
             rows = self.tables["neighbours"].index_select(0, entities).to_dense()[:, self.item_entities[items]]
@@ -207,7 +213,7 @@ class ECRRecommender(nn.Module):
                "mentioned_items": torch.from_numpy(np.where(mask, self.entity_item[np.maximum(ids, 0)], -1)),
                **self.context.features(batch)}
         owned = [own.get(int(c)) for c in batch["conversation_id"]] if own else [None] * len(ids)
-        if self.cfg.cooccurrence_channel:
+        if self.counting:
             weights = [recency, *([recency * emotions[..., LIKED], recency * emotions[..., NEGATIVE]] if self.cfg.local_emotion else [])]
             popularity, shared = self._item_counts(ids, weights, owned)
             out["popularity"] = torch.from_numpy(np.log1p(popularity).astype(np.float32))

@@ -40,7 +40,7 @@ def rec_stages(cfg: Config) -> list[Stage]:
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"eval-{split_name(g)}"),),
                             needs=("rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)),
-                            config=("rec.auc_batch_size", "eval.intervals")))
+                            config=("rec.auc_batch_size", "eval.intervals", "eval.baselines", "rec.recency_decay"), version=2))
     stages.append(Stage("rec-ablations", run=run_ablations, needs=(f"emotion-infer-{POOL}", *context_stage(cfg, POOL)),
                         config=(*TRAINING, "eval.intervals", "eval.baselines"), version=2,
                         optional=True,

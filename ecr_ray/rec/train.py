@@ -58,7 +58,7 @@ def train_loop(config: dict) -> None:
         return evaluate(model, ray.train.get_dataset_shard("stop").iter_batches(batch_size=cfg.eval_batch_size, batch_format="numpy"),
                         cfg.auc_batch_size, own=own)
 
-    if state["epoch"] < 0:  # the channels alone (user . item is zero) are a candidate too: epoch -1
+    if state["epoch"] < 0:  # the network before training (the hybrid: its channels alone, user . item is zero) is a candidate: epoch -1
         state.update(best=_cpu_state(model), best_metric=selection_metric(held_out_metrics(), cfg.early_stop_metric), best_epoch=-1)
     for epoch in range(state["epoch"] + 1, pretrain + t.epochs):
         if state["bad_epochs"] >= cfg.patience:
@@ -113,7 +113,7 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "
                            "(raise data.max_dialogues or rec.stop_fraction)")
     fitted = None
-    if rcfg.channel_fit == "ranking":
+    if rcfg.channel_fit == "ranking" and rcfg.variant == "hybrid":
         fitted = fit_channels(build_recommender(rcfg, inputs.meta, cfg.models.allow_download), train, inputs.own, rcfg)
         print(f"[rec-train] channel weights fitted for ranking: {fitted}", flush=True)
     datasets = {"train": train, "stop": stop}
@@ -127,6 +127,9 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     recommender = build_recommender(rcfg, inputs.meta, cfg.models.allow_download)
     recommender.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
+    if state.get("best_epoch", -1) < 0:  # a failed run, and it says so
+        print(f"[rec-train] WARNING: no epoch beat the network before training on the held-out dialogues: the saved {rcfg.variant} "
+              "model is the untrained one" + (" plus its fitted channels" if rcfg.variant == "hybrid" else ""), flush=True)
     metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
                    resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
                    pretrain_examples=len(datasets.get("pretrain", [])), channel_fit=fitted)

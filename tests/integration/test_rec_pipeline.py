@@ -49,6 +49,16 @@ def test_train_and_evaluate_on_dev(trained):
     assert all(0 <= lo <= report[k] <= hi <= 1 for k, (lo, hi) in report["intervals"].items() if k in METRIC_KEYS)
     assert report["intervals"]["recall@50"][1] - report["intervals"]["recall@50"][0] > 0.01  # a few hundred examples: wide
     assert report["recall@50"] > 3 * 50 / len(items)  # a random ranking finds 0.8% at 50 (3 tiny epochs: ~6%)
+    # R@n on items the dialogue had not mentioned: a subset of the examples, no easier than all of them with copying
+    assert 0 < report["new"] < report["examples"] and all(0 <= report[f"recall_new@{k}"] <= 1 for k in (1, 10, 50))
+    # the training-free baselines on the same examples, and the model's paired differences against each
+    baselines = report["baselines"]
+    assert set(baselines) == set(BASELINES) and all(b["examples"] == report["examples"] for b in baselines.values())
+    diff = report["differences"]["ecr-ray − popularity"]
+    assert diff["recall@50"] == pytest.approx(report["recall@50"] - baselines["popularity"]["recall@50"])
+    lo, hi = diff["intervals"]["recall@50"]
+    assert lo <= diff["recall@50"] <= hi
+    assert summaries["rec-eval-pool"]["co-occurrence + copy: recall@50"] == baselines["co-occurrence + copy"]["recall@50"]
     trained_with = run_dir.read_json("reports/recommender.json")
     training = trained_with["training"]
     # the epoch is selected on training dialogues held out from the updates, never on the dev split

@@ -216,6 +216,23 @@ def test_zero_initialised_fusion_and_emotion_weights_equal_the_base_model_at_ste
         assert torch.allclose(full(full.inputs(_batch(kg))), base(base.inputs(_batch(kg))), atol=1e-5)
 
 
+def test_the_paper_variant_is_ecrs_model_alone(kg, data_root):
+    """rec.variant=paper: no count, copy or neighbour-score channel; the score is user . item + bias from the start."""
+    paper, _ = _model(kg, data_root, variant="paper")
+    hybrid, _ = _model(kg, data_root)
+    for name in ("cooccurrence_weights", "emotion_weights", "copy_weights", "copy_gate", "global_weight"):
+        assert not hasattr(paper, name) and hasattr(hybrid, name), name
+    assert hasattr(paper, "neighbour_weight") and hasattr(paper, "fuse")  # global and local emotion stay in the user vector
+    assert paper.user.weight.abs().sum() > 0 and hybrid.user.weight.abs().sum() == 0  # only the hybrid starts from its channels
+    with torch.no_grad():
+        inputs = paper.inputs(_batch(kg))
+        assert "cooccurrence" not in inputs and paper.channels(inputs) == 0.0
+        embeds = paper.kg()
+        expected = paper.user_vector(inputs, embeds) @ embeds[paper.item_ids].T + paper.item_bias
+        assert torch.allclose(paper(inputs, embeds), expected)
+        assert paper(inputs, embeds).std() > 0  # an untrained paper model already ranks by its representations
+
+
 def test_selection_metric_means_recall_and_auc():
     from ecr_ray.rec.metrics import selection_metric
 
