@@ -61,7 +61,8 @@ def test_a_run_directory_on_s3(s3_env, data_root, tmp_path):
 
     report = run.read_text("reports/run.md")  # per-stage wall times (kept from the run that ran them) and the figures
     assert all(f"| {s} | {summary[s]['seconds']:.0f} s | reused (up to date) |" in report for s in stages if summary[s]["seconds"] < 120)
-    assert f"| emotion classifier Recall@2 (held-out annotations) | {summary['emotion-classifier']['recall@2']:.4f} | 0.8775 |" in report
+    assert f"| emotion classifier Recall@2 | held-out annotations | {summary['emotion-classifier']['recall@2']:.4f} | 0.8775 |" in report
+    assert "Machine: " in report and "torch CPU capability" in report
 
 
 def _selector(path: str):
