@@ -92,8 +92,10 @@ def results_page(run_dir, name: str) -> tuple[str, str]:
     page = [f"# Results: run `{name}` (preset `{preset}`)", "",
             f"Written by `ecr-ray results --run-dir {name}` from that run's stage records; do not edit. {machine} "
             "Intervals: 95%, bootstrap over whole dialogues. The paper's figures are on another split (ReDial's test split; "
-            "its classifier on GPT-3.5 labels, ours on the teacher's): beside ours, not a comparison. The response figures "
-            "are the batch path's (the preset's candidates and trimming), not a chat reply's single decode.", "", *table]
+            "its classifier on GPT-3.5 labels, ours on the teacher's): beside ours, not a comparison."
+            + (" The response figures are the batch path's (the preset's candidates and trimming), not a chat reply's single decode."
+               if "gen-eval-pool" in records else " This run has no response figures (its generation stages did not run)."),
+            "", *table]
     return "\n".join(page) + "\n", "\n".join(table)
 
 
