@@ -35,7 +35,7 @@ def _ranked(recommender, batches, entity_embeds=None, own: dict | None = None, p
     with torch.no_grad():
         embeds = recommender.kg() if entity_embeds is None else entity_embeds
         for batch in batches:
-            inputs = recommender.inputs(batch, own)
+            inputs = recommender.inputs(batch, own, channels=part != "learned")
             logits = recommender.channels(inputs) if part == "channels" else recommender(inputs, embeds, channels=part == "all")
             r, p = target_ranks(logits, batch["item"])
             ranks.append(r), probs.append(p), feedback.append(np.asarray(batch["feedback"]))

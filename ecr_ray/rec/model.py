@@ -210,10 +210,10 @@ class ECRRecommender(nn.Module):
             out["emotion-related neighbours"] = split(evidence, self.global_weight * torch.log1p(len(self.item_entities) * evidence.sum(0)))
         return out
 
-    def inputs(self, batch: dict, own: dict | None = None) -> dict:
+    def inputs(self, batch: dict, own: dict | None = None, channels: bool = True) -> dict:
         """Tensors for forward() from a numpy batch of examples (the collate step). `own`:
         conversation_id -> what that dialogue put into the tables (`own_contributions`), subtracted
-        for its examples."""
+        for its examples. `channels` False: without the co-occurrence counts (the learned score alone)."""
         from ecr_ray.rec.features import pad_mentions, recency_weights
 
         ids, emotions, by_seeker = pad_mentions(batch)
@@ -222,7 +222,7 @@ class ECRRecommender(nn.Module):
                "mentioned_items": torch.from_numpy(np.where(mask, self.entity_item[np.maximum(ids, 0)], -1)),
                **self.context.features(batch)}
         owned = [own.get(int(c)) for c in batch["conversation_id"]] if own else [None] * len(ids)
-        if self.counting:
+        if self.counting and channels:
             weights = [recency, *([recency * emotions[..., LIKED], recency * emotions[..., NEGATIVE]] if self.cfg.local_emotion else [])]
             popularity, shared = self._item_counts(ids, weights, owned)
             out["popularity"] = torch.from_numpy(np.log1p(popularity).astype(np.float32))

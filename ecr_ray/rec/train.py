@@ -72,7 +72,7 @@ def train_loop(config: dict) -> None:
                 batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=8 * t.batch_size, local_shuffle_seed=t.seed + epoch)):
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(sum(schedule[:epoch]) + i, sum(schedule), cfg.warmup)
-            inputs = {k: v.to(device) for k, v in model.inputs(batch, own).items()}
+            inputs = {k: v.to(device) for k, v in model.inputs(batch, own, channels=False).items()}
             targets = torch.as_tensor(batch["item"], device=device)  # an item position; an entity id when pre-training
             logits = ddp(inputs, all_entities=pretraining, channels=False)
             loss = rec_loss(logits, targets, torch.as_tensor(batch["feedback"], device=device), None if pretraining else weights)

@@ -233,6 +233,8 @@ def test_the_paper_variant_is_ecrs_model_alone(kg, data_root):
         assert paper(inputs, embeds).std() > 0  # an untrained paper model already ranks by its representations
         both = hybrid.inputs(_batch(kg))
         assert torch.allclose(hybrid(both, channels=False), paper(inputs), atol=1e-6)
+        learned_only = hybrid.inputs(_batch(kg), channels=False)  # what training reads: no counts to compute
+        assert "cooccurrence" not in learned_only and torch.allclose(hybrid(learned_only, channels=False), paper(inputs), atol=1e-6)
         assert torch.allclose(hybrid(both), hybrid.learned_weight * paper(inputs) + hybrid.channels(both), atol=1e-5)
 
 
