@@ -10,13 +10,15 @@ from pathlib import Path
 from ecr_ray.data.titles import MovieLinker, split_year
 
 PLOT_CHARS = 200  # a card's plot is its first sentence, cut to this
+# a sentence ends at . ! ? and a space, but not after an initial or an abbreviation ("a U.S. Marshal", "Dr. No")
+SENTENCE_END = re.compile(r"(?<![A-Z]\.[A-Z]\.)(?<![\s(][A-Z]\.)(?<!Mr\.)(?<!Ms\.)(?<!Dr\.)(?<!St\.)(?<!Mrs\.)(?<=[.!?])\s")
 
 
 def one_line(plot: str | None) -> str | None:
     """The first sentence of a plot, at most PLOT_CHARS characters (None when there is none)."""
     if not plot or not plot.strip():
         return None
-    first = re.split(r"(?<=[.!?])\s", plot.strip(), maxsplit=1)[0]
+    first = SENTENCE_END.split(plot.strip(), maxsplit=1)[0]
     return first if len(first) <= PLOT_CHARS else first[: PLOT_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
 

@@ -20,6 +20,8 @@ def test_cards_come_from_the_movie_metadata_linked_to_kg_items(data_root):
 
 def test_a_plot_is_its_first_sentence_cut_at_a_word():
     assert one_line("One man. Then another.") == "One man."
+    assert one_line("In 1954, a U.S. Marshal investigates. He finds more.") == "In 1954, a U.S. Marshal investigates."
+    assert one_line("Agent J. Smith meets Dr. No on St. Kitts. Then Mrs. Bond.") == "Agent J. Smith meets Dr. No on St. Kitts."
     assert one_line("  ") is None and one_line(None) is None
     long = one_line("word " * 100)
     assert long.endswith("…") and len(long) <= PLOT_CHARS and "wor…" not in long
