@@ -27,6 +27,7 @@ ANNOTATION_CACHE = "cache/annotations"
 
 # recommender (rec/)
 TABLES = "rec/tables.npz"  # co-occurrence counts, emotion neighbours and node init of the training dialogues
+RECOMMENDER_CURVE = "reports/recommender-curve.md"  # rec-train's learning curve (and the hybrid's fitted weight)
 ABLATIONS = "ablations"  # the ablation variants' models: models/ablations/<variant>
 ABLATION_REPORTS = ("reports/ablations.json", "reports/ablations.md", "reports/ablations.png")
 

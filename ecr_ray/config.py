@@ -215,7 +215,8 @@ class RecConfig:
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
     variant: Literal["paper", "hybrid"] = _knob("hybrid", "paper: ECR's recommender alone (RGCN entities, emotion-aware local entities "
                                                 "and global emotion-related neighbours in the user vector, the context encoder, the "
-                                                "feedback-weighted loss) | hybrid: the same plus the count/copy channels below, fitted for ranking")
+                                                "feedback-weighted loss) | hybrid: that model trained the same way, plus the count/copy "
+                                                "channels below with weights fitted for ranking, its score weighted by a factor fitted on the held-out dialogues")
     cooccurrence_channel: bool = _knob(True, "hybrid only: score log(1 + training dialogues an item occurs in) and log(1 + recency-weighted training dialogues it shares with the context's entities), each with a learned weight (counts leave the example's own dialogue out)")
     copy_channel: bool = _knob(True, "hybrid only: score items the context already mentions, last by the seeker or by the recommender, with learned weights (gated by the user's emotion towards the item when local_emotion)")
     local_emotion: bool = _knob(True, "fuse the user's emotion towards each mentioned entity into it (a zero-initialised fusion) and gate the copy channel by it")
@@ -226,12 +227,12 @@ class RecConfig:
     beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero")
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
     stop_fraction: float = _knob(0.1, "share of the training dialogues held out to select the epoch (never the reported split)")
-    channel_fit: Literal["ranking", "loss"] = _knob("ranking", "how the channel weights are set: ranking (fitted before training by coordinate ascent on rec.early_stop_metric over training examples, then frozen; rec/channels.py) | loss (trained with the embeddings by cross-entropy at channel_lr)")
-    channel_fit_examples: int = _knob(6000, "training examples (a seeded sample) the ranking fit scores")
-    channel_lr: float = _knob(1e-2, "learning rate of the item bias and of the channel weights that train: a few scalars that need larger steps than the embeddings (follows the same schedule)")
+    channel_fit_examples: int = _knob(6000, "hybrid: training examples (a seeded sample) the channel weights are fitted for ranking on")
+    bias_lr: float = _knob(1e-2, "learning rate of the item bias and of the neighbours' weight in the user vector: they need larger steps "
+                                 "than the embeddings (follows the same schedule)")
     warmup: float = _knob(0.1, "share of the training steps over which the learning rate rises linearly; it then decays along a cosine to 0")
     patience: int = _knob(2, "epochs without a better selection metric before stopping")
-    early_stop_metric: Literal[(MEAN_RECALL, MEAN_RECALL_AUC, *REC_METRICS)] = _knob(MEAN_RECALL_AUC, "metric that fits the channel weights (rec.channel_fit: ranking) and selects the best epoch on the held-out training dialogues (mean_recall: the mean of recall@10 and recall@50; mean_recall_auc: of those and the AUC)")
+    early_stop_metric: Literal[(MEAN_RECALL, MEAN_RECALL_AUC, *REC_METRICS)] = _knob(MEAN_RECALL_AUC, "metric that selects the best epoch and fits the hybrid's weights (the channels' on training examples, the learned score's on the held-out training dialogues) (mean_recall: the mean of recall@10 and recall@50; mean_recall_auc: of those and the AUC)")
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
     cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")

@@ -27,12 +27,18 @@ FIGURES = [  # (stage, summary key, what it is)
     ("emotion-classifier", "recall@1", "emotion classifier Recall@1"),
     ("emotion-classifier", "recall@2", "emotion classifier Recall@2"),
     ("emotion-classifier", "macro_f1", "emotion classifier macro-F1"),
+    ("rec-eval-pool", "variant", "recommender variant (rec.variant)"),
     *[("rec-eval-pool", k, f"recommender {label}") for k, label in [
         ("recall@1", "R@1"), ("recall@10", "R@10"), ("recall@50", "R@50"), ("recall_true@1", "RT@1"),
         ("recall_true@10", "RT@10"), ("recall_true@50", "RT@50"), ("auc", "AUC"),
         ("recall_new@10", "R@10 on items not mentioned before"), ("recall_new@50", "R@50 on items not mentioned before")]],
-    *[("rec-eval-pool", f"{name}: recall@{k}", f"baseline {name} R@{k} (same examples)")
-      for name in ("popularity", "co-occurrence", "co-occurrence + copy") for k in (10, 50)],
+    *[("rec-eval-pool", f"{name}: recall@{k}", f"{label} R@{k} (same examples)") for name, label in [
+        ("paper", "ECR's model alone (the hybrid's learned part = the paper variant)"),
+        ("channels alone", "the hybrid's count/copy channels alone"),
+        ("popularity", "baseline popularity"), ("co-occurrence", "baseline co-occurrence"),
+        ("co-occurrence + copy", "baseline co-occurrence + copy"),
+        ("hybrid − channels alone", "paired difference: what the learned part adds,"),
+        ("paper − co-occurrence", "paired difference: ECR's model alone minus co-occurrence,")] for k in (10, 50)],
     ("gen-train", "val_loss", "generator validation loss"),
     *[("gen-eval-pool", k, f"responses: {label}") for k, label in [
         ("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),

@@ -1,8 +1,10 @@
-"""The paper's ablations as config flags beside the training-free baselines, cross-validated over the
-pool's dialogues: for each of `rec.cv_folds` folds, the tables and models come from the other folds'
-dialogues and every system ranks the fold's examples, so each pool example is scored once by each
-system. Metrics with 95% intervals over dialogues, and paired differences (same resamples) against
-co-occurrence + copy and the base model: reports/ablations.{json,md,png}."""
+"""The paper's ablations (each emotion part left out in turn) beside the training-free baselines,
+cross-validated over the pool's dialogues: for each of `rec.cv_folds` folds, the tables and models come
+from the other folds' dialogues and every system ranks the fold's examples, so each pool example is
+scored once by each system. A hybrid model is scored whole, as its learned part alone (the paper
+variant: the ablations are read there) and, for full ECR, as its channels alone (what the learned part
+adds). Metrics with 95% intervals over dialogues, and paired differences (same resamples):
+reports/ablations.{json,md,png}."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,14 +16,16 @@ from ecr_ray.artifacts import ABLATION_REPORTS, ABLATIONS, POOL, emotion_probs, 
 from ecr_ray.config import REC_METRICS, Config
 from ecr_ray.rundir import RunDir
 
-VARIANTS = {
-    "base": {"local_emotion": False, "global_emotion": False, "reweight": False},
-    "+local": {"local_emotion": True, "global_emotion": False, "reweight": False},
-    "+local +reweighting": {"local_emotion": True, "global_emotion": False, "reweight": True},
-    "+local +global": {"local_emotion": True, "global_emotion": True, "reweight": False},
+VARIANTS = {  # the paper's claim, one part left out at a time, and none of them
     "full ECR": {"local_emotion": True, "global_emotion": True, "reweight": True},
+    "without local emotion": {"local_emotion": False, "global_emotion": True, "reweight": True},
+    "without global emotion": {"local_emotion": True, "global_emotion": False, "reweight": True},
+    "without reweighting": {"local_emotion": True, "global_emotion": True, "reweight": False},
+    "base": {"local_emotion": False, "global_emotion": False, "reweight": False},
 }
-COMPARED = (("full ECR", "co-occurrence + copy"), ("full ECR", "base"), ("+local", "base"), ("+local +global", "+local"))
+PAPER = " (paper)"  # a hybrid's learned score alone: the paper variant, trained the same way
+COMPARED = (("full ECR", "channels alone"), ("full ECR" + PAPER, "co-occurrence"), ("full ECR", "co-occurrence + copy"),
+            *(("full ECR" + PAPER, name + PAPER) for name in VARIANTS if name != "full ECR"))
 
 
 def folds(dialogue_ids, k: int) -> list[set[int]]:
@@ -35,7 +39,7 @@ def folds(dialogue_ids, k: int) -> list[set[int]]:
 def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import load_recommender
-    from ecr_ray.rec.evaluate import baseline_ranks, rank_rows, reported_metrics
+    from ecr_ray.rec.evaluate import baseline_ranks, reported_metrics, variant_ranks
     from ecr_ray.rec.examples import load_examples, training_inputs
     from ecr_ray.rec.train import fit_recommender
     from ecr_ray.report import comparison_chart, comparison_table
@@ -56,11 +60,14 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
             print(f"[rec-ablations] fold {f + 1}/{cfg.rec.cv_folds}: training {name!r}", flush=True)
             fit_recommender(cfg, rcfg, folder, inputs, run_dir)
             recommender, _ = load_recommender(run_dir.local_copy(model(folder)), rcfg)
-            ranked.setdefault(name, []).append(rank_rows(recommender, inputs.held_out, rcfg))
+            for part, ranks in variant_ranks(recommender, inputs.held_out, rcfg).items():
+                if part == "channels alone" and name != "full ECR":
+                    continue
+                ranked.setdefault(part if part == "channels alone" else name + PAPER if part == "paper" else name, []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
-                   for a, b in COMPARED}
+                   for a, b in COMPARED if a in joined and b in joined}
     json_path, md_path, png_path = ABLATION_REPORTS
     run_dir.write_json(json_path, {"folds": cfg.rec.cv_folds, "systems": results, "differences": differences})
     table = (f"Cross-validated over the pool ({cfg.rec.cv_folds} folds, {len(held_rows)} examples, 95% intervals over dialogues)\n\n"

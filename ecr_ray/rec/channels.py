@@ -1,11 +1,12 @@
-"""Fitting the channel weights for ranking (`rec.channel_fit: ranking`).
+"""Fitting the hybrid's weights for ranking.
 
-Cross-entropy moves the few channel weights away from what ranks well: it buys the target's
-likelihood with popularity, at the cost of the top 50. So before the embeddings train, each weight
-is set by coordinate ascent over a grid, on `rec.early_stop_metric` (by default the mean of
-recall@10, recall@50 and AUC) of training examples (their own dialogue left out of the counts), with
-user . item still zero; training then keeps them frozen.
-The co-occurrence weight stays 1: it sets the scale the others are measured in.
+Cross-entropy moves a few count weights away from what ranks well: it buys the target's likelihood
+with popularity, at the cost of the top 50. So before the model trains, each channel weight is set by
+coordinate ascent over a grid, on `rec.early_stop_metric` (by default the mean of recall@10,
+recall@50 and AUC) of training examples (their own dialogue left out of the counts), on the channels
+alone; they stay frozen. The co-occurrence weight stays 1: it sets the scale the others are measured in.
+After training, the learned score's weight (`fit_mix`) is fitted the same way on the held-out training
+dialogues: on the training examples the learned score has seen its answers.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def fitted_parameters(model) -> list[str]:
     return sorted({attr for attr, _, _ in GRIDS.values() if hasattr(model, attr)})
 
 
+MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)  # the learned score's weight beside the channels
+
+
 def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
     """Set the model's channel weights on (a seeded sample of `rec.channel_fit_examples` of) `rows`,
     in place; returns {"weights": {name: value}, "metric": its name, before and after, "examples"}."""
@@ -56,7 +60,7 @@ def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
                    for i in range(0, len(sample), 256)]
 
         def metric() -> float:
-            ranked = [target_ranks(model.item_bias + model.channels(x), items) for x, items in batches]
+            ranked = [target_ranks(model.channels(x), items) for x, items in batches]
             ranks, probs = (np.concatenate(part) for part in zip(*ranked, strict=True))
             return selection_metric(rec_metrics(ranks, probs, feedback, rcfg.auc_batch_size), rcfg.early_stop_metric)
 
@@ -84,3 +88,28 @@ def apply_channels(model, weights: dict) -> None:
             _slot(getattr(model, attr), index).fill_(value)
     for attr in fitted_parameters(model):
         getattr(model, attr).requires_grad_(False)
+
+
+def fit_mix(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
+    """Set the trained hybrid's `learned_weight` on `rows` (held-out training dialogues), in place; returns
+    {"weight", "metric": its name, "curve": {weight: metric}}. A weight of 0: the learned part adds nothing."""
+    import torch
+
+    from ecr_ray.rec.evaluate import as_columns
+    from ecr_ray.rec.metrics import rec_metrics, selection_metric, target_ranks
+
+    model.eval()
+    learned, channels, items = [], [], []
+    with torch.no_grad():
+        embeds = model.kg()
+        for i in range(0, len(rows), rcfg.eval_batch_size):
+            part = rows[i : i + rcfg.eval_batch_size]
+            x = model.inputs(as_columns(part), own)
+            learned.append(model(x, embeds, channels=False)), channels.append(model.channels(x))
+            items += [r["item"] for r in part]
+    learned, channels = torch.cat(learned), torch.cat(channels)
+    curve = {w: selection_metric(rec_metrics(*target_ranks(w * learned + channels, items), [r["feedback"] for r in rows],
+                                             rcfg.auc_batch_size), rcfg.early_stop_metric) for w in MIX_GRID}
+    best = max(curve, key=lambda w: (curve[w], -w))  # ties: the smaller weight
+    model.learned_weight.fill_(best)
+    return {"weight": best, "metric": rcfg.early_stop_metric, "curve": curve}

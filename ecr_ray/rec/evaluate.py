@@ -9,18 +9,22 @@ from ecr_ray.artifacts import POOL, RECOMMENDER, model, report, split_name
 from ecr_ray.config import NEW_METRICS, REC_METRICS, Config, EvalConfig, IntervalConfig, RecConfig
 from ecr_ray.rundir import RunDir
 
-BASELINE_FIGURES = ("recall@10", "recall@50")  # of each baseline, in the stage summary and the run report
+SUMMARY_FIGURES = ("recall@10", "recall@50")  # of each other system and difference, in the stage summary and the run report
+SUMMARY_DIFFERENCES = ("hybrid − channels alone", "paper − co-occurrence")  # what the learned part adds; ECR alone vs counts
 
 
-def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None, own: dict | None = None) -> dict:
-    """Metrics of a model over numpy batches of examples (in order), through the scoring path; `own`:
-    the counted dialogues' contributions to the tables, left out for their examples."""
+PARTS = ("all", "learned", "channels")  # what of a model scores: all of it, ECR's learned score alone, the hybrid's channels alone
+
+
+def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None, own: dict | None = None, part: str = "all") -> dict:
+    """Metrics of a model (or one of its PARTS) over numpy batches of examples (in order), through the scoring
+    path; `own`: the counted dialogues' contributions to the tables, left out for their examples."""
     from ecr_ray.rec.metrics import rec_metrics
 
-    return rec_metrics(*_ranked(recommender, batches, entity_embeds, own), auc_batch_size)
+    return rec_metrics(*_ranked(recommender, batches, entity_embeds, own, part), auc_batch_size)
 
 
-def _ranked(recommender, batches, entity_embeds=None, own: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ranked(recommender, batches, entity_embeds=None, own: dict | None = None, part: str = "all") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rank, probability, feedback) of every example's target."""
     import torch
 
@@ -31,7 +35,9 @@ def _ranked(recommender, batches, entity_embeds=None, own: dict | None = None) -
     with torch.no_grad():
         embeds = recommender.kg() if entity_embeds is None else entity_embeds
         for batch in batches:
-            r, p = target_ranks(recommender(recommender.inputs(batch, own), embeds), batch["item"])
+            inputs = recommender.inputs(batch, own, channels=part != "learned")
+            logits = recommender.channels(inputs) if part == "channels" else recommender(inputs, embeds, channels=part == "all")
+            r, p = target_ranks(logits, batch["item"])
             ranks.append(r), probs.append(p), feedback.append(np.asarray(batch["feedback"]))
     cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
     return cat(ranks), cat(probs), cat(feedback)
@@ -62,9 +68,18 @@ def _batches(rows: list[dict], size: int):
     return (as_columns(rows[i : i + size]) for i in range(0, len(rows), size))
 
 
-def rank_rows(recommender, rows: list[dict], rcfg: RecConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(rank, probability) of every example row's target under a model."""
-    return _ranked(recommender, _batches(rows, rcfg.eval_batch_size))[:2]
+def rank_rows(recommender, rows: list[dict], rcfg: RecConfig, part: str = "all") -> tuple[np.ndarray, np.ndarray]:
+    """(rank, probability) of every example row's target under a model (or one of its PARTS)."""
+    return _ranked(recommender, _batches(rows, rcfg.eval_batch_size), part=part)[:2]
+
+
+def variant_ranks(recommender, rows: list[dict], rcfg: RecConfig) -> dict[str, tuple]:
+    """(ranks, probabilities) of the trained model under its variant's name and, for a hybrid, of its parts on the
+    same rows: "paper" (its learned score alone: ECR's model, trained as the paper variant is) and "channels alone"."""
+    out = {rcfg.variant: rank_rows(recommender, rows, rcfg)}
+    if recommender.has_channels:
+        out.update({"paper": rank_rows(recommender, rows, rcfg, "learned"), "channels alone": rank_rows(recommender, rows, rcfg, "channels")})
+    return out
 
 
 def evaluate_rows(recommender, rows: list[dict], rcfg: RecConfig, intervals: IntervalConfig) -> dict:
@@ -98,9 +113,9 @@ def load_trained(cfg: Config, run_dir: RunDir):
 
 
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
-    """The rec-eval-<group> stage (the pool: its dev split) -> reports/eval-<split>.json: the trained model and the
-    training-free baselines (their counts from the pool's training split) on the same examples, with the model's
-    paired differences against each."""
+    """The rec-eval-<group> stage (the pool: its dev split) -> reports/eval-<split>.json: the trained model (a hybrid
+    also as its parts: the paper variant and the channels alone) and the training-free baselines (their counts from
+    the pool's training split) on the same examples, with the paired differences that say what each part adds."""
     from ecr_ray.artifacts import read_tables
     from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.examples import load_examples
@@ -112,18 +127,26 @@ def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
         rows = [r for r in rows if r["split"] == "dev"]
     if not rows:
         raise RuntimeError(f"split {group!r} has no recommender turn with a target item in the KG: nothing to evaluate")
-    model_ranks = rank_rows(recommender, rows, cfg.rec)
+    ranks = variant_ranks(recommender, rows, cfg.rec)
     baselines = baseline_ranks([r for r in pool if r["split"] == "train"], read_tables(run_dir)["items"], rows,
                                load_kg(cfg.data.path(cfg.data.kg_dir)), cfg.rec, cfg.eval)
     measured = lambda ranks, minus=None: reported_metrics(*ranks, rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus)  # noqa: E731
-    result = {**measured(model_ranks), "counts": counts,
-              "baselines": {name: measured(ranks) for name, ranks in baselines.items()},
-              "differences": {f"ecr-ray − {name}": measured(model_ranks, ranks) for name, ranks in baselines.items()}}
+    variant = cfg.rec.variant
+    compared = [(variant, name) for name in (*ranks, *baselines) if name != variant]
+    if "paper" in ranks:
+        compared += [("paper", name) for name in baselines]
+    everything = {**ranks, **baselines}
+    result = {**measured(ranks[variant]), "variant": variant, "counts": counts,
+              "variants": {name: measured(r) for name, r in ranks.items() if name != variant},
+              "baselines": {name: measured(r) for name, r in baselines.items()},
+              "differences": {f"{a} − {b}": measured(everything[a], everything[b]) for a, b in compared}}
     run_dir.write_json(report(f"eval-{split_name(group)}"), result)
-    summary = {k: result[k] for k in [*REC_METRICS, *NEW_METRICS, "auc_per_batch", "examples", "new"]}
+    summary = {k: result[k] for k in ["variant", *REC_METRICS, *NEW_METRICS, "auc_per_batch", "examples", "new"]}
     intervals = dict(result.get("intervals", {}))
-    for name, metrics in result["baselines"].items():  # flat keys: the run report's figures
-        for k in BASELINE_FIGURES:
+    others = {**result["variants"], **result["baselines"], **{d: result["differences"][d] for d in SUMMARY_DIFFERENCES
+                                                              if d in result["differences"]}}
+    for name, metrics in others.items():  # flat keys: the run report's figures
+        for k in SUMMARY_FIGURES:
             summary[f"{name}: {k}"] = metrics[k]
             if k in metrics.get("intervals", {}):
                 intervals[f"{name}: {k}"] = metrics["intervals"][k]

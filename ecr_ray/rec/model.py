@@ -6,8 +6,10 @@ residual projections, as in UniCRS/ECR. User: attention over the mentioned entit
 untrained fusion leaves them as they are), plus, with `global_emotion`, the emotion-related
 neighbours' representation with a learned weight, combined with a context encoder from a registry.
 
-An item's score is user . item + its bias (`rec.variant: paper`, ECR's model alone), and in the hybrid
-variant also channels with their own weights (fitted for ranking, rec/channels.py, or trained with the rest):
+An item's score is user . item + its bias (`rec.variant: paper`, ECR's model alone). The hybrid
+variant trains exactly that model, then adds count channels with weights fitted for ranking
+(rec/channels.py), the learned score entering with a weight fitted on held-out dialogues:
+  hybrid = learned_weight x (user . item + bias) + channels, where the channels are
   co-occurrence  log(1 + training dialogues it occurs in) and log(1 + recency-weighted training
                  dialogues it shares with the context's entities; with `local_emotion` an entity the
                  user liked or met with negative emotion weighs 1 + its own weight x that emotion)
@@ -93,8 +95,8 @@ class ECRRecommender(nn.Module):
         self.attn = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1, bias=False))
         self.context = CONTEXT_ENCODERS[cfg.context_encoder](cfg, context_dim, allow_download)
         self.user = nn.Linear(2 * h, h)
-        if hybrid:  # training starts from the channels alone
-            nn.init.zeros_(self.user.weight), nn.init.zeros_(self.user.bias)
+        if hybrid:  # fitted after training (rec/channels.py `fit_mix`), never trained
+            self.register_buffer("learned_weight", torch.ones(()))
         self.item_bias = nn.Parameter(torch.zeros(len(item_ids)))
         self.register_buffer("item_ids", torch.as_tensor(item_ids, dtype=torch.long))
         # parameters exist only for the parts in use: unused ones break DDP's gradient sync
@@ -120,10 +122,14 @@ class ECRRecommender(nn.Module):
         self.entity_item = np.full(num_entities, -1, dtype=np.int64)
         self.entity_item[np.asarray(item_ids)] = np.arange(len(item_ids))
 
-    def channel_parameters(self) -> list[nn.Parameter]:
-        """The channel weights and the item bias that train (at `rec.channel_lr`; fitted ones are frozen)."""
-        names = ("cooccurrence_weights", "emotion_weights", "copy_weights", "copy_gate", "neighbour_weight", "global_weight", "item_bias")
-        return [getattr(self, n) for n in names if hasattr(self, n) and getattr(self, n).requires_grad]
+    @property
+    def has_channels(self) -> bool:
+        return self.counting or self.copying or self.global_scoring
+
+    def fast_parameters(self) -> list[nn.Parameter]:
+        """The item bias and the neighbours' weight: a vector and a scalar that need larger steps than the
+        embeddings (`rec.bias_lr`)."""
+        return [self.item_bias, *([self.neighbour_weight] if self.cfg.global_emotion else [])]
 
     def entity_states(self, entity_embeds, entities, emotions):
         """Mentioned entities [B, L, h], fused with the user's emotion towards each (local)."""
@@ -166,13 +172,16 @@ class ECRRecommender(nn.Module):
             out = out + copy.scatter_add(1, positions.clamp(min=0), value * (positions >= 0))
         return out
 
-    def forward(self, inputs: dict, entity_embeds: torch.Tensor | None = None, all_entities: bool = False) -> torch.Tensor:
-        """Logits over the items (or, without the channels, over every entity, for pre-training)."""
+    def forward(self, inputs: dict, entity_embeds: torch.Tensor | None = None, all_entities: bool = False,
+                channels: bool = True) -> torch.Tensor:
+        """Logits over the items: the learned score, plus the channels unless `channels` is False (what
+        training fits, and the hybrid's ECR model alone); over every entity with `all_entities` (pre-training)."""
         entity_embeds = self.kg() if entity_embeds is None else entity_embeds
         user = self.user_vector(inputs, entity_embeds)
         if all_entities:
             return user @ entity_embeds.T
-        return user @ entity_embeds[self.item_ids].T + self.item_bias + self.channels(inputs)
+        learned = user @ entity_embeds[self.item_ids].T + self.item_bias
+        return self.learned_weight * learned + self.channels(inputs) if channels and self.has_channels else learned
 
     def entity_evidence(self, batch: dict, items: torch.Tensor) -> dict[str, torch.Tensor]:
         """How much each mentioned entity of a one-example batch adds to the scores of `items` (positions
@@ -201,10 +210,10 @@ class ECRRecommender(nn.Module):
             out["emotion-related neighbours"] = split(evidence, self.global_weight * torch.log1p(len(self.item_entities) * evidence.sum(0)))
         return out
 
-    def inputs(self, batch: dict, own: dict | None = None) -> dict:
+    def inputs(self, batch: dict, own: dict | None = None, channels: bool = True) -> dict:
         """Tensors for forward() from a numpy batch of examples (the collate step). `own`:
         conversation_id -> what that dialogue put into the tables (`own_contributions`), subtracted
-        for its examples."""
+        for its examples. `channels` False: without the co-occurrence counts (the learned score alone)."""
         from ecr_ray.rec.features import pad_mentions, recency_weights
 
         ids, emotions, by_seeker = pad_mentions(batch)
@@ -213,7 +222,7 @@ class ECRRecommender(nn.Module):
                "mentioned_items": torch.from_numpy(np.where(mask, self.entity_item[np.maximum(ids, 0)], -1)),
                **self.context.features(batch)}
         owned = [own.get(int(c)) for c in batch["conversation_id"]] if own else [None] * len(ids)
-        if self.counting:
+        if self.counting and channels:
             weights = [recency, *([recency * emotions[..., LIKED], recency * emotions[..., NEGATIVE]] if self.cfg.local_emotion else [])]
             popularity, shared = self._item_counts(ids, weights, owned)
             out["popularity"] = torch.from_numpy(np.log1p(popularity).astype(np.float32))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from ecr_ray.artifacts import (ABLATION_REPORTS, ABLATIONS, POOL, TABLES, RECOMMENDER, context_vectors_of, model, report,
+from ecr_ray.artifacts import (ABLATION_REPORTS, ABLATIONS, POOL, RECOMMENDER, RECOMMENDER_CURVE, TABLES, context_vectors_of, model, report,
                                split_name)
 from ecr_ray.config import Config
 from ecr_ray.rec.ablations import run_ablations
@@ -35,12 +35,13 @@ def rec_stages(cfg: Config) -> list[Stage]:
               for g in groups if context_stage(cfg, g)]
     stages.append(Stage("rec-cooccurrence", run=build_tables, outputs=(TABLES,), needs=(f"prepare-{POOL}", f"emotion-infer-{POOL}"),
                         config=("rec.beta", "rec.max_emotions", "rec.node_init", "rec.hidden", "rec.train.seed"), version=2))
-    stages.append(Stage("rec-train", run=train_recommender, outputs=(model(RECOMMENDER), report(RECOMMENDER)), config=TRAINING, version=4,
+    stages.append(Stage("rec-train", run=train_recommender, outputs=(model(RECOMMENDER), report(RECOMMENDER), RECOMMENDER_CURVE),
+                        config=TRAINING, version=5,
                         needs=("rec-cooccurrence", f"emotion-infer-{POOL}", *context_stage(cfg, POOL))))
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"eval-{split_name(g)}"),),
                             needs=("rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)),
-                            config=("rec.auc_batch_size", "eval.intervals", "eval.baselines", "rec.recency_decay"), version=2))
+                            config=("rec.auc_batch_size", "eval.intervals", "eval.baselines", "rec.recency_decay"), version=3))
     stages.append(Stage("rec-ablations", run=run_ablations, needs=(f"emotion-infer-{POOL}", *context_stage(cfg, POOL)),
                         config=(*TRAINING, "eval.intervals", "eval.baselines"), version=2,
                         optional=True,

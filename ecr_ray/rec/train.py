@@ -9,7 +9,7 @@ import tempfile
 
 import numpy as np
 
-from ecr_ray.artifacts import RECOMMENDER, model, report, write_model_config
+from ecr_ray.artifacts import RECOMMENDER, RECOMMENDER_CURVE, model, report, write_model_config
 from ecr_ray.config import Config, RecConfig, from_dict
 from ecr_ray.rundir import RunDir
 
@@ -38,28 +38,30 @@ def train_loop(config: dict) -> None:
     cfg = from_dict(RecConfig, config["rec"])
     t, own = cfg.train, config["own"]
     model = build_recommender(cfg, config["meta"], config["allow_download"])
-    if config["channels"] is not None:
+    if config["channels"] is not None:  # the hybrid's, fitted before training and frozen: the checkpoints carry them
         apply_channels(model, config["channels"])
-    channels = model.channel_parameters()
-    embeddings = [p for p in model.parameters() if p.requires_grad and all(p is not c for c in channels)]
-    optimizer = adamw([{"params": embeddings, "base_lr": t.lr}, {"params": channels, "base_lr": cfg.channel_lr}], t)
+    fast = model.fast_parameters()
+    embeddings = [p for p in model.parameters() if p.requires_grad and all(p is not f for f in fast)]
+    optimizer = adamw([{"params": embeddings, "base_lr": t.lr}, {"params": fast, "base_lr": cfg.bias_lr}], t)
     pretrain = cfg.pretrain_epochs
     steps = [math.ceil(config[k] / (t.num_workers * t.batch_size)) for k in ("pretrain_examples", "train_examples")]
     schedule = [*[steps[0]] * pretrain, *[steps[1]] * t.epochs]  # steps per epoch; one warm-up and decay over them all
-    state = restore(model, optimizer) or {"epoch": -1, "best": None, "best_metric": -1.0, "bad_epochs": 0}
+    state = restore(model, optimizer) or {"epoch": -1, "best": None, "best_metric": -1.0, "bad_epochs": 0, "curve": []}
     if state["epoch"] >= 0:  # after a worker failure, or a re-run
         state["resumed_at"] = [*state.get("resumed_at", []), state["epoch"] + 1]
-    # pre-training scores every entity, so the item bias and the channels sit idle then
+    # pre-training scores every entity, so the item bias sits idle then
     ddp = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": pretrain > 0})
     device = next(model.parameters()).device
     weights = cfg.feedback_weights if cfg.reweight else None
 
-    def held_out_metrics() -> dict:
+    def held_out_metrics() -> dict:  # of the learned score alone: what trains (the hybrid's weights come after)
         return evaluate(model, ray.train.get_dataset_shard("stop").iter_batches(batch_size=cfg.eval_batch_size, batch_format="numpy"),
-                        cfg.auc_batch_size, own=own)
+                        cfg.auc_batch_size, own=own, part="learned")
 
-    if state["epoch"] < 0:  # the network before training (the hybrid: its channels alone, user . item is zero) is a candidate: epoch -1
-        state.update(best=_cpu_state(model), best_metric=selection_metric(held_out_metrics(), cfg.early_stop_metric), best_epoch=-1)
+    if state["epoch"] < 0:  # the network before training is a candidate (epoch -1): a run that cannot beat it failed
+        held = held_out_metrics()
+        state.update(best=_cpu_state(model), best_metric=selection_metric(held, cfg.early_stop_metric), best_epoch=-1,
+                     curve=[_curve_point(-1, "before training", None, held)])
     for epoch in range(state["epoch"] + 1, pretrain + t.epochs):
         if state["bad_epochs"] >= cfg.patience:
             break
@@ -70,15 +72,16 @@ def train_loop(config: dict) -> None:
                 batch_size=t.batch_size, batch_format="numpy", local_shuffle_buffer_size=8 * t.batch_size, local_shuffle_seed=t.seed + epoch)):
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * lr_factor(sum(schedule[:epoch]) + i, sum(schedule), cfg.warmup)
-            inputs = {k: v.to(device) for k, v in model.inputs(batch, own).items()}
+            inputs = {k: v.to(device) for k, v in model.inputs(batch, own, channels=False).items()}
             targets = torch.as_tensor(batch["item"], device=device)  # an item position; an entity id when pre-training
-            logits = ddp(inputs, all_entities=pretraining)
+            logits = ddp(inputs, all_entities=pretraining, channels=False)
             loss = rec_loss(logits, targets, torch.as_tensor(batch["feedback"], device=device), None if pretraining else weights)
             losses.append(step(optimizer, loss))
         metrics = {"epoch": epoch, "phase": "pretrain" if pretraining else "train",
                    "train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if not pretraining:
-            held = held_out_metrics()
+        held = None if pretraining else held_out_metrics()
+        state["curve"].append(_curve_point(epoch, metrics["phase"], metrics["train_loss"], held))
+        if held is not None:
             metrics.update({f"stop_{k}": v for k, v in held.items() if v is not None})
             value = selection_metric(held, cfg.early_stop_metric)
             if value > state["best_metric"]:
@@ -88,6 +91,20 @@ def train_loop(config: dict) -> None:
         state["epoch"] = epoch
         metrics.update({"best_epoch": state.get("best_epoch", -1), "best_stop_metric": state["best_metric"]})
         report_epoch(metrics, lambda: {**state, "model": _cpu_state(model), "optimizer": optimizer.state_dict()})
+
+
+def _curve_point(epoch: int, phase: str, loss: float | None, held: dict | None) -> dict:
+    """One row of the learning curve: the epoch's mean training loss and the held-out recall and AUC."""
+    return {"epoch": epoch, "phase": phase, "train_loss": loss,
+            **({f"stop_{k}": held[k] for k in ("recall@10", "recall@50", "auc")} if held else {})}
+
+
+def curve_table(curve: list[dict], best_epoch: int) -> str:
+    """The learning curve as markdown (reports/recommender.md)."""
+    cell = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = [f"| {p['epoch']}{' (selected)' if p['epoch'] == best_epoch else ''} | {p['phase']} | {cell(p['train_loss'])} | "
+            + " | ".join(cell(p.get(f"stop_{k}")) for k in ("recall@10", "recall@50", "auc")) + " |" for p in curve]
+    return "\n".join(["| epoch | phase | train loss | held-out R@10 | held-out R@50 | held-out AUC |", "|---:|---|---:|---:|---:|---:|", *rows])
 
 
 def _cpu_state(model) -> dict:
@@ -105,7 +122,7 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     """Train on the counted dialogues' examples (`inputs`, a TrainingInputs) and save the best epoch's
     model to models/<name>/; returns its metrics."""
     from ecr_ray.raytools import fit
-    from ecr_ray.rec.channels import fit_channels
+    from ecr_ray.rec.channels import fit_channels, fit_mix
     from ecr_ray.rec.checkpoint import build_recommender, save_recommender
 
     train, stop = stopping_split(inputs.train, rcfg.stop_fraction)
@@ -113,7 +130,7 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "
                            "(raise data.max_dialogues or rec.stop_fraction)")
     fitted = None
-    if rcfg.channel_fit == "ranking" and rcfg.variant == "hybrid":
+    if rcfg.variant == "hybrid":
         fitted = fit_channels(build_recommender(rcfg, inputs.meta, cfg.models.allow_download), train, inputs.own, rcfg)
         print(f"[rec-train] channel weights fitted for ranking: {fitted}", flush=True)
     datasets = {"train": train, "stop": stop}
@@ -130,7 +147,11 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     if state.get("best_epoch", -1) < 0:  # a failed run, and it says so
         print(f"[rec-train] WARNING: no epoch beat the network before training on the held-out dialogues: the saved {rcfg.variant} "
               "model is the untrained one" + (" plus its fitted channels" if rcfg.variant == "hybrid" else ""), flush=True)
-    metrics.update(epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
+    mix = fit_mix(recommender, stop, inputs.own, rcfg) if rcfg.variant == "hybrid" else None
+    if mix:
+        print(f"[rec-train] the learned score's weight beside the channels, fitted on the held-out dialogues: {mix['weight']}"
+              + (" -- WARNING: the learned part adds nothing to the channels" if mix["weight"] == 0 else ""), flush=True)
+    metrics.update(mix=mix, curve=state.get("curve", []), epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
                    resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
                    pretrain_examples=len(datasets.get("pretrain", [])), channel_fit=fitted)
     with tempfile.TemporaryDirectory() as local:
@@ -148,5 +169,12 @@ def train_recommender(cfg: Config, run_dir: RunDir) -> dict:
     metrics = fit_recommender(cfg, cfg.rec, RECOMMENDER, inputs, run_dir)
     run_dir.write_json(report(RECOMMENDER), {"examples": counts, "training": metrics,
                                              "feedback_weights": dataclasses.asdict(cfg.rec.feedback_weights)})
+    curve = curve_table(metrics["curve"], metrics["best_epoch"])
+    mix = metrics["mix"] and "\n\nThe learned score's weight beside the channels, fitted on the held-out dialogues " + (
+        f"({metrics['mix']['metric']} by weight): " + ", ".join(f"{w}: {v:.4f}" for w, v in metrics["mix"]["curve"].items())
+        + f"; chosen {metrics['mix']['weight']}.")
+    run_dir.write_text(RECOMMENDER_CURVE, f"# Recommender ({cfg.rec.variant}): learning curve\n\nHeld out: {metrics['stop_examples']} "
+                       f"examples of training dialogues never trained on (they select the epoch); the learned score alone.\n\n{curve}{mix or ''}\n")
+    print(curve, flush=True)
     return {"train_examples": metrics["train_examples"], "stop_examples": metrics["stop_examples"], "epochs_run": metrics["epochs_run"],
             "best_epoch": metrics.get("best_epoch"), f"stop_{cfg.rec.early_stop_metric}": metrics.get("best_stop_metric")}

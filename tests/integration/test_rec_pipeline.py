@@ -10,7 +10,8 @@ from ecr_ray.data.kg import load_kg
 from ecr_ray.artifacts import POOL, prepared
 from ecr_ray.pipeline import run_stages
 from ecr_ray.config import REC_METRICS as METRIC_KEYS
-from ecr_ray.rec.ablations import VARIANTS
+from ecr_ray.rec.ablations import PAPER, VARIANTS
+from ecr_ray.rec.channels import MIX_GRID
 from ecr_ray.rec.baselines import BASELINES
 from ecr_ray.rundir import RunDir
 
@@ -54,7 +55,13 @@ def test_train_and_evaluate_on_dev(trained):
     # the training-free baselines on the same examples, and the model's paired differences against each
     baselines = report["baselines"]
     assert set(baselines) == set(BASELINES) and all(b["examples"] == report["examples"] for b in baselines.values())
-    diff = report["differences"]["ecr-ray − popularity"]
+    assert report["variant"] == cfg.rec.variant == "hybrid"
+    parts = report["variants"]  # the hybrid's learned part alone (the paper variant) and its channels alone, same examples
+    assert set(parts) == {"paper", "channels alone"} and all(p["examples"] == report["examples"] for p in parts.values())
+    added = report["differences"]["hybrid − channels alone"]
+    assert added["recall@50"] == pytest.approx(report["recall@50"] - parts["channels alone"]["recall@50"])
+    assert summaries["rec-eval-pool"]["paper − co-occurrence: recall@50"] == report["differences"]["paper − co-occurrence"]["recall@50"]
+    diff = report["differences"]["hybrid − popularity"]
     assert diff["recall@50"] == pytest.approx(report["recall@50"] - baselines["popularity"]["recall@50"])
     lo, hi = diff["intervals"]["recall@50"]
     assert lo <= diff["recall@50"] <= hi
@@ -66,6 +73,11 @@ def test_train_and_evaluate_on_dev(trained):
     assert 0 < training["stop_examples"] < training["train_examples"] and training["epochs_run"] <= cfg.rec.train.epochs
     assert trained_with["feedback_weights"] == {"like": 2.0, "dislike": 1.0, "not_said": 0.5}
     assert run_dir.exists("models/recommender/tables.npz")
+    # ECR's model learned: an epoch after pre-training beat the network before training; its curve is in reports/
+    assert training["best_epoch"] >= cfg.rec.pretrain_epochs
+    assert [p["epoch"] for p in training["curve"]] == list(range(-1, training["epochs_run"]))
+    assert f"| {training['best_epoch']} (selected) | train |" in run_dir.read_text("reports/recommender-curve.md")
+    assert training["mix"]["weight"] in MIX_GRID  # the learned score's weight beside the channels, fitted on held-out dialogues
 
     again = run_stages(cfg, run_dir, only=["rec"])
     assert all(s.get("skipped") for s in again.values())
@@ -99,7 +111,8 @@ def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
     assert _cli("ablations", run_dir) == 0
     report = run_dir.read_json("reports/ablations.json")
     results, differences = report["systems"], report["differences"]
-    assert report["folds"] == cfg.rec.cv_folds == 2 and set(results) == {*BASELINES, *VARIANTS}
+    systems = [*BASELINES, *[s for name in VARIANTS for s in (name, name + PAPER, *(["channels alone"] if name == "full ECR" else []))]]
+    assert report["folds"] == cfg.rec.cv_folds == 2 and set(results) == set(systems)
     pool_examples = run_dir.read_json("reports/recommender.json")["examples"]["examples"]
     for name, metrics in results.items():
         assert metrics["examples"] == pool_examples, name  # each pool example scored once, by a model that never saw its dialogue
@@ -113,7 +126,8 @@ def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
     assert run_dir.exists("models/ablations/fold-1/full-ecr/tables.npz")
     table = run_dir.read_text("reports/ablations.md")
     rows = [line for line in table.splitlines() if line.startswith("| ")]
-    assert [row.split(" | ")[0] for row in rows[1 : 1 + len(results)]] == [f"| {name}" for name in (*BASELINES, *VARIANTS)]
+    assert [row.split(" | ")[0] for row in rows[1 : 1 + len(results)]] == [f"| {name}" for name in systems]
+    assert {"full ECR − channels alone", "full ECR (paper) − without local emotion (paper)"} <= set(differences)
     assert "Paired differences" in table and " [" in rows[1]  # every figure with its interval
     with run_dir.fs.open_input_stream(run_dir.path("reports/ablations.png")) as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -217,13 +217,13 @@ def test_zero_initialised_fusion_and_emotion_weights_equal_the_base_model_at_ste
 
 
 def test_the_paper_variant_is_ecrs_model_alone(kg, data_root):
-    """rec.variant=paper: no count, copy or neighbour-score channel; the score is user . item + bias from the start."""
+    """rec.variant=paper: no count, copy or neighbour-score channel; the score is user . item + bias. The hybrid's
+    learned part is that same model (what it trains; what rec-eval reports as "paper")."""
     paper, _ = _model(kg, data_root, variant="paper")
     hybrid, _ = _model(kg, data_root)
     for name in ("cooccurrence_weights", "emotion_weights", "copy_weights", "copy_gate", "global_weight"):
         assert not hasattr(paper, name) and hasattr(hybrid, name), name
     assert hasattr(paper, "neighbour_weight") and hasattr(paper, "fuse")  # global and local emotion stay in the user vector
-    assert paper.user.weight.abs().sum() > 0 and hybrid.user.weight.abs().sum() == 0  # only the hybrid starts from its channels
     with torch.no_grad():
         inputs = paper.inputs(_batch(kg))
         assert "cooccurrence" not in inputs and paper.channels(inputs) == 0.0
@@ -231,6 +231,11 @@ def test_the_paper_variant_is_ecrs_model_alone(kg, data_root):
         expected = paper.user_vector(inputs, embeds) @ embeds[paper.item_ids].T + paper.item_bias
         assert torch.allclose(paper(inputs, embeds), expected)
         assert paper(inputs, embeds).std() > 0  # an untrained paper model already ranks by its representations
+        both = hybrid.inputs(_batch(kg))
+        assert torch.allclose(hybrid(both, channels=False), paper(inputs), atol=1e-6)
+        learned_only = hybrid.inputs(_batch(kg), channels=False)  # what training reads: no counts to compute
+        assert "cooccurrence" not in learned_only and torch.allclose(hybrid(learned_only, channels=False), paper(inputs), atol=1e-6)
+        assert torch.allclose(hybrid(both), hybrid.learned_weight * paper(inputs) + hybrid.channels(both), atol=1e-5)
 
 
 def test_selection_metric_means_recall_and_auc():
@@ -262,7 +267,37 @@ def test_channel_weights_are_fitted_for_ranking_then_frozen(kg, data_root):
         batch = model.inputs(as_columns(rows))
         assert torch.allclose(fresh.channels(batch), model.channels(batch))
     assert not fresh.copy_weights.requires_grad and not fresh.cooccurrence_weights.requires_grad
-    assert [p.shape for p in fresh.channel_parameters()] == [torch.Size([]), fresh.item_bias.shape]  # the neighbour weight, the bias
+    assert fresh.fast_parameters() == [fresh.item_bias, fresh.neighbour_weight]  # what trains at rec.bias_lr
+
+
+def test_the_hybrid_learns_what_counts_cannot_see_and_its_weight_is_fitted_on_held_out_dialogues(kg, data_root):
+    """The target is set by the context vector alone (the same entities everywhere, no counted dialogue holds
+    the targets): the channels rank it at chance. Trained as rec-train trains it (the learned score, the
+    feedback-weighted loss), the learned part finds it; `fit_mix` then weights it in on held-out dialogues."""
+    from ecr_ray.rec.channels import fit_mix
+    from ecr_ray.rec.evaluate import rank_rows
+
+    model, _ = _model(kg, data_root, early_stop_metric="mean_recall")
+    targets = (10, 11, 12, 13)
+
+    def rows(first_id):
+        return [{"conversation_id": first_id + n, "entities": [5], "entity_emotions": [[0.0] * 9], "entity_by_seeker": [1],
+                 "context_vec": np.eye(8, dtype=np.float32)[k] * 3, "item": targets[k], "feedback": 1, "new": 1}
+                for n, k in enumerate(np.random.default_rng(first_id).integers(0, len(targets), 64))]
+
+    train, held = rows(100), rows(1000)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(60):
+        batch = as_columns(train)
+        loss = rec_loss(model(model.inputs(batch), channels=False), torch.tensor(batch["item"]), torch.tensor(batch["feedback"]),
+                        FeedbackWeights())
+        optimizer.zero_grad(), loss.backward(), optimizer.step()
+    recall = lambda part: (rank_rows(model, held, model.cfg, part)[0] < 10).mean()  # noqa: E731
+    assert recall("channels") < 0.1 and recall("learned") == 1.0
+    mix = fit_mix(model, held, {}, model.cfg)
+    assert mix["weight"] > 0 and mix["curve"][0.0] < mix["curve"][mix["weight"]] and model.learned_weight.item() == pytest.approx(mix["weight"])
+    assert recall("all") == 1.0
 
 
 def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root, tmp_path):
