@@ -387,10 +387,23 @@ def from_dict(cls, values: dict):
     return _build(cls, values, "")
 
 
+RETIRED = {  # removed knobs: a config a model was saved with may still hold them (ignored there), a preset may not
+    "rec.channel_fit": "the hybrid's channel weights are always fitted for ranking, and the model trains without them (2026-12-03)",
+    "rec.channel_lr": "the item bias' rate is rec.bias_lr; no channel weight trains any more (2026-12-03)",
+}
+
+
 def load_config(preset: str | Path | None = None, overrides: typing.Sequence[str] = (), base: dict | None = None) -> Config:
-    """A preset (a path, or a name in configs/) or a `base` (a recorded Config.to_dict()), and
-    'section.key=value' overrides (YAML values)."""
+    """A preset (a path, or a name in configs/) or a `base` (a recorded Config.to_dict(): its RETIRED keys are
+    dropped, so a model saved before a knob was removed still loads), and 'section.key=value' overrides (YAML values)."""
     values: dict = copy.deepcopy(base or {})
+    for key in RETIRED:
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     if preset:
         path = Path(preset)
         if not path.exists() and (PRESETS_DIR / f"{preset}.yaml").exists():
@@ -418,6 +431,8 @@ def _build(cls, values: dict, prefix: str, default=None):
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
+    if unknown and f"{prefix}{unknown[0]}" in RETIRED:
+        raise ConfigError(f"config key {prefix}{unknown[0]} was removed: {RETIRED[prefix + unknown[0]]}")
     if unknown:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known in {prefix.rstrip('.') or 'config'}: {', '.join(sorted(known))})")
     kwargs = {}

@@ -39,6 +39,14 @@ def test_bad_overrides_name_the_key(override, message):
         load_config("tiny", [override])
 
 
+def test_a_removed_knob_is_refused_in_a_preset_and_ignored_in_a_saved_config():
+    with pytest.raises(ConfigError, match="rec.channel_fit was removed: the hybrid's channel weights are always fitted"):
+        load_config("tiny", ["rec.channel_fit=ranking"])
+    saved = load_config("tiny").to_dict()
+    saved["rec"].update(channel_fit="loss", channel_lr=0.01)  # what a model trained before 2026-12-03 carries
+    assert load_config(None, base=saved) == load_config("tiny")
+
+
 def test_unknown_preset(tmp_path):
     with pytest.raises(ConfigError, match="preset 'huge' not found"):
         load_config("huge")
