@@ -95,19 +95,17 @@ def fit_mix(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
     {"weight", "metric": its name, "curve": {weight: metric}}. A weight of 0: the learned part adds nothing."""
     import torch
 
-    from ecr_ray.rec.evaluate import as_columns
+    from ecr_ray.rec.evaluate import _batches
     from ecr_ray.rec.metrics import rec_metrics, selection_metric, target_ranks
 
     model.eval()
-    learned, channels, items = [], [], []
+    learned, channels = [], []
     with torch.no_grad():
         embeds = model.kg()
-        for i in range(0, len(rows), rcfg.eval_batch_size):
-            part = rows[i : i + rcfg.eval_batch_size]
-            x = model.inputs(as_columns(part), own)
+        for batch in _batches(rows, rcfg.eval_batch_size):
+            x = model.inputs(batch, own)
             learned.append(model(x, embeds, channels=False)), channels.append(model.channels(x))
-            items += [r["item"] for r in part]
-    learned, channels = torch.cat(learned), torch.cat(channels)
+    learned, channels, items = torch.cat(learned), torch.cat(channels), [r["item"] for r in rows]
     curve = {w: selection_metric(rec_metrics(*target_ranks(w * learned + channels, items), [r["feedback"] for r in rows],
                                              rcfg.auc_batch_size), rcfg.early_stop_metric) for w in MIX_GRID}
     best = max(curve, key=lambda w: (curve[w], -w))  # ties: the smaller weight

@@ -13,12 +13,10 @@ SUMMARY_FIGURES = ("recall@10", "recall@50")  # of each other system and differe
 SUMMARY_DIFFERENCES = ("hybrid − channels alone", "paper − co-occurrence")  # what the learned part adds; ECR alone vs counts
 
 
-PARTS = ("all", "learned", "channels")  # what of a model scores: all of it, ECR's learned score alone, the hybrid's channels alone
-
-
 def evaluate(recommender, batches, auc_batch_size: int, entity_embeds=None, own: dict | None = None, part: str = "all") -> dict:
-    """Metrics of a model (or one of its PARTS) over numpy batches of examples (in order), through the scoring
-    path; `own`: the counted dialogues' contributions to the tables, left out for their examples."""
+    """Metrics of a model over numpy batches of examples (in order), through the scoring path; `own`: the counted
+    dialogues' contributions to the tables, left out for their examples; `part`: what of the model scores (all of
+    it, "learned": ECR's learned score alone, "channels": the hybrid's channels alone)."""
     from ecr_ray.rec.metrics import rec_metrics
 
     return rec_metrics(*_ranked(recommender, batches, entity_embeds, own, part), auc_batch_size)
@@ -69,7 +67,7 @@ def _batches(rows: list[dict], size: int):
 
 
 def rank_rows(recommender, rows: list[dict], rcfg: RecConfig, part: str = "all") -> tuple[np.ndarray, np.ndarray]:
-    """(rank, probability) of every example row's target under a model (or one of its PARTS)."""
+    """(rank, probability) of every example row's target under a model (or a `part` of it, as `evaluate`)."""
     return _ranked(recommender, _batches(rows, rcfg.eval_batch_size), part=part)[:2]
 
 

@@ -100,7 +100,7 @@ def _curve_point(epoch: int, phase: str, loss: float | None, held: dict | None) 
 
 
 def curve_table(curve: list[dict], best_epoch: int) -> str:
-    """The learning curve as markdown (reports/recommender.md)."""
+    """The learning curve as markdown (reports/recommender-curve.md)."""
     cell = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     rows = [f"| {p['epoch']}{' (selected)' if p['epoch'] == best_epoch else ''} | {p['phase']} | {cell(p['train_loss'])} | "
             + " | ".join(cell(p.get(f"stop_{k}")) for k in ("recall@10", "recall@50", "auc")) + " |" for p in curve]
