@@ -60,10 +60,10 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
             print(f"[rec-ablations] fold {f + 1}/{cfg.rec.cv_folds}: training {name!r}", flush=True)
             fit_recommender(cfg, rcfg, folder, inputs, run_dir)
             recommender, _ = load_recommender(run_dir.local_copy(model(folder)), rcfg)
+            labels = {rcfg.variant: name, "paper": name + PAPER, "channels alone": "channels alone" if name == "full ECR" else None}
             for part, ranks in variant_ranks(recommender, inputs.held_out, rcfg).items():
-                if part == "channels alone" and name != "full ECR":
-                    continue
-                ranked.setdefault(part if part == "channels alone" else name + PAPER if part == "paper" else name, []).append(ranks)
+                if labels[part]:  # the channels alone once: full ECR's
+                    ranked.setdefault(labels[part], []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
