@@ -224,7 +224,7 @@ class RecConfig:
                                        "joins the user vector with a learned weight (and, in the hybrid, their item score is a channel)")
     reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (rec.feedback_weights)")
     feedback_weights: FeedbackWeights = _section(FeedbackWeights, "feedback-aware reweighting (rec.reweight)")
-    beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero")
+    beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero; when none passes, the top label (as ECR)")
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
     stop_fraction: float = _knob(0.1, "share of the training dialogues held out to select the epoch (never the reported split)")
     channel_fit_examples: int = _knob(6000, "hybrid: training examples (a seeded sample) the channel weights are fitted for ranking on")

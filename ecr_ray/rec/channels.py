@@ -5,8 +5,10 @@ with popularity, at the cost of the top 50. So before the model trains, each cha
 coordinate ascent over a grid, on `rec.early_stop_metric` (by default the mean of recall@10,
 recall@50 and AUC) of training examples (their own dialogue left out of the counts), on the channels
 alone; they stay frozen. The co-occurrence weight stays 1: it sets the scale the others are measured in.
-After training, the learned score's weight (`fit_mix`) is fitted the same way on the held-out training
-dialogues: on the training examples the learned score has seen its answers.
+After training, the learned score's weight and, beside it, the channel weights again (`fit_mix`) are
+fitted the same way on the held-out training dialogues (stacking: on the training examples the learned
+score has seen its answers); the channels fitted alone stay in the model's record, the system the
+learned part is measured against.
 """
 from __future__ import annotations
 
@@ -42,38 +44,51 @@ def fitted_parameters(model) -> list[str]:
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)  # the learned score's weight beside the channels
 
 
+def _channel_knobs(model) -> list[tuple]:
+    """(name, parameter, index, grid) of every channel weight this model has."""
+    return [(name, getattr(model, attr), index, grid) for name, (attr, index, grid) in GRIDS.items() if hasattr(model, attr)]
+
+
+def _ascend(knobs: list[tuple], metric) -> tuple[float, float]:
+    """Coordinate ascent over the knobs' grids on `metric()`, in place, `SWEEPS` times; (metric before, after)."""
+    start = best = metric()
+    for _ in range(SWEEPS):
+        for _, param, index, grid in knobs:
+            keep = _slot(param, index).item()
+            for value in grid:
+                _slot(param, index).fill_(value)
+                score = metric()
+                if score > best:
+                    best, keep = score, value
+            _slot(param, index).fill_(keep)
+    return start, best
+
+
+def _metric(scores: list, items: list[list[int]], feedback: list[int], rcfg: RecConfig) -> float:
+    """`rcfg.early_stop_metric` of batches of item scores."""
+    from ecr_ray.rec.metrics import rec_metrics, selection_metric, target_ranks
+
+    ranked = [target_ranks(s, i) for s, i in zip(scores, items, strict=True)]
+    ranks, probs = (np.concatenate(part) for part in zip(*ranked, strict=True))
+    return selection_metric(rec_metrics(ranks, probs, feedback, rcfg.auc_batch_size), rcfg.early_stop_metric)
+
+
 def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
     """Set the model's channel weights on (a seeded sample of `rec.channel_fit_examples` of) `rows`,
     in place; returns {"weights": {name: value}, "metric": its name, before and after, "examples"}."""
     import torch
 
     from ecr_ray.rec.evaluate import as_columns
-    from ecr_ray.rec.metrics import rec_metrics, selection_metric, target_ranks
 
     order = np.random.default_rng(rcfg.train.seed).permutation(len(rows))[: rcfg.channel_fit_examples]
     sample = [rows[i] for i in sorted(order)]
-    feedback = [r["feedback"] for r in sample]
-    knobs = [(name, getattr(model, attr), index, grid) for name, (attr, index, grid) in GRIDS.items() if hasattr(model, attr)]
+    knobs = _channel_knobs(model)
     model.eval()
     with torch.no_grad():
         batches = [(model.inputs(as_columns(sample[i : i + 256]), own), [r["item"] for r in sample[i : i + 256]])
                    for i in range(0, len(sample), 256)]
-
-        def metric() -> float:
-            ranked = [target_ranks(model.channels(x), items) for x, items in batches]
-            ranks, probs = (np.concatenate(part) for part in zip(*ranked, strict=True))
-            return selection_metric(rec_metrics(ranks, probs, feedback, rcfg.auc_batch_size), rcfg.early_stop_metric)
-
-        start = best = metric()
-        for _ in range(SWEEPS):
-            for _, param, index, grid in knobs:
-                keep = _slot(param, index).item()
-                for value in grid:
-                    _slot(param, index).fill_(value)
-                    score = metric()
-                    if score > best:
-                        best, keep = score, value
-                _slot(param, index).fill_(keep)
+        start, best = _ascend(knobs, lambda: _metric([model.channels(x) for x, _ in batches], [i for _, i in batches],
+                                                     [r["feedback"] for r in sample], rcfg))
     weights = {name: _slot(param, index).item() for name, param, index, _ in knobs}
     return {"weights": weights, "metric": {"name": rcfg.early_stop_metric, "before": start, "after": best}, "examples": len(sample)}
 
@@ -91,23 +106,26 @@ def apply_channels(model, weights: dict) -> None:
 
 
 def fit_mix(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
-    """Set the trained hybrid's `learned_weight` on `rows` (held-out training dialogues), in place; returns
-    {"weight", "metric": its name, "curve": {weight: metric}}. A weight of 0: the learned part adds nothing."""
+    """Set the trained hybrid's `learned_weight`, then its channel weights again beside it, on `rows` (held-out
+    training dialogues), in place; returns {"weight", "channels": the refitted weights, "metric": its name,
+    "curve": {weight: metric} with those channels}. A weight of 0: the learned part adds nothing."""
     import torch
 
     from ecr_ray.rec.evaluate import _batches
-    from ecr_ray.rec.metrics import rec_metrics, selection_metric, target_ranks
 
     model.eval()
-    learned, channels = [], []
     with torch.no_grad():
         embeds = model.kg()
-        for batch in _batches(rows, rcfg.eval_batch_size):
-            x = model.inputs(batch, own)
-            learned.append(model(x, embeds, channels=False)), channels.append(model.channels(x))
-    learned, channels, items = torch.cat(learned), torch.cat(channels), [r["item"] for r in rows]
-    curve = {w: selection_metric(rec_metrics(*target_ranks(w * learned + channels, items), [r["feedback"] for r in rows],
-                                             rcfg.auc_batch_size), rcfg.early_stop_metric) for w in MIX_GRID}
-    best = max(curve, key=lambda w: (curve[w], -w))  # ties: the smaller weight
-    model.learned_weight.fill_(best)
-    return {"weight": best, "metric": rcfg.early_stop_metric, "curve": curve}
+        batches = [(x := model.inputs(batch, own), model(x, embeds, channels=False), batch["item"]) for batch in _batches(rows, rcfg.eval_batch_size)]
+        feedback = [r["feedback"] for r in rows]
+        metric = lambda: _metric([model.learned_weight * learned + model.channels(x) for x, learned, _ in batches],  # noqa: E731
+                                 [items for *_, items in batches], feedback, rcfg)
+        model.learned_weight.fill_(0.0)  # from the channels alone
+        _ascend([("learned score", model.learned_weight, None, MIX_GRID), *_channel_knobs(model)], metric)
+        best, curve = min(MIX_GRID, key=lambda w: abs(w - model.learned_weight.item())), {}  # the grid's value, not its float32
+        for w in MIX_GRID:
+            model.learned_weight.fill_(w)
+            curve[w] = metric()
+        model.learned_weight.fill_(best)
+    return {"weight": best, "channels": {name: round(_slot(param, index).item(), 6) for name, param, index, _ in _channel_knobs(model)},
+            "metric": rcfg.early_stop_metric, "curve": curve}

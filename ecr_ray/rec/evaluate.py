@@ -71,12 +71,19 @@ def rank_rows(recommender, rows: list[dict], rcfg: RecConfig, part: str = "all")
     return _ranked(recommender, _batches(rows, rcfg.eval_batch_size), part=part)[:2]
 
 
-def variant_ranks(recommender, rows: list[dict], rcfg: RecConfig) -> dict[str, tuple]:
+def variant_ranks(recommender, rows: list[dict], rcfg: RecConfig, info: dict) -> dict[str, tuple]:
     """(ranks, probabilities) of the trained model under its variant's name and, for a hybrid, of its parts on the
-    same rows: "paper" (its learned score alone: ECR's model, trained as the paper variant is) and "channels alone"."""
+    same rows: "paper" (its learned score alone: ECR's model, trained as the paper variant is) and "channels alone"
+    (with the weights they were fitted with alone, from the model's record `info`)."""
+    import copy
+
+    from ecr_ray.rec.channels import apply_channels
+
     out = {rcfg.variant: rank_rows(recommender, rows, rcfg)}
     if recommender.has_channels:
-        out.update({"paper": rank_rows(recommender, rows, rcfg, "learned"), "channels alone": rank_rows(recommender, rows, rcfg, "channels")})
+        alone = copy.deepcopy(recommender)
+        apply_channels(alone, info["metrics"]["channel_fit"]["weights"])
+        out.update({"paper": rank_rows(recommender, rows, rcfg, "learned"), "channels alone": rank_rows(alone, rows, rcfg, "channels")})
     return out
 
 
@@ -102,12 +109,13 @@ def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, item_index: d
     return top
 
 
-def load_trained(cfg: Config, run_dir: RunDir):
-    """The run's trained recommender (refused when its architecture differs from cfg.rec)."""
+def load_trained(cfg: Config, run_dir: RunDir, with_info: bool = False):
+    """The run's trained recommender (refused when its architecture differs from cfg.rec); with `with_info`,
+    (it, its record)."""
     from ecr_ray.rec.checkpoint import load_recommender
 
-    recommender, _ = load_recommender(run_dir.local_copy(model(RECOMMENDER)), cfg.rec, cfg.models.allow_download)
-    return recommender
+    recommender, info = load_recommender(run_dir.local_copy(model(RECOMMENDER)), cfg.rec, cfg.models.allow_download)
+    return (recommender, info) if with_info else recommender
 
 
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
@@ -116,16 +124,17 @@ def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     the pool's training split) on the same examples, with the paired differences that say what each part adds."""
     from ecr_ray.artifacts import read_tables
     from ecr_ray.data.kg import load_kg
+    from ecr_ray.rec.diagnostics import part_effects
     from ecr_ray.rec.examples import load_examples
 
-    recommender = load_trained(cfg, run_dir)
+    recommender, info = load_trained(cfg, run_dir, with_info=True)
     rows, counts = load_examples(cfg, run_dir, group)
     pool = rows if group == POOL else load_examples(cfg, run_dir, POOL)[0]
     if group == POOL:
         rows = [r for r in rows if r["split"] == "dev"]
     if not rows:
         raise RuntimeError(f"split {group!r} has no recommender turn with a target item in the KG: nothing to evaluate")
-    ranks = variant_ranks(recommender, rows, cfg.rec)
+    ranks = variant_ranks(recommender, rows, cfg.rec, info)
     baselines = baseline_ranks([r for r in pool if r["split"] == "train"], read_tables(run_dir)["items"], rows,
                                load_kg(cfg.data.path(cfg.data.kg_dir)), cfg.rec, cfg.eval)
     measured = lambda ranks, minus=None: reported_metrics(*ranks, rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus)  # noqa: E731
@@ -134,7 +143,7 @@ def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
     if "paper" in ranks:
         compared += [("paper", name) for name in baselines]
     everything = {**ranks, **baselines}
-    result = {**measured(ranks[variant]), "variant": variant, "counts": counts,
+    result = {**measured(ranks[variant]), "variant": variant, "counts": counts, "emotion parts": part_effects(recommender, rows, cfg.rec),
               "variants": {name: measured(r) for name, r in ranks.items() if name != variant},
               "baselines": {name: measured(r) for name, r in baselines.items()},
               "differences": {f"{a} − {b}": measured(everything[a], everything[b]) for a, b in compared}}

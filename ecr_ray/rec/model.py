@@ -8,7 +8,8 @@ neighbours' representation with a learned weight, combined with a context encode
 
 An item's score is user . item + its bias (`rec.variant: paper`, ECR's model alone). The hybrid
 variant trains exactly that model, then adds count channels with weights fitted for ranking
-(rec/channels.py), the learned score entering with a weight fitted on held-out dialogues:
+(rec/channels.py), the learned score entering with a weight fitted on held-out dialogues, the channel
+weights fitted again beside it there:
   hybrid = learned_weight x (user . item + bias) + channels, where the channels are
   co-occurrence  log(1 + training dialogues it occurs in) and log(1 + recency-weighted training
                  dialogues it shares with the context's entities; with `local_emotion` an entity the

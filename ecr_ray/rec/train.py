@@ -170,9 +170,10 @@ def train_recommender(cfg: Config, run_dir: RunDir) -> dict:
     run_dir.write_json(report(RECOMMENDER), {"examples": counts, "training": metrics,
                                              "feedback_weights": dataclasses.asdict(cfg.rec.feedback_weights)})
     curve = curve_table(metrics["curve"], metrics["best_epoch"])
-    mix = metrics["mix"] and "\n\nThe learned score's weight beside the channels, fitted on the held-out dialogues " + (
+    mix = metrics["mix"] and "\n\nThe learned score's weight beside the channels, fitted with them on the held-out dialogues " + (
         f"({metrics['mix']['metric']} by weight): " + ", ".join(f"{w}: {v:.4f}" for w, v in metrics["mix"]["curve"].items())
-        + f"; chosen {metrics['mix']['weight']}.")
+        + f"; chosen {metrics['mix']['weight']}, the channel weights refitted beside it: {metrics['mix']['channels']} "
+        f"(fitted alone: {metrics['channel_fit']['weights']}).")
     run_dir.write_text(RECOMMENDER_CURVE, f"# Recommender ({cfg.rec.variant}): learning curve\n\nHeld out: {metrics['stop_examples']} "
                        f"examples of training dialogues never trained on (they select the epoch); the learned score alone.\n\n{curve}{mix or ''}\n")
     print(curve, flush=True)

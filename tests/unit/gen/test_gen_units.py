@@ -343,6 +343,7 @@ def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cac
     assert logprob_score([{"token": "8", "logprob": math.log(0.3)}, {"token": "2", "logprob": math.log(0.1)}]) == 6.5
 
     judge = LocalJudge("smollm2-135m-instruct")
+    judge.model.float()  # bf16 where native (AVX512-BF16): a cached and a whole pass then differ by its rounding, not by the cache
     context, title, response = "User: I loved Inception, anything like it?", "Interstellar (2014)", "Watch Interstellar: Nolan's space epic."
     scores = judge.score(context, title, response)
     assert list(scores) == list(CRITERIA) and all(0.0 <= s <= 9.0 for s in scores.values())

@@ -58,7 +58,7 @@ def test_kept_emotions_are_the_labels_above_beta_at_most_n_f():
     p = [0.5, 0.2, 0.15, 0.12, 0.02, 0.01, 0, 0, 0]
     assert kept_emotions(p, beta=0.1, most=3) == [0.5, 0.2, 0.15, 0, 0, 0, 0, 0, 0]  # 0.12 is the fourth
     assert kept_emotions(p, beta=0.18, most=3) == [0.5, 0.2, 0, 0, 0, 0, 0, 0, 0]
-    assert kept_emotions([0.05] * 9, beta=0.1, most=3) == [0.0] * 9
+    assert kept_emotions([0.05, 0.07, *[0.02] * 7], beta=0.1, most=3) == [0.0, 0.07, *[0.0] * 7]  # none passes: the top label
 
 
 def test_neighbours_count_directed_mentions_whose_emotions_overlap(kg):
@@ -216,6 +216,34 @@ def test_zero_initialised_fusion_and_emotion_weights_equal_the_base_model_at_ste
         assert torch.allclose(full(full.inputs(_batch(kg))), base(base.inputs(_batch(kg))), atol=1e-5)
 
 
+def test_diagnostics_read_the_emotion_signal_and_how_far_each_emotion_part_moves_the_user(kg, data_root):
+    from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE
+    from ecr_ray.rec.diagnostics import emotion_signal, part_effects
+
+    like, negative = LABELS.index("like"), LABELS.index("negative")
+    dialogues = [{"conversation_id": 1, "movies": [{"movie_id": 10, "feedback": FEEDBACK_LIKE}, {"movie_id": 11, "feedback": FEEDBACK_DISLIKE}],
+                  "utterances": [{"role": S, "movie_ids": [10]}, {"role": S, "movie_ids": [11]}, {"role": S, "movie_ids": [10, 11]},
+                                 {"role": R, "movie_ids": [11]}]}]
+    signal = emotion_signal(dialogues, {(1, 0): _probs(like), (1, 1): _probs(negative), (1, 2): _probs(like), (1, 3): _probs(like)},
+                            RecConfig())
+    assert signal["utterances"] == {"liked": 1, "disliked": 1}  # one movie named, by the seeker, with a stance
+    assert signal["auc of P(like), liked vs disliked"] == signal["auc of P(negative), disliked vs liked"] == 1.0
+    assert (signal["kept 'like' when liked"], signal["kept 'like' when disliked"]) == (1.0, 0.0)
+
+    model, _ = _model(kg, data_root)
+    batch = _batch(kg)
+    rows = [{k: v[i] for k, v in batch.items()} for i in range(2)]
+    effects = part_effects(model, rows, model.cfg)
+    assert effects["entities reacted to"] == 0.5  # two entities mentioned, one reacted to
+    # untrained: the zero-initialised fusion and neighbour weight leave the user representation alone
+    assert effects["local fusion: state change / state"] == 0 and effects["neighbour weight"] == 0
+    assert effects["neighbour term / pooled entities"] == 0
+    with torch.no_grad():
+        model.fuse.bias.fill_(1.0), model.neighbour_weight.fill_(1.0)
+    moved = part_effects(model, rows, model.cfg)
+    assert moved["local fusion: state change / state"] > 0.1 and moved["neighbour term / pooled entities"] > 0
+
+
 def test_the_paper_variant_is_ecrs_model_alone(kg, data_root):
     """rec.variant=paper: no count, copy or neighbour-score channel; the score is user . item + bias. The hybrid's
     learned part is that same model (what it trains; what rec-eval reports as "paper")."""
@@ -274,8 +302,8 @@ def test_the_hybrid_learns_what_counts_cannot_see_and_its_weight_is_fitted_on_he
     """The target is set by the context vector alone (the same entities everywhere, no counted dialogue holds
     the targets): the channels rank it at chance. Trained as rec-train trains it (the learned score, the
     feedback-weighted loss), the learned part finds it; `fit_mix` then weights it in on held-out dialogues."""
-    from ecr_ray.rec.channels import fit_mix
-    from ecr_ray.rec.evaluate import rank_rows
+    from ecr_ray.rec.channels import _channel_knobs, _slot, fit_mix
+    from ecr_ray.rec.evaluate import rank_rows, variant_ranks
 
     model, _ = _model(kg, data_root, early_stop_metric="mean_recall")
     targets = (10, 11, 12, 13)
@@ -295,9 +323,14 @@ def test_the_hybrid_learns_what_counts_cannot_see_and_its_weight_is_fitted_on_he
         optimizer.zero_grad(), loss.backward(), optimizer.step()
     recall = lambda part: (rank_rows(model, held, model.cfg, part)[0] < 10).mean()  # noqa: E731
     assert recall("channels") < 0.1 and recall("learned") == 1.0
+    alone = {"metrics": {"channel_fit": {"weights": {name: _slot(p, i).item() for name, p, i, _ in _channel_knobs(model)}}}}
+    channels_alone = rank_rows(model, held, model.cfg, "channels")
     mix = fit_mix(model, held, {}, model.cfg)
     assert mix["weight"] > 0 and mix["curve"][0.0] < mix["curve"][mix["weight"]] and model.learned_weight.item() == pytest.approx(mix["weight"])
+    assert set(mix["channels"]) == set(alone["metrics"]["channel_fit"]["weights"])  # refitted beside the learned score
     assert recall("all") == 1.0
+    # "channels alone" is the channels as they were fitted alone, not as refitted beside the learned score
+    assert np.array_equal(variant_ranks(model, held, model.cfg, alone)["channels alone"][0], channels_alone[0])
 
 
 def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root, tmp_path):
