@@ -89,7 +89,7 @@ def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
                    for i in range(0, len(sample), 256)]
         start, best = _ascend(knobs, lambda: _metric([model.channels(x) for x, _ in batches], [i for _, i in batches],
                                                      [r["feedback"] for r in sample], rcfg))
-    weights = {name: _slot(param, index).item() for name, param, index, _ in knobs}
+    weights = {name: round(_slot(param, index).item(), 6) for name, param, index, _ in knobs}
     return {"weights": weights, "metric": {"name": rcfg.early_stop_metric, "before": start, "after": best}, "examples": len(sample)}
 
 

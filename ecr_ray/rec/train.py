@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+import time
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def train_loop(config: dict) -> None:
     for epoch in range(state["epoch"] + 1, pretrain + t.epochs):
         if state["bad_epochs"] >= cfg.patience:
             break
-        pretraining = epoch < pretrain
+        pretraining, began = epoch < pretrain, time.perf_counter()
         ddp.train()
         losses = []
         for i, batch in enumerate(ray.train.get_dataset_shard("pretrain" if pretraining else "train").iter_batches(
@@ -80,7 +81,7 @@ def train_loop(config: dict) -> None:
         metrics = {"epoch": epoch, "phase": "pretrain" if pretraining else "train",
                    "train_loss": float(np.mean(losses)) if losses else float("nan")}
         held = None if pretraining else held_out_metrics()
-        state["curve"].append(_curve_point(epoch, metrics["phase"], metrics["train_loss"], held))
+        state["curve"].append(_curve_point(epoch, metrics["phase"], metrics["train_loss"], held, time.perf_counter() - began))
         if held is not None:
             metrics.update({f"stop_{k}": v for k, v in held.items() if v is not None})
             value = selection_metric(held, cfg.early_stop_metric)
@@ -93,9 +94,9 @@ def train_loop(config: dict) -> None:
         report_epoch(metrics, lambda: {**state, "model": _cpu_state(model), "optimizer": optimizer.state_dict()})
 
 
-def _curve_point(epoch: int, phase: str, loss: float | None, held: dict | None) -> dict:
-    """One row of the learning curve: the epoch's mean training loss and the held-out recall and AUC."""
-    return {"epoch": epoch, "phase": phase, "train_loss": loss,
+def _curve_point(epoch: int, phase: str, loss: float | None, held: dict | None, seconds: float | None = None) -> dict:
+    """One row of the learning curve: the epoch's mean training loss, the held-out recall and AUC, its seconds."""
+    return {"epoch": epoch, "phase": phase, "train_loss": loss, "seconds": seconds,
             **({f"stop_{k}": held[k] for k in ("recall@10", "recall@50", "auc")} if held else {})}
 
 
@@ -103,8 +104,10 @@ def curve_table(curve: list[dict], best_epoch: int) -> str:
     """The learning curve as markdown (reports/recommender-curve.md)."""
     cell = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     rows = [f"| {p['epoch']}{' (selected)' if p['epoch'] == best_epoch else ''} | {p['phase']} | {cell(p['train_loss'])} | "
-            + " | ".join(cell(p.get(f"stop_{k}")) for k in ("recall@10", "recall@50", "auc")) + " |" for p in curve]
-    return "\n".join(["| epoch | phase | train loss | held-out R@10 | held-out R@50 | held-out AUC |", "|---:|---|---:|---:|---:|---:|", *rows])
+            + " | ".join(cell(p.get(f"stop_{k}")) for k in ("recall@10", "recall@50", "auc"))
+            + f" | {'' if p.get('seconds') is None else round(p['seconds'])} |" for p in curve]
+    return "\n".join(["| epoch | phase | train loss | held-out R@10 | held-out R@50 | held-out AUC | seconds |",
+                      "|---:|---|---:|---:|---:|---:|---:|", *rows])
 
 
 def _cpu_state(model) -> dict:
@@ -129,10 +132,11 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     if not train or not stop:
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "
                            "(raise data.max_dialogues or rec.stop_fraction)")
-    fitted = None
+    fitted, seconds, began = None, {}, time.perf_counter()
     if rcfg.variant == "hybrid":
         fitted = fit_channels(build_recommender(rcfg, inputs.meta, cfg.models.allow_download), train, inputs.own, rcfg)
         print(f"[rec-train] channel weights fitted for ranking: {fitted}", flush=True)
+    seconds["channel fit"], began = time.perf_counter() - began, time.perf_counter()
     datasets = {"train": train, "stop": stop}
     if rcfg.pretrain_epochs:  # not the held-out dialogues: pre-training would teach their answers
         held = {r["conversation_id"] for r in stop}
@@ -141,6 +145,7 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
                    "channels": fitted and fitted["weights"],
                    "pretrain_examples": len(datasets.get("pretrain", [])), "allow_download": cfg.models.allow_download}
     state, metrics = fit(train_loop, rcfg.train, loop_config, datasets, name.replace("/", "-"), run_dir, cfg.ray)
+    seconds["training"], began = time.perf_counter() - began, time.perf_counter()
     recommender = build_recommender(rcfg, inputs.meta, cfg.models.allow_download)
     recommender.load_state_dict(state["best"] if state["best"] is not None else state["model"])
     # a re-run after the last epoch resumes with nothing left to train: the state, not the report, is the record
@@ -148,10 +153,11 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
         print(f"[rec-train] WARNING: no epoch beat the network before training on the held-out dialogues: the saved {rcfg.variant} "
               "model is the untrained one" + (" plus its fitted channels" if rcfg.variant == "hybrid" else ""), flush=True)
     mix = fit_mix(recommender, stop, inputs.own, rcfg) if rcfg.variant == "hybrid" else None
+    seconds["mix fit"] = time.perf_counter() - began
     if mix:
         print(f"[rec-train] the learned score's weight beside the channels, fitted on the held-out dialogues: {mix['weight']}"
               + (" -- WARNING: the learned part adds nothing to the channels" if mix["weight"] == 0 else ""), flush=True)
-    metrics.update(mix=mix, curve=state.get("curve", []), epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
+    metrics.update(seconds=seconds, mix=mix, curve=state.get("curve", []), epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
                    resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
                    pretrain_examples=len(datasets.get("pretrain", [])), channel_fit=fitted)
     with tempfile.TemporaryDirectory() as local:

@@ -78,6 +78,10 @@ def test_train_and_evaluate_on_dev(trained):
     assert [p["epoch"] for p in training["curve"]] == list(range(-1, training["epochs_run"]))
     assert f"| {training['best_epoch']} (selected) | train |" in run_dir.read_text("reports/recommender-curve.md")
     assert training["mix"]["weight"] in MIX_GRID  # the learned score's weight beside the channels, fitted on held-out dialogues
+    assert set(training["mix"]["channels"]) == set(training["channel_fit"]["weights"])  # refitted beside it there
+    assert set(training["seconds"]) == {"channel fit", "training", "mix fit"} and all(v > 0 for v in training["seconds"].values())
+    effects = report["emotion parts"]  # how far the trained emotion parts move the user representation
+    assert 0 < effects["entities reacted to"] <= 1 and effects["local fusion: state change / state"] >= 0
 
     again = run_stages(cfg, run_dir, only=["rec"])
     assert all(s.get("skipped") for s in again.values())
@@ -129,6 +133,9 @@ def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
     assert [row.split(" | ")[0] for row in rows[1 : 1 + len(results)]] == [f"| {name}" for name in systems]
     assert {"full ECR − channels alone", "full ECR (paper) − without local emotion (paper)"} <= set(differences)
     assert "Paired differences" in table and " [" in rows[1]  # every figure with its interval
+    signal = report["diagnostics"]["emotion signal"]  # is the utterance emotion informative about the seeker's stance?
+    assert signal["utterances"]["liked"] > 0 and 0 <= signal["auc of P(like), liked vs disliked"] <= 1
+    assert "full ECR's emotion parts (mean over folds)" in report["diagnostics"] and "Why an emotion part helps or not" in table
     with run_dir.fs.open_input_stream(run_dir.path("reports/ablations.png")) as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert results["popularity"]["recall@50"] > 0.05  # popular films are often the answer in ReDial

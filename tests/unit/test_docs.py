@@ -67,3 +67,13 @@ def test_the_readme_results_are_the_generated_ones():
     results = (REPO_ROOT / "reports" / "results.md").read_text()
     assert table and table in results
     assert results.startswith("# Results: run ") and "ecr-ray results --run-dir" in results
+
+
+def test_the_papers_figures_stand_in_a_table_of_their_own():
+    """Our figures name their split; the paper's (another split) are never set in the same row as ours."""
+    from ecr_ray.run_report import PAPER, figures_table
+
+    lines = figures_table({"rec-eval-pool": {"recall@50": 0.41, "intervals": {"recall@50": [0.38, 0.44]}}}, "cpu")
+    ours = lines[: lines.index("")]
+    assert ours[2] == "| recommender R@50 | dev split of the pool | 0.4100 [0.380, 0.440] |" and len(ours) == 3
+    assert "| recommender R@50 | 0.4280 |" in lines[len(ours):] and sum(ln.startswith("| recommender") for ln in lines) == 1 + sum(stage == "rec-eval-pool" for stage, _ in PAPER)
