@@ -236,6 +236,8 @@ class RecConfig:
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
     cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")
+    cv_emotion_ablations: bool = _knob(True, "`ecr-ray ablations` trains the four ablated variants too; false: full ECR alone (the hybrid, "
+                                             "its paper variant and channels against the baselines) in a fifth of the time")
     train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on held-out training dialogues)", epochs=10, lr=1e-3,
                                  weight_decay=0.01, batch_size=64)
     prompt: PromptConfig = _section(PromptConfig, "the prompt context path (rec.context_encoder=prompt)")

@@ -3,8 +3,8 @@ cross-validated over the pool's dialogues: for each of `rec.cv_folds` folds, the
 from the other folds' dialogues and every system ranks the fold's examples, so each pool example is
 scored once by each system. A hybrid model is scored whole, as its learned part alone (the paper
 variant: the ablations are read there) and, for full ECR, as its channels alone (what the learned part
-adds). Metrics with 95% intervals over dialogues, and paired differences (same resamples):
-reports/ablations.{json,md,png}."""
+adds; `rec.cv_emotion_ablations: false` trains full ECR alone). Metrics with 95% intervals over
+dialogues, and paired differences (same resamples): reports/ablations.{json,md,png}."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,12 +50,13 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
     everyone = {d["conversation_id"] for d in dialogues}
     held_rows, ranked, effects = [], {}, []
+    trained = VARIANTS if cfg.rec.cv_emotion_ablations else {"full ECR": VARIANTS["full ECR"]}
     for f, held in enumerate(folds(everyone, cfg.rec.cv_folds)):
         inputs = training_inputs(cfg, rows, dialogues, probs, everyone - held)
         held_rows += inputs.held_out
         for kind, result in baseline_ranks(inputs.train, inputs.meta["tables"]["items"], inputs.held_out, kg, cfg.rec, cfg.eval).items():
             ranked.setdefault(kind, []).append(result)
-        for name, flags in VARIANTS.items():
+        for name, flags in trained.items():
             rcfg = dataclasses.replace(cfg.rec, **flags)
             folder = f"{ABLATIONS}/fold-{f}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
             print(f"[rec-ablations] fold {f + 1}/{cfg.rec.cv_folds}: training {name!r}", flush=True)
