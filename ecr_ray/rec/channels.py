@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecr_ray.config import RecConfig
+from ecr_ray.rec.features import as_columns, row_batches
 from ecr_ray.rec.model import LIKED, NEGATIVE
 
 SWEEPS = 2
@@ -78,8 +79,6 @@ def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
     in place; returns {"weights": {name: value}, "metric": its name, before and after, "examples"}."""
     import torch
 
-    from ecr_ray.rec.evaluate import as_columns
-
     order = np.random.default_rng(rcfg.train.seed).permutation(len(rows))[: rcfg.channel_fit_examples]
     sample = [rows[i] for i in sorted(order)]
     knobs = _channel_knobs(model)
@@ -111,12 +110,10 @@ def fit_mix(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
     "curve": {weight: metric} with those channels}. A weight of 0: the learned part adds nothing."""
     import torch
 
-    from ecr_ray.rec.evaluate import _batches
-
     model.eval()
     with torch.no_grad():
         embeds = model.kg()
-        batches = [(x := model.inputs(batch, own), model(x, embeds, channels=False), batch["item"]) for batch in _batches(rows, rcfg.eval_batch_size)]
+        batches = [(x := model.inputs(batch, own), model(x, embeds, channels=False), batch["item"]) for batch in row_batches(rows, rcfg.eval_batch_size)]
         feedback = [r["feedback"] for r in rows]
         metric = lambda: _metric([model.learned_weight * learned + model.channels(x) for x, learned, _ in batches],  # noqa: E731
                                  [items for *_, items in batches], feedback, rcfg)

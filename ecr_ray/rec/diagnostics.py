@@ -9,7 +9,7 @@ import numpy as np
 from ecr_ray.config import RecConfig
 from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE, SEEKER
 from ecr_ray.emotion.labels import LABELS
-from ecr_ray.rec.features import kept_emotions
+from ecr_ray.rec.features import kept_emotions, row_batches
 
 
 def emotion_signal(dialogues: list[dict], probs: dict, rcfg: RecConfig) -> dict:
@@ -43,13 +43,11 @@ def part_effects(model, rows: list[dict], rcfg: RecConfig) -> dict:
     their term relative to the attention-pooled entities."""
     import torch
 
-    from ecr_ray.rec.evaluate import _batches
-
     model.eval()
     felt_share, local, neighbour = [], [], []
     with torch.no_grad():
         embeds = model.kg()
-        for batch in _batches(rows, rcfg.eval_batch_size):
+        for batch in row_batches(rows, rcfg.eval_batch_size):
             x = model.inputs(batch, channels=False)
             mask = x["entities"] >= 0
             felt = (x["emotions"].sum(-1) > 0) & mask

@@ -7,6 +7,7 @@ import numpy as np
 
 from ecr_ray.artifacts import POOL, RECOMMENDER, model, report, split_name
 from ecr_ray.config import NEW_METRICS, REC_METRICS, Config, EvalConfig, IntervalConfig, RecConfig
+from ecr_ray.rec.features import as_columns, row_batches
 from ecr_ray.rundir import RunDir
 
 SUMMARY_FIGURES = ("recall@10", "recall@50")  # of each other system and difference, in the stage summary and the run report
@@ -58,17 +59,9 @@ def reported_metrics(ranks, probs, rows: list[dict], auc_batch_size: int, interv
     return out
 
 
-def as_columns(part: list[dict]) -> dict:
-    return {k: [r[k] for r in part] for k in part[0]}
-
-
-def _batches(rows: list[dict], size: int):
-    return (as_columns(rows[i : i + size]) for i in range(0, len(rows), size))
-
-
 def rank_rows(recommender, rows: list[dict], rcfg: RecConfig, part: str = "all") -> tuple[np.ndarray, np.ndarray]:
     """(rank, probability) of every example row's target under a model (or a `part` of it, as `evaluate`)."""
-    return _ranked(recommender, _batches(rows, rcfg.eval_batch_size), part=part)[:2]
+    return _ranked(recommender, row_batches(rows, rcfg.eval_batch_size), part=part)[:2]
 
 
 def variant_ranks(recommender, rows: list[dict], rcfg: RecConfig, info: dict) -> dict[str, tuple]:

@@ -96,6 +96,16 @@ def build_examples(turns: Iterable[dict], probs: dict[tuple[int, int], list[floa
     return rows, dict(counts)
 
 
+def as_columns(part: list[dict]) -> dict:
+    """Example rows as one batch of columns (what `ECRRecommender.inputs` takes)."""
+    return {k: [r[k] for r in part] for k in part[0]}
+
+
+def row_batches(rows: list[dict], size: int):
+    """Example rows as batches of columns, `size` rows each, in order."""
+    return (as_columns(rows[i : i + size]) for i in range(0, len(rows), size))
+
+
 def pad_mentions(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A batch's ragged mentions -> (entity ids [B, L] padded with -1, emotions [B, L, 9], by the
     seeker [B, L] as 1.0/0.0); L >= 1."""

@@ -11,8 +11,7 @@ from ecr_ray.data.kg import load_kg
 from ecr_ray.emotion.labels import LABELS
 from ecr_ray.rec.checkpoint import build_recommender, load_recommender, model_meta, save_recommender
 from ecr_ray.rec.cooccurrence import cooccurrence_tables
-from ecr_ray.rec.evaluate import as_columns
-from ecr_ray.rec.features import build_examples, emotion_turn, item_index, kept_emotions, pad_mentions
+from ecr_ray.rec.features import as_columns, build_examples, emotion_turn, item_index, kept_emotions, pad_mentions
 from ecr_ray.rec.metrics import auc, rec_metrics, target_ranks
 from ecr_ray.rec.model import feedback_weights, rec_loss
 
