@@ -57,8 +57,7 @@ def part_effects(model, rows: list[dict], rcfg: RecConfig) -> dict:
             if rcfg.local_emotion and felt.any():
                 local.append(((states - raw).norm(dim=-1) / raw.norm(dim=-1).clamp(min=1e-12))[felt])
             if rcfg.global_emotion:
-                scores = model.attn(states).squeeze(-1).masked_fill(~mask, -1e9)
-                pooled = ((torch.softmax(scores, -1) * mask).unsqueeze(-1) * states).sum(1)
+                pooled = model.pooled(states, mask)
                 term = model.neighbour_weight * torch.sparse.mm(x["neighbours"], embeds)
                 has = mask.any(1)
                 neighbour.append((term.norm(dim=-1) / pooled.norm(dim=-1).clamp(min=1e-12))[has])

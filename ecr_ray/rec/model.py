@@ -141,12 +141,16 @@ class ECRRecommender(nn.Module):
             states = states + felt * fused
         return states
 
+    def pooled(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention over the mentioned entities' states [B, L, h] -> [B, h]."""
+        scores = self.attn(states).squeeze(-1).masked_fill(~mask, -1e9)  # finite: -inf rows would give NaN gradients
+        weights = torch.softmax(scores, -1) * mask  # a context with no entity pools to zeros
+        return (weights.unsqueeze(-1) * states).sum(1)
+
     def user_vector(self, inputs: dict, entity_embeds: torch.Tensor) -> torch.Tensor:
         entities, mask = inputs["entities"], inputs["entities"] >= 0
         states = self.dropout(self.entity_states(entity_embeds, entities, inputs["emotions"]))
-        scores = self.attn(states).squeeze(-1).masked_fill(~mask, -1e9)  # finite: -inf rows would give NaN gradients
-        weights = torch.softmax(scores, -1) * mask  # a context with no entity pools to zeros
-        pooled = (weights.unsqueeze(-1) * states).sum(1)
+        pooled = self.pooled(states, mask)
         if self.cfg.global_emotion:
             pooled = pooled + self.neighbour_weight * torch.sparse.mm(inputs["neighbours"], entity_embeds)
         context = self.context(inputs, states, mask)
