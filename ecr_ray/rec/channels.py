@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecr_ray.config import RecConfig
-from ecr_ray.rec.features import as_columns, row_batches
+from ecr_ray.rec.features import row_batches
 from ecr_ray.rec.model import LIKED, NEGATIVE
 
 SWEEPS = 2
@@ -84,8 +84,7 @@ def fit_channels(model, rows: list[dict], own: dict, rcfg: RecConfig) -> dict:
     knobs = _channel_knobs(model)
     model.eval()
     with torch.no_grad():
-        batches = [(model.inputs(as_columns(sample[i : i + 256]), own), [r["item"] for r in sample[i : i + 256]])
-                   for i in range(0, len(sample), 256)]
+        batches = [(model.inputs(batch, own), batch["item"]) for batch in row_batches(sample, 256)]
         start, best = _ascend(knobs, lambda: _metric([model.channels(x) for x, _ in batches], [i for _, i in batches],
                                                      [r["feedback"] for r in sample], rcfg))
     weights = {name: round(_slot(param, index).item(), 6) for name, param, index, _ in knobs}
