@@ -1,12 +1,14 @@
 """What the training dialogues say about entities, counted once (plain functions, no Ray): the
-tables behind the recommender's channels and its node initialisation.
+tables behind the recommender's channels, and its node initialisation (built by training, from the
+dialogues it trains on: never from the held-out ones that select its epoch).
 
 items       C[e, i]: training dialogues in which entity e and item i both occur (any speaker, e != i)
 popularity  training dialogues in which each item occurs
 neighbours  K[i, j]: the paper's global emotion-aware neighbours, as counts: every ordered pair of
             mentions in a dialogue (earlier i -> later j, per occurrence) whose kept emotion labels
             overlap; the model reads P(j | i) = K[i, j] / sum_j K[i, j]
-init        an entity table from an SVD of the positive PMI of entities sharing a dialogue
+
+`ppmi_svd`: an entity table from an SVD of the positive PMI of entities sharing a dialogue.
 
 A training example's own dialogue is in these counts; `own_contributions` gives what the model
 subtracts for it, so that no example sees its own answer.
@@ -85,14 +87,15 @@ def item_cooccurrence(dialogues: Iterable[dict], item_index: dict[int, int], num
     return sparse(counts, (num_entities, len(item_index)))
 
 
-def ppmi_svd(dialogues: Iterable[dict], num_entities: int, dim: int, seed: int) -> np.ndarray:
-    """Entity table [entities, dim]: rows of U sqrt(S) of the positive PMI of entities sharing a
-    dialogue, scaled to the random initialisation's norm; entities never seen keep a random row."""
+def ppmi_svd(dialogues: Iterable[Iterable[int]], num_entities: int, dim: int, seed: int) -> np.ndarray:
+    """Entity table [entities, dim] from each dialogue's entities: rows of U sqrt(S) of the positive PMI
+    of entities sharing a dialogue, scaled to the random initialisation's norm; entities never seen keep
+    a random row."""
     import torch
 
     counts = Counter()
-    for dialogue in dialogues:
-        entities = sorted(dialogue_entities(dialogue))
+    for entities in dialogues:
+        entities = sorted(set(entities))
         counts.update((i, j) for i in entities for j in entities if i != j)
     rng = np.random.default_rng(seed)
     table = rng.standard_normal((num_entities, dim)).astype(np.float32) * dim**-0.5
@@ -124,8 +127,6 @@ def cooccurrence_tables(dialogues: list[dict], probs: dict[tuple[int, int], list
         popularity[[item_index[e] for e in dialogue_entities(dialogue) if e in item_index]] += 1
     tables = {"items": item_cooccurrence(dialogues, item_index, kg.num_entities), "popularity": popularity,
               "neighbours": sparse(pairs, (kg.num_entities, kg.num_entities))}
-    if rcfg.node_init == "ppmi-svd":
-        tables["init"] = ppmi_svd(dialogues, kg.num_entities, rcfg.hidden, rcfg.train.seed)
     stats = {"dialogues": len(dialogues), "item_pairs": int(tables["items"].values().numel()), "emotion_pairs": len(pairs),
              "entities_with_neighbours": int(tables["neighbours"].indices()[0].unique().numel())}
     return tables, stats

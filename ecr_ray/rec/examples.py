@@ -15,6 +15,7 @@ class TrainingInputs(NamedTuple):
     held_out: list[dict]  # examples of the others, never counted
     own: dict  # conversation_id -> what a counted dialogue put into the tables (subtracted for its examples)
     pretrain: list[dict]  # entity-prediction examples of the counted dialogues (rec/pretrain.py)
+    entities: dict  # conversation_id -> a counted dialogue's entities (the node initialisation counts them)
 
 
 def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict], dict]:
@@ -40,7 +41,7 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
     of the counted dialogues (computed unless given) and their own contributions."""
     from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import model_meta
-    from ecr_ray.rec.cooccurrence import cooccurrence_tables, own_contributions
+    from ecr_ray.rec.cooccurrence import cooccurrence_tables, dialogue_entities, own_contributions
     from ecr_ray.rec.features import item_index
     from ecr_ray.rec.pretrain import entity_examples
 
@@ -53,7 +54,8 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
     return TrainingInputs(model_meta(str(kg_dir), dim, tables), [r for r in rows if r["conversation_id"] in counted],
                           [r for r in rows if r["conversation_id"] not in counted],
                           own_contributions(counted_dialogues, probs, index, cfg.rec),
-                          entity_examples(counted_dialogues, probs, cfg.rec, dim) if cfg.rec.pretrain_epochs else [])
+                          entity_examples(counted_dialogues, probs, cfg.rec, dim) if cfg.rec.pretrain_epochs else [],
+                          {d["conversation_id"]: sorted(dialogue_entities(d)) for d in counted_dialogues})
 
 
 def model_inputs(cfg: Config, run_dir: RunDir) -> tuple[TrainingInputs, dict]:

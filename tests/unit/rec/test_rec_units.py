@@ -438,3 +438,21 @@ def test_contexts_embedded_in_length_sorted_chunks_keep_their_order():
     together = embedder.embed(texts)
     alone = np.concatenate([embedder.embed([t]) for t in texts])
     assert np.abs(together - alone).max() < 1e-5 and np.abs(together[0] - together[1]).max() > 0.1
+
+
+def test_node_init_never_counts_the_held_out_dialogues(kg, data_root):
+    from ecr_ray.rec.cooccurrence import ppmi_svd
+    from ecr_ray.rec.examples import TrainingInputs
+    from ecr_ray.rec.train import with_node_init
+
+    trained, held_only = [5, 6, 7, 8, 9], [20, 21, 22]
+    meta = model_meta(str(data_root / load_config("tiny").data.kg_dir), 0, {})
+    inputs = TrainingInputs(meta, [], [], {}, [], {1: trained, 2: held_only, 3: [5, 20]})
+    rcfg = RecConfig(hidden=4, node_init="ppmi-svd")
+    random_rows = ppmi_svd([], kg.num_entities, 4, rcfg.train.seed)  # nothing counted: every row random
+    init = with_node_init(inputs, {2}, rcfg)["tables"]["init"]
+    assert np.allclose(init[[21, 22]], random_rows[[21, 22]])  # seen only in the held-out dialogue: untouched
+    assert not np.allclose(init[trained], random_rows[trained])
+    leaky = with_node_init(inputs, set(), rcfg)["tables"]["init"]
+    assert not np.allclose(leaky[[21, 22]], random_rows[[21, 22]])
+    assert with_node_init(inputs, {2}, dataclasses.replace(rcfg, node_init="random")) is meta
