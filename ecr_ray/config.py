@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -449,6 +450,9 @@ def _build(cls, values: dict, prefix: str, default=None):
     return cls(**kwargs)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check(value, hint, key: str):
     """Accept a value of the declared type (ints for floats; None only for optional keys)."""
     origin = typing.get_origin(hint)
@@ -466,6 +470,8 @@ def _check(value, hint, key: str):
         if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             return dict(value)
     elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    elif hint is float and isinstance(value, str) and _FLOAT.fullmatch(value):  # YAML 1.1 reads 5e-4 as a string
         return float(value)
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value

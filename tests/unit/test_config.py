@@ -130,3 +130,10 @@ def test_precision_knobs_take_auto_and_resolve_from_the_hardware(monkeypatch, tm
         assert precision.use_bf16(True, "cpu") and not precision.use_bf16(False, "cpu")
         assert ("emulated" in precision.cpu_capability()) is not native and precision.cpu_model() == "test cpu"
     precision._cpuinfo.cache_clear()
+
+
+def test_a_float_in_exponent_notation_is_a_float():
+    cfg = load_config(None, ["rec.train.lr=5e-4", "rec.bias_lr=1E-2"])  # YAML 1.1 reads these as strings
+    assert (cfg.rec.train.lr, cfg.rec.bias_lr) == (5e-4, 1e-2)
+    with pytest.raises(ConfigError, match="rec.train.lr should be float"):
+        load_config(None, ["rec.train.lr=5e-4x"])
