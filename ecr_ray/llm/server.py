@@ -1,8 +1,8 @@
 """An OpenAI-compatible chat server on Ray Serve, over a transformers causal LM.
 
 GET /v1/models, POST /v1/chat/completions (chat template, temperature, top_p, max_tokens, stop,
-seed, stream, usage; response_format json_object / json_schema enforced by constrained decoding,
-llm/constrained.py; logprobs and top_logprobs in plain answers). Offline default: the packaged SmolLM2-135M-Instruct. Run it with
+seed, stream, usage; response_format json_object / json_schema enforced by constrained decoding
+(llguidance, llm/constrained.py); logprobs and top_logprobs in plain answers). Offline default: the packaged SmolLM2-135M-Instruct. Run it with
 `serve run ecr_ray.llm.server:build_app model=smollm2-135m-instruct`, or from Python with
 `start_llm_server(cfg, model)` (LLM annotation does when `emotion.llm.base_url` is unset; the judge
 runs its model in-process instead, in `eval.score_pool`'s actors).
@@ -80,10 +80,11 @@ class ChatLLM:
             raise HTTPException(404, f"model {request.model!r} is not served here; this server serves {self.name!r}")
         from transformers import LogitsProcessorList
 
-        from ecr_ray.llm.constrained import SchemaLogitsProcessor, response_schema
+        from ecr_ray.llm.constrained import SchemaLogitsProcessor, response_schema, schema_grammar
 
         try:
             schema = response_schema(request.response_format)
+            grammar = None if schema is None else schema_grammar(schema)  # one that cannot be enforced is refused, with the reason
         except (ValueError, KeyError, AttributeError) as err:
             raise HTTPException(400, f"response_format: {err}") from None
         if request.logprobs and request.stream:
@@ -95,8 +96,8 @@ class ChatLLM:
         prompt_tokens = int(inputs["input_ids"].shape[1])
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
         kwargs = self._generation_kwargs(request, stops)
-        if schema is not None:
-            kwargs["logits_processor"] = LogitsProcessorList([SchemaLogitsProcessor(schema, self.tokenizer, prompt_tokens)])
+        if grammar is not None:
+            kwargs["logits_processor"] = LogitsProcessorList([SchemaLogitsProcessor(grammar, self.tokenizer, prompt_tokens)])
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if request.stream:
             return StreamingResponse(self._stream(inputs, kwargs, stops, rid, created), media_type="text/event-stream")
