@@ -188,8 +188,8 @@ class PromptConfig:
 REC_KS = (1, 10, 50)  # Recall@k and Recall_True@k cut-offs (the paper's)
 REC_METRICS = (*(f"recall@{k}" for k in REC_KS), *(f"recall_true@{k}" for k in REC_KS), "auc")
 NEW_METRICS = tuple(f"recall_new@{k}" for k in REC_KS)  # Recall@k over targets the dialogue has not mentioned before
-MEAN_RECALL = "mean_recall"  # the mean of Recall@10 and Recall@50: a steadier epoch selector than either
-MEAN_RECALL_AUC = "mean_recall_auc"  # the mean of Recall@10, Recall@50 and AUC: ranking and liked over disliked together
+MEAN_RECALL = "mean_recall"  # the mean of Recall@1, @10 and @50 (the paper's cut-offs): a steadier selector than one
+MEAN_RECALL_AUC = "mean_recall_auc"  # the mean of those and the AUC: ranking and liked over disliked together
 
 
 @dataclass
@@ -233,7 +233,7 @@ class RecConfig:
                                  "than the embeddings (follows the same schedule)")
     warmup: float = _knob(0.1, "share of the training steps over which the learning rate rises linearly; it then decays along a cosine to 0")
     patience: int = _knob(2, "epochs without a better selection metric before stopping")
-    early_stop_metric: Literal[(MEAN_RECALL, MEAN_RECALL_AUC, *REC_METRICS)] = _knob(MEAN_RECALL, "metric that selects the best epoch and fits the hybrid's weights (the channels' on training examples, the learned score's on the held-out training dialogues) (mean_recall: the mean of recall@10 and recall@50; mean_recall_auc: of those and the AUC, which sits at chance, 0.50-0.52, on the held-out dialogues in every epoch: noise in the selection)")
+    early_stop_metric: Literal[(MEAN_RECALL, MEAN_RECALL_AUC, *REC_METRICS)] = _knob(MEAN_RECALL, "metric that selects the best epoch and fits the hybrid's weights (the channels' on training examples, the learned score's on the held-out training dialogues) (mean_recall: the mean of recall@1, @10 and @50, the paper's cut-offs: without R@1 the copy weights move freely in a direction that costs only R@1; mean_recall_auc: of those and the AUC, which sits at chance, 0.50-0.52, on the held-out dialogues in every epoch: noise in the selection)")
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
     cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")

@@ -2,8 +2,8 @@
 
 Cross-entropy moves a few count weights away from what ranks well: it buys the target's likelihood
 with popularity, at the cost of the top 50. So before the model trains, each channel weight is set by
-coordinate ascent over a grid, on `rec.early_stop_metric` (by default the mean of recall@10,
-recall@50 and AUC) of training examples (their own dialogue left out of the counts), on the channels
+coordinate ascent over a grid, on `rec.early_stop_metric` (by default the mean of recall@1, @10
+and @50) of training examples (their own dialogue left out of the counts), on the channels
 alone; they stay frozen. The co-occurrence weight stays 1: it sets the scale the others are measured in.
 After training, the learned score's weight and, beside it, the channel weights again (`fit_mix`) are
 fitted the same way on the held-out training dialogues (stacking: on the training examples the learned

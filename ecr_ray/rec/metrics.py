@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecr_ray.config import MEAN_RECALL, MEAN_RECALL_AUC
+from ecr_ray.config import MEAN_RECALL, MEAN_RECALL_AUC, REC_KS
 from ecr_ray.config import REC_KS as KS
 from ecr_ray.data.redial import FEEDBACK_DISLIKE as DISLIKE
 from ecr_ray.data.redial import FEEDBACK_LIKE as LIKE
@@ -77,12 +77,12 @@ def rec_metrics(ranks, probs, feedback, auc_batch_size: int, new=None) -> dict:
 def selection_metric(metrics: dict, name: str) -> float:
     """The value that fits the channels and selects the best epoch (`rec.early_stop_metric`); an AUC
     without both kinds of target counts 0.5 (chance)."""
-    recall = (metrics["recall@10"] + metrics["recall@50"]) / 2
+    recalls = [metrics[f"recall@{k}"] for k in REC_KS]
     auc_or_chance = 0.5 if metrics["auc"] is None else metrics["auc"]
     if name == MEAN_RECALL:
-        return recall
+        return sum(recalls) / len(recalls)
     if name == MEAN_RECALL_AUC:
-        return (2 * recall + auc_or_chance) / 3
+        return (sum(recalls) + auc_or_chance) / (len(recalls) + 1)
     return auc_or_chance if name == "auc" else metrics[name]
 
 

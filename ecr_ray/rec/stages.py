@@ -36,14 +36,14 @@ def rec_stages(cfg: Config) -> list[Stage]:
     stages.append(Stage("rec-cooccurrence", run=build_tables, outputs=(TABLES,), needs=(f"prepare-{POOL}", f"emotion-infer-{POOL}"),
                         config=("rec.beta", "rec.max_emotions"), version=4))
     stages.append(Stage("rec-train", run=train_recommender, outputs=(model(RECOMMENDER), report(RECOMMENDER), RECOMMENDER_CURVE),
-                        config=TRAINING, version=7,
+                        config=TRAINING, version=8,
                         needs=("rec-cooccurrence", f"emotion-infer-{POOL}", *context_stage(cfg, POOL))))
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"eval-{split_name(g)}"),),
                             needs=("rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)),
                             config=("rec.auc_batch_size", "eval.intervals", "eval.baselines", "rec.recency_decay"), version=4))
     stages.append(Stage("rec-ablations", run=run_ablations, needs=(f"emotion-infer-{POOL}", *context_stage(cfg, POOL)),
-                        config=(*TRAINING, "eval.intervals", "eval.baselines"), version=4,
+                        config=(*TRAINING, "eval.intervals", "eval.baselines"), version=5,
                         optional=True,
                         outputs=(model(ABLATIONS), *ABLATION_REPORTS)))
     return stages

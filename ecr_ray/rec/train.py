@@ -15,6 +15,9 @@ from ecr_ray.config import Config, RecConfig, from_dict
 from ecr_ray.rundir import RunDir
 
 
+CURVE_METRICS = ("recall@1", "recall@10", "recall@50", "auc")  # held out, per epoch
+
+
 def lr_factor(step: int, total: int, warmup: float) -> float:
     """Linear warm-up over the first `warmup` share of `total` steps, then a cosine decay to 0."""
     warm = max(1, round(warmup * total))
@@ -97,17 +100,17 @@ def train_loop(config: dict) -> None:
 def _curve_point(epoch: int, phase: str, loss: float | None, held: dict | None, seconds: float | None = None) -> dict:
     """One row of the learning curve: the epoch's mean training loss, the held-out recall and AUC, its seconds."""
     return {"epoch": epoch, "phase": phase, "train_loss": loss, "seconds": seconds,
-            **({f"stop_{k}": held[k] for k in ("recall@10", "recall@50", "auc")} if held else {})}
+            **({f"stop_{k}": held[k] for k in CURVE_METRICS} if held else {})}
 
 
 def curve_table(curve: list[dict], best_epoch: int) -> str:
     """The learning curve as markdown (reports/recommender-curve.md)."""
     cell = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
     rows = [f"| {p['epoch']}{' (selected)' if p['epoch'] == best_epoch else ''} | {p['phase']} | {cell(p['train_loss'])} | "
-            + " | ".join(cell(p.get(f"stop_{k}")) for k in ("recall@10", "recall@50", "auc"))
+            + " | ".join(cell(p.get(f"stop_{k}")) for k in CURVE_METRICS)
             + f" | {'' if p.get('seconds') is None else round(p['seconds'])} |" for p in curve]
-    return "\n".join(["| epoch | phase | train loss | held-out R@10 | held-out R@50 | held-out AUC | seconds |",
-                      "|---:|---|---:|---:|---:|---:|---:|", *rows])
+    return "\n".join(["| epoch | phase | train loss | held-out R@1 | held-out R@10 | held-out R@50 | held-out AUC | seconds |",
+                      "|---:|---|---:|---:|---:|---:|---:|---:|", *rows])
 
 
 def _cpu_state(model) -> dict:

@@ -268,10 +268,10 @@ def test_the_paper_variant_is_ecrs_model_alone(kg, data_root):
 def test_selection_metric_means_recall_and_auc():
     from ecr_ray.rec.metrics import selection_metric
 
-    metrics = {"recall@10": 0.2, "recall@50": 0.4, "auc": 0.6}
-    assert selection_metric(metrics, "mean_recall") == pytest.approx(0.3)
-    assert selection_metric(metrics, "mean_recall_auc") == pytest.approx(0.4)
-    assert selection_metric({**metrics, "auc": None}, "mean_recall_auc") == pytest.approx((0.6 + 0.5) / 3)  # no disliked: chance
+    metrics = {"recall@1": 0.0, "recall@10": 0.2, "recall@50": 0.4, "auc": 0.6}
+    assert selection_metric(metrics, "mean_recall") == pytest.approx(0.2)
+    assert selection_metric(metrics, "mean_recall_auc") == pytest.approx(0.3)
+    assert selection_metric({**metrics, "auc": None}, "mean_recall_auc") == pytest.approx((0.6 + 0.5) / 4)  # no disliked: chance
 
 
 def test_channel_weights_are_fitted_for_ranking_then_frozen(kg, data_root):
