@@ -55,7 +55,7 @@ def training_inputs(cfg: Config, rows: list[dict], dialogues: list[dict], probs:
                           [r for r in rows if r["conversation_id"] not in counted],
                           own_contributions(counted_dialogues, probs, index, cfg.rec),
                           entity_examples(counted_dialogues, probs, cfg.rec, dim) if cfg.rec.pretrain_epochs else [],
-                          {d["conversation_id"]: sorted(dialogue_entities(d)) for d in counted_dialogues})
+                          {d["conversation_id"]: dialogue_entities(d) for d in counted_dialogues})
 
 
 def model_inputs(cfg: Config, run_dir: RunDir) -> tuple[TrainingInputs, dict]:
