@@ -26,7 +26,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import requests
 
 from ecr_ray.artifacts import POOL, prepared
-from ecr_ray.serving.components import ROLES, LocalParts, answer, load_run, recommend
+from ecr_ray.gen.respond import chat_turn
+from ecr_ray.serving.components import LocalParts, answer, load_run, recommend, turn_messages
 
 PORT = 8125
 FIXED = {"num_replicas": 1, "autoscaling_config": None}  # no autoscaling during a measurement
@@ -35,11 +36,10 @@ DEPLOYMENTS = ("ChatIngress", "EmotionClassifier", "Recommender", "Retriever", "
 
 def conversations(run, n: int, max_turns: int) -> list[list[dict]]:
     """Real dialogue histories ending with the user, as chat messages."""
-    by_role = {v: k for k, v in ROLES.items()}
     out = []
     for t in run.read_table(prepared(POOL, "rec_turns")).to_pylist():
-        if t["split"] == "dev" and t["context"] and by_role.get(t["context_roles"][-1]) == "user" and len(t["context"]) <= max_turns:
-            out.append([{"role": by_role[r], "content": c} for c, r in zip(t["context"], t["context_roles"]) if c.strip()])
+        if t["split"] == "dev" and chat_turn(t, max_turns):
+            out.append(turn_messages(t["context"], t["context_roles"]))
         if len(out) == n:
             return out
     return out

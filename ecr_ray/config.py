@@ -309,6 +309,9 @@ class GenConfig:
     max_entities: int = _knob(4, "entities in a prompt (the paper: 4)")
     max_triples: int = _knob(2, "KG triples in a prompt (the paper: 2)")
     context_turns: int = _knob(2, "latest dialogue utterances shown in a prompt")
+    grounded_targets: bool = _knob(True, "train on grounded targets (gen/targets.py): a review's first 'this movie' becomes the title, "
+                                         "sentences naming what the prompt does not support are dropped, a review that never names "
+                                         "the item is left out; false: the review's emotional sentences as they are")
     sample_size: int = _knob(200, "dialogue turns answered per split (seeded sample of turns with a target item)")
     sample_seed: int = _knob(0, "seed of that sample")
     respond_pool: ActorPool = _section(ActorPool, "generation actors (prompts per batch, left-padded)", cpus=1.0, batch_size=8)

@@ -30,6 +30,7 @@ _COMMON_WORDS = frozenset(
     green gold world music family kids""".split()
 )
 _GENRE_SUFFIXES = (" film", " films", " movie", " movies")
+_TITLE_SMALL = frozenset("a an and as at by for from in of on or the to with".split())  # lower case inside a title
 
 
 def words(text: str) -> list[str]:
@@ -51,9 +52,12 @@ class TextEntityLinker:
     the name without 'film' ('Horror film' -> 'horror') and its plural. A one-word alias that is a
     common English word is never matched; when entities share an alias the best connected wins.
     A one-word movie title matches only when capitalised ('I loved Inception', not the film 'Loved').
+    With `proper`, for well-formed text (generated replies, reviews), a name other than a film genre's
+    ('Horror film': 'horror') matches only in title case ('The End', not 'at the end'; 'Free', not 'free to
+    watch'; 'Film', not 'a film'): the generic words a chat linker must accept are then not read as claims.
     """
 
-    def __init__(self, kg: KnowledgeGraph, max_words: int = 6, items: bool = False):
+    def __init__(self, kg: KnowledgeGraph, max_words: int = 6, items: bool = False, proper: bool = False):
         degree = kg.degree
         genres = set(kg.triples[kg.triples[:, 1] == kg.relation_id("genre"), 2].tolist())
         candidates: dict[str, list[int]] = defaultdict(list)
@@ -73,7 +77,8 @@ class TextEntityLinker:
                     candidates[alias].append(entity)
         self._alias = {a: max(es, key=lambda e: (degree[e], -e)) for a, es in candidates.items()}
         self._cased = {a for a, e in self._alias.items() if e in kg.item_set and " " not in a}
-        self._max_words = max_words
+        self._max_words, self._proper = max_words, proper
+        self._film_genres = {e for e in genres if text_key(split_qualifier(kg.names[e])[0]).endswith(_GENRE_SUFFIXES)}  # 'horror'; not the music genre 'son'
 
     def link(self, text: str) -> list[int]:
         """Entity ids named in the text, in order of appearance (repeats kept once)."""
@@ -85,7 +90,8 @@ class TextEntityLinker:
             for n in range(min(self._max_words, len(keys) - i), 0, -1):
                 alias = " ".join(keys[i : i + n])
                 entity = self._alias.get(alias)
-                if entity is not None and (alias not in self._cased or cased[i][0].isupper()):
+                if entity is not None and (alias not in self._cased or cased[i][0].isupper()) and (
+                        not self._proper or entity in self._film_genres or _title_case(cased[i : i + n])):
                     if entity not in found:
                         found.append(entity)
                     i += n
@@ -93,6 +99,11 @@ class TextEntityLinker:
             else:
                 i += 1
         return found
+
+
+def _title_case(words: list[str]) -> bool:
+    """'The Silence of the Lambs', 'Tom Hanks': the first word and every word not in _TITLE_SMALL capitalised."""
+    return all(w[0].isupper() or w[0].isdigit() or (k and w.lower() in _TITLE_SMALL) for k, w in enumerate(words))
 
 
 class DialogueLinker:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ecr_ray.artifacts import GENERATION_REPORTS, POOL, responses
 from ecr_ray.config import Config
-from ecr_ray.eval.generation import TEXT_KEYS, judged, merged, text_report, validity_table
+from ecr_ray.eval.generation import TEXT_KEYS, before_filter, judged, merged, text_report, validity_table
 from ecr_ray.gen.respond import VARIANTS, generate
 from ecr_ray.gen.train import train_generator
 from ecr_ray.rundir import RunDir
@@ -21,12 +21,12 @@ def compare(cfg: Config, run_dir: RunDir) -> dict:
 
     train_generator(cfg, run_dir, retrieval=False, name=VARIANTS["no-retrieval"][0])
     json_path, md_path, png_path, examples_path = GENERATION_REPORTS
-    ecr = run_dir.read_table(responses("ecr", POOL)).to_pylist()
-    prompts = [{k: v for k, v in r.items() if k not in ("response", "prompt_truncated", "variant", "retrieval")} for r in ecr]
+    ecr = before_filter(run_dir.read_table(responses("ecr", POOL)).to_pylist())
+    prompts = [{k: v for k, v in r.items() if k not in ("response", "untrimmed", "prompt_truncated", "variant", "retrieval")} for r in ecr]
     by_variant = {}
     for variant in ("base", "no-retrieval"):
         generate(cfg, run_dir, prompts, variant, responses(variant, POOL))
-        by_variant[variant] = run_dir.read_table(responses(variant, POOL)).to_pylist()
+        by_variant[variant] = before_filter(run_dir.read_table(responses(variant, POOL)).to_pylist())
     by_variant["ecr"] = ecr
     for rows in by_variant.values():
         rows.sort(key=lambda r: (r["conversation_id"], r["turn"]))

@@ -31,6 +31,7 @@ def text_report(cfg: Config, run_dir: RunDir, rows: list[dict]) -> dict:
     grounding = Grounding(load_kg(cfg.data.path(cfg.data.kg_dir)))
     for r in rows:
         r["named"], r["unsupported"] = grounding.named(r["response"], r)
+        r["wrong_titles"] = grounding.wrong_titles(r["unsupported"])
     predictor = EmotionPredictor(run_dir.local_copy(model(CLASSIFIER)), cfg.emotion.second_label_threshold)
     probs = np.asarray(predictor.predict([r["response"] for r in rows]))
     metrics = lambda pick: {k: v for k, v in text_metrics([rows[i] for i in pick], probs[pick]).items() if k in INTERVAL_KEYS}  # noqa: E731
@@ -165,12 +166,37 @@ def dialogue_intervals(stat, dialogues: list, intervals, level: float = 0.95) ->
     return {k: [float(np.quantile(v, (1 - level) / 2)), float(np.quantile(v, (1 + level) / 2))] for k, v in draws.items()}
 
 
-def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
-    """The gen-eval-<group> stage: ECR's responses -> reports/gen-eval-<split>.json."""
-    rows = run_dir.read_table(responses("ecr", group)).to_pylist()
-    scores, validity = judged(cfg, run_dir, {"ecr": rows}, rows)
-    result = merged(text_report(cfg, run_dir, rows), scores["ecr"])
+def before_filter(rows: list[dict]) -> list[dict]:
+    """The responses as decoded, before the opt-in trim filter: what the figures are of."""
+    return [{**r, "response": r.get("untrimmed") or r["response"]} for r in rows]
+
+
+def trim_cost(after: dict, rows: list[dict], before: list[dict]) -> dict:
+    """The opt-in filter (`gen.decoding.trim_unsupported`) on its own: the metrics after it and what it cost per
+    reply (words, and knowledge entities the prompt supports that went with them). `text_report` annotated both."""
+    from ecr_ray.eval.text_metrics import words
+
+    supported = lambda r: len(r["named"]) - len(r["unsupported"])  # noqa: E731
+    return {**{k: after[k] for k in ("hallucination_rate", "responses_with_hallucination", "responses_with_wrong_title",
+                                     "item_mention_rate", "mean_words")},
+            "responses_trimmed": sum(a["response"] != b["response"] for a, b in zip(rows, before, strict=True)),
+            "words_removed_per_reply": float(np.mean([len(words(b["response"])) - len(words(a["response"])) for a, b in zip(rows, before)])),
+            "supported_entities_removed_per_reply": float(np.mean([supported(b) - supported(a) for a, b in zip(rows, before)]))}
+
+
+def evaluate_rows(cfg: Config, run_dir: RunDir, rows: list[dict], out: str) -> dict:
+    """Text metrics, LLM scores and the judge's validity of responses -> the report at `out`; its summary."""
+    before = before_filter(rows)
+    scores, validity = judged(cfg, run_dir, {"ecr": before}, before)
+    result = merged(text_report(cfg, run_dir, before), scores["ecr"])
+    if any(a["response"] != b["response"] for a, b in zip(rows, before, strict=True)):
+        result["trim_filter"] = trim_cost(text_report(cfg, run_dir, rows), rows, before)
     result.update(scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=validity)
     print(validity_table(result["judge_validity"], cfg.eval.scorer), flush=True)
-    run_dir.write_json(report(f"gen-eval-{split_name(group)}"), result)
+    run_dir.write_json(out, result)
     return {k: v for k, v in result.items() if not isinstance(v, dict)}
+
+
+def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:
+    """The gen-eval-<group> stage: ECR's batch responses -> reports/gen-eval-<split>.json."""
+    return evaluate_rows(cfg, run_dir, run_dir.read_table(responses("ecr", group)).to_pylist(), report(f"gen-eval-{split_name(group)}"))

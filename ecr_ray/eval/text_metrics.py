@@ -60,8 +60,9 @@ def emotion_intensity(probs: np.ndarray) -> float:
 
 
 def text_metrics(rows: list[dict], probs: np.ndarray) -> dict:
-    """rows {response, reference, title, named, unsupported (the named KG entities neither in the prompt nor
-    one hop from the item: `gen.retrieval.Grounding`)}; probs: the classifier on each response."""
+    """rows {response, reference, title, named, unsupported, wrong_titles (the KG entities named besides the item,
+    those the prompt does not support, and the movies among those: `gen.retrieval.Grounding`)}; probs: the
+    classifier on each response."""
     responses = [r["response"] for r in rows]
     named = sum(len(r["named"]) for r in rows)
     wrong = [r["unsupported"] for r in rows]
@@ -75,6 +76,7 @@ def text_metrics(rows: list[dict], probs: np.ndarray) -> dict:
         "entities_named_per_response": named / max(len(rows), 1),
         "hallucination_rate": sum(map(len, wrong)) / named if named else 0.0,
         "responses_with_hallucination": float(np.mean([bool(w) for w in wrong])) if rows else 0.0,
+        "responses_with_wrong_title": float(np.mean([bool(r["wrong_titles"]) for r in rows])) if rows else 0.0,
         "emotion_intensity": emotion_intensity(probs),
         "mean_words": float(np.mean([len(words(t)) for t in responses])) if rows else 0.0,
     }

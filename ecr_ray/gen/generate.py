@@ -50,8 +50,8 @@ class ResponseGenerator:
         """rows {context, title, knowledge} -> (one response each, whether its prompt was truncated).
         With `decoding.candidates` > 1 each prompt is decoded that many times and the best grounded kept (with
         `decoding.more_candidates`, more samples for the prompts whose candidates all miss the item);
-        with `decoding.title_fallback` a response that does not name the item is decoded again from its title;
-        with `decoding.trim_unsupported` the chosen response loses its sentences with unsupported entities (`trimmed`)."""
+        with `decoding.title_fallback` a response that does not name the item is decoded again from its title.
+        (`decoding.trim_unsupported`, the filter, is applied by the Ray Data call, which keeps both texts.)"""
         from ecr_ray.eval.text_metrics import mentions
 
         prompts, truncated = zip(*map(self.prompt, rows))
@@ -67,8 +67,6 @@ class ResponseGenerator:
         starts = [self.tokenizer.encode(rows[i]["title"], add_special_tokens=False) for i in missing]
         for i, text in zip(missing, self._decode([(prompts[i], self.settings(), start) for i, start in zip(missing, starts)])):
             chosen[i] = text
-        if self.decoding.trim_unsupported and self.grounding:
-            chosen = [trimmed(text, row, self.grounding) for text, row in zip(chosen, rows)]
         return chosen, list(truncated)
 
     def _decode(self, requests: list[tuple[list[int], RowDecoding, list[int]]]) -> list[str]:
@@ -128,8 +126,12 @@ class ResponseGenerator:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [{**r, "knowledge": {"entities": r["entities"], "triples": r["triples"]}} for r in batch.to_pylist()]
-        responses, truncated = self.respond(rows)
+        untrimmed, truncated = self.respond(rows)
+        responses = untrimmed
+        if self.decoding.trim_unsupported and self.grounding:
+            responses = [trimmed(text, row, self.grounding) for text, row in zip(untrimmed, rows)]
         batch = batch.append_column("response", pa.array(responses, pa.string()))
+        batch = batch.append_column("untrimmed", pa.array(untrimmed, pa.string()))  # before the filter: what the figures headline
         return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
 
 

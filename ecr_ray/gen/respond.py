@@ -6,37 +6,52 @@ import hashlib
 
 from ecr_ray.artifacts import GENERATOR, GENERATOR_NO_RETRIEVAL, POOL, model, read_rows, responses
 from ecr_ray.config import Config
+from ecr_ray.data.redial import SEEKER
 from ecr_ray.rundir import RunDir
 
 # variant -> (model folder under models/, or None for the untuned base; retrieval in the prompt)
 VARIANTS = {"base": (None, True), "no-retrieval": (GENERATOR_NO_RETRIEVAL, False), "ecr": (GENERATOR, True)}
 
 
-def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str, split: str = "dev") -> list[dict]:
-    """A seeded sample of the group's recommendation turns (the pool: its `split`), each with the
-    recommender's top item and that item's knowledge."""
-    from ecr_ray.gen.retrieval import item_title, load_retriever
-    from ecr_ray.rec.evaluate import load_trained, recommend_rows
+def sample_turns(cfg: Config, run_dir: RunDir, group: str, split: str = "dev") -> list[tuple[dict, dict]]:
+    """A seeded sample of the group's recommendation turns with a target item (the pool: its `split`) that a
+    chat client could send (`chat_turn`): (the turn's first recommendation example, the prepared turn), in turn order."""
     from ecr_ray.rec.examples import load_examples
-    from ecr_ray.rec.features import context_text, item_index
 
     g = cfg.gen
     rows, _ = load_examples(cfg, run_dir, group)
+    turns = {(t["conversation_id"], t["turn"]): t for t in read_rows(run_dir, group, "rec_turns")}
     first = {}
     for r in rows:
-        if group != POOL or r["split"] == split:
-            first.setdefault((r["conversation_id"], r["turn"]), r)
+        key = (r["conversation_id"], r["turn"])
+        if (group != POOL or r["split"] == split) and chat_turn(turns[key], cfg.serve.max_turns):
+            first.setdefault(key, r)
     keys = sorted(first, key=lambda k: hashlib.sha256(f"{g.sample_seed}:{k[0]}:{k[1]}".encode()).hexdigest())[: g.sample_size]
     if not keys:
         raise RuntimeError(f"split {group!r} has no recommendation turn with a target item in the KG: nothing to answer")
-    sample = [first[k] for k in sorted(keys)]
+    return [(first[k], turns[k]) for k in sorted(keys)]
+
+
+def chat_turn(turn: dict, max_turns: int) -> bool:
+    """Whether the chat API would answer the turn's context: it ends with the seeker, within serve.max_turns messages."""
+    said = [role for text, role in zip(turn["context"], turn["context_roles"]) if text.strip()]
+    return bool(said) and said[-1] == SEEKER and len(said) <= max_turns
+
+
+def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str, split: str = "dev") -> list[dict]:
+    """The sampled turns (`sample_turns`), each with the recommender's top item and that item's knowledge."""
+    from ecr_ray.gen.retrieval import item_title, load_retriever
+    from ecr_ray.rec.evaluate import load_trained, recommend_rows
+    from ecr_ray.rec.features import context_text, item_index
+
+    g = cfg.gen
+    sample = sample_turns(cfg, run_dir, group, split)
     retriever = load_retriever(cfg, run_dir)
     item_ids = retriever.kg.item_ids
-    top = recommend_rows(load_trained(cfg, run_dir), sample, cfg.rec, item_index(retriever.kg))
-    turns = {(t["conversation_id"], t["turn"]): t for t in read_rows(run_dir, group, "rec_turns")}
+    top = recommend_rows(load_trained(cfg, run_dir), [row for row, _ in sample], cfg.rec, item_index(retriever.kg))
     out = []
-    for row, index in zip(sample, top, strict=True):
-        turn, item = turns[(row["conversation_id"], row["turn"])], int(item_ids[index])
+    for (row, turn), index in zip(sample, top, strict=True):
+        item = int(item_ids[index])
         k = retriever.knowledge(item, g.max_entities, g.max_triples)
         out.append({"conversation_id": row["conversation_id"], "turn": row["turn"], "reference": turn["response"],
                     "context": context_text(turn["context"][-g.context_turns:], turn["context_roles"][-g.context_turns:]),

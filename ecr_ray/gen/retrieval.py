@@ -45,24 +45,40 @@ class Retriever:
 
 
 class Grounding:
-    """The KG entities a response names, against what its prompt supports: the entities and triples
-    shown to it (with retrieval) and the item's one-hop neighbours. One rule for choosing among
-    candidates (`gen/generate.py`) and for the hallucination metric (`eval/generation.py`)."""
+    """The KG entities a response names, movie titles included, against what its prompt supports: the entities
+    and triples shown to it (with retrieval), the item's one-hop neighbours, and the movies its context names.
+    A response is read as well-formed text (`TextEntityLinker(proper=True)`: 'The End', not 'at the end'); the
+    recommended item (any movie of its title) is the item mention, not a named entity here; a one-word title is
+    not read as a movie. One rule for choosing among candidates (`gen/generate.py`), for grounded training
+    targets (`gen/targets.py`) and for the hallucination metric (`eval/generation.py`)."""
 
     def __init__(self, kg: KnowledgeGraph):
-        from ecr_ray.data.linking import TextEntityLinker
+        from ecr_ray.data.linking import TextEntityLinker, text_key
 
-        self.linker, self.hops = TextEntityLinker(kg), Retriever(kg, [])
+        self.kg, self.hops = kg, Retriever(kg, [])
+        self.linker, self.said = TextEntityLinker(kg, items=True, proper=True), TextEntityLinker(kg, items=True)  # replies; what users typed
+        self.titles = {e: text_key(item_title(kg, e)) for e in kg.item_set}  # a title names every movie of that title
+        # a one-word title is as often a character or a person ('Jack', 'Max', 'Rocky'): not read as a movie
+        self.one_word = {e for e, key in self.titles.items() if " " not in key}
 
     def supported(self, row: dict) -> set[int]:
-        """row {item, entity_ids, triple_ids, retrieval (default true)}."""
+        """row {item, entity_ids, triple_ids, context, retrieval (default true)}."""
         shown = set(row["entity_ids"]) | {e for t in row["triple_ids"] for e in t} if row.get("retrieval", True) else set()
-        return shown | self.hops.one_hop(row["item"]) | {row["item"]}
+        said = {e for e in self.said.link(row.get("context", "")) if e in self.titles}
+        return shown | self.hops.one_hop(row["item"]) | said
 
     def named(self, text: str, row: dict) -> tuple[list[int], list[int]]:
-        """(the entities `text` names, those of them its prompt does not support)."""
-        named, supported = self.linker.link(text), self.supported(row)
+        """(the entities `text` names other than the item, those of them its prompt does not support)."""
+        from ecr_ray.data.linking import text_key
+
+        title = text_key(row["title"])
+        named = [e for e in self.linker.link(text) if self.titles.get(e) != title and e not in self.one_word]
+        supported = self.supported(row)
         return named, [e for e in named if e not in supported]
+
+    def wrong_titles(self, entities: list[int]) -> list[int]:
+        """The movies among `entities` (of `named`'s unsupported ones: titles neither recommended nor in the context)."""
+        return [e for e in entities if e in self.titles]
 
 
 def load_retriever(cfg, run_dir) -> Retriever:

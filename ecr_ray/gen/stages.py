@@ -21,7 +21,7 @@ from ecr_ray.gen.train import train_generator
 from ecr_ray.rec.context import context_stage
 from ecr_ray.stage import Stage, file_digest
 
-TRAINING = ("gen.generator", "gen.max_entities", "gen.max_triples", "models.allow_download")  # what decides a trained generator
+TRAINING = ("gen.generator", "gen.max_entities", "gen.max_triples", "gen.grounded_targets", "models.allow_download")  # what decides a trained generator
 RESPONDING = (*TRAINING, "gen.decoding", "gen.context_turns", "gen.sample_size", "gen.sample_seed")  # ... and its responses
 
 

@@ -127,32 +127,42 @@ def _held_out(review_id: str, fraction: float) -> bool:
     return int(hashlib.sha256(f"gen-holdout:{review_id}".encode()).hexdigest()[:8], 16) / 2**32 < fraction
 
 
-def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[list[dict], list[dict], int]:
-    """(train, validation) tokenised examples from the reviews that answer a seeker utterance; truncated prompts."""
+def training_examples(cfg: Config, run_dir: RunDir, retrieval: bool) -> tuple[list[dict], list[dict], dict]:
+    """(train, validation) tokenised examples from the reviews that answer a seeker utterance (grounded targets
+    with gen.grounded_targets), and counts: truncated prompts, reviews left out for want of a grounded target."""
     from ecr_ray.gen.model import load_tokenizer
     from ecr_ray.gen.prompts import PromptBuilder
-    from ecr_ray.gen.retrieval import item_title, load_retriever
+    from ecr_ray.gen.retrieval import Grounding, item_title, load_retriever
+    from ecr_ray.gen.targets import grounded_target
 
     g, gen = cfg.gen.generator, cfg.gen
     retriever = load_retriever(cfg, run_dir)
+    grounding = Grounding(retriever.kg) if gen.grounded_targets else None
     reviews = sorted((r for r in run_dir.read_table(REVIEWS).to_pylist() if r["context"]),
                      key=lambda r: hashlib.sha256(f"{g.train.seed}:{r['review_id']}".encode()).hexdigest())  # seeded order
     builder = PromptBuilder(load_tokenizer(g, cfg.models.allow_download), g.max_length, g.response_tokens, retrieval)
-    train, val = [], []
+    train, val, ungrounded = [], [], 0
     for r in reviews:
         held = _held_out(r["review_id"], g.holdout_fraction)
         if not held and g.max_examples is not None and len(train) >= g.max_examples:
             continue
+        title = item_title(retriever.kg, r["item"])
         knowledge = retriever.knowledge(r["item"], gen.max_entities, gen.max_triples, r["entities"], r["triples"])
-        (val if held else train).append(builder.example(r["context"], item_title(retriever.kg, r["item"]), knowledge, r["response"]))
-    return train, val, builder.truncated
+        target = r["response"]
+        if grounding:
+            target = grounded_target(r["sentences"], title, {**knowledge, "item": r["item"], "title": title, "context": r["context"],
+                                                             "retrieval": retrieval}, grounding)
+            ungrounded += target is None
+        if target:
+            (val if held else train).append(builder.example(r["context"], title, knowledge, target))
+    return train, val, {"truncated_prompts": builder.truncated, "reviews_without_grounded_target": ungrounded}
 
 
 def train_generator(cfg: Config, run_dir: RunDir, retrieval: bool = True, name: str = GENERATOR) -> dict:
     """The gen-train stage (and the no-retrieval variant of gen-compare)."""
-    train, val, truncated = training_examples(cfg, run_dir, retrieval)
+    train, val, counts = training_examples(cfg, run_dir, retrieval)
     metrics = fit_generator(cfg, name, train, val, run_dir, {"retrieval": retrieval})
-    run_dir.write_json(report(name), {"train_examples": len(train), "val_examples": len(val), "truncated_prompts": truncated,
+    run_dir.write_json(report(name), {"train_examples": len(train), "val_examples": len(val), **counts,
                                       "retrieval": retrieval, "training": metrics})
-    return {"train_examples": len(train), "val_examples": len(val), "truncated_prompts": truncated,
+    return {"train_examples": len(train), "val_examples": len(val), **counts,
             **{k: metrics.get(k) for k in ("epochs_run", "train_loss", "val_loss")}}

@@ -35,6 +35,12 @@ def load_run(run_dir: str | RunDir, overrides: Sequence[str] = ()) -> tuple[Conf
     return model_config(run, GENERATOR, overrides), run
 
 
+def turn_messages(context: list[str], roles: list[str]) -> list[dict]:
+    """A logged dialogue's context as the chat messages a client sends (empty utterances left out)."""
+    by_role = {v: k for k, v in ROLES.items()}
+    return [{"role": by_role[r], "content": c} for c, r in zip(context, roles, strict=True) if c.strip()]
+
+
 def conversation_turn(messages: list[dict], linker) -> dict:
     """OpenAI-style messages -> the recommender turn after them, as the prepared ReDial turns are:
     context, roles, and the entities met so far with the index of their latest mention."""

@@ -54,6 +54,16 @@ def test_text_linker(kg):
     assert "Comedy film" in names("some good comedies")
 
 
+def test_proper_linker_reads_names_in_title_case_and_film_genres(kg):
+    """Replies are well-formed text: a generic word is not a claim about an entity ('a film', 'at the end', 'son')."""
+    chat, proper = TextEntityLinker(kg, items=True), TextEntityLinker(kg, items=True, proper=True)
+    names = lambda linker, text: [kg.names[e] for e in linker.link(text)]  # noqa: E731
+    text = "a film i watched at the end of the day with my son"
+    assert {"A-Film", "The End (2012 film)", "Son (music)"} <= set(names(chat, text)) and names(proper, text) == []
+    assert names(proper, "I love horror movies with Tom Hanks, like The End") == ["Horror film", "Tom Hanks", "The End (2012 film)"]
+    assert names(proper, "The Silence of the Lambs") == names(chat, "The Silence of the Lambs") != []  # small words stay lower case
+
+
 def test_coverage_beats_naive_on_the_pool(data_root, kg):
     dialogues, _ = read_dialogues(data_root / "redial/raw/train_split_pool_dedup.jsonl", load_movie_catalogue(data_root / "redial/raw"))
     linker = DialogueLinker(str(data_root / "redial/kg/kgA"))

@@ -139,6 +139,52 @@ def test_grounding_names_what_the_prompt_does_not_support_and_candidates_prefer_
     assert grounding(text, row, g) > grounding(text, {**row, "entity_ids": []}, g)  # an unsupported entity counts against
 
 
+@pytest.fixture(scope="module")
+def titles(kg):
+    """Three movies whose titles (several words) link to them alone, and a title two movies share (a remake)."""
+    from collections import defaultdict
+
+    from ecr_ray.data.linking import text_key
+
+    g = Grounding(kg)
+    linkable = [int(e) for e in kg.item_ids if len(item_title(kg, int(e)).split()) > 1
+                and g.linker.link(f"I liked {item_title(kg, int(e))} a lot") == [int(e)]]
+    shared = defaultdict(list)
+    for e in kg.item_ids.tolist():
+        shared[text_key(item_title(kg, e))].append(e)
+    remake = next(es for key, es in shared.items() if len(es) > 1 and len(key.split()) > 1)
+    return g, linkable[:3], remake
+
+
+def test_hallucination_counts_wrong_titles_but_not_the_item_or_titles_the_user_said(kg, titles):
+    g, (item, other, said), remake = titles
+    row = {"item": item, "title": item_title(kg, item), "entity_ids": [], "triple_ids": [],
+           "context": f"User: I loved {item_title(kg, said)}"}
+    text = f"If you liked {item_title(kg, said)}, watch {item_title(kg, item)}. {item_title(kg, other)} too!"
+    named, unsupported = g.named(text, row)
+    assert item not in named and said in named and unsupported == [other] == g.wrong_titles(unsupported)
+    assert g.named(text, {**row, "context": ""})[1] == [said, other]  # a title nobody said is a wrong title
+    # the recommended title names every movie of that title: the better connected namesake is not a wrong title
+    first, second = remake[:2]
+    assert g.named(f"You will love {item_title(kg, first)}.", {**row, "item": second, "title": item_title(kg, second)}) == ([], [])
+
+
+def test_grounded_targets_name_the_item_early_and_keep_to_the_prompt(kg, near_far):
+    from ecr_ray.gen.targets import EARLY_WORDS, grounded_target
+
+    g, item, near, far = near_far
+    title = item_title(kg, item)
+    row = {"item": item, "title": title, "entity_ids": [], "triple_ids": [], "context": "User: anything sad?"}
+    review = ["This movie broke my heart.", f"I liked {kg.names[far]} a lot.", f"{kg.names[near]} is wonderful here."]
+    assert grounded_target(review, title, row, g) == f"{title} broke my heart. {kg.names[near]} is wonderful here."
+    assert grounded_target(review, title, {**row, "entity_ids": [far]}, g) == f"{title} broke my heart. " + " ".join(review[1:])
+    assert grounded_target(["I cried all night long."], title, row, g) is None  # never names the item: no example
+    late = ["The film stays with you.", "so " * EARLY_WORDS + f"then {title}."]
+    assert grounded_target(late, title, row, g) == f"{title} stays with you. " + late[1]  # named too late: the reference becomes it
+    assert grounded_target(late[::-1], title, row, g) is None  # the title and the reference both too late
+    assert grounded_target([f"I liked {kg.names[far]} a lot."], title, row, g) is None  # nothing grounded is left
+
+
 def test_trimmed_drops_sentences_naming_unsupported_entities_but_keeps_the_items(kg, near_far):
     from ecr_ray.gen.generate import trimmed
 
