@@ -17,8 +17,16 @@ PAPER = {
 SPLITS = {  # where each stage's figures come from
     "prepare-pool": "ReDial train pool", "linking-report": "UniCRS valid dialogues",
     "emotion-teacher": "GoEmotions test", "emotion-classifier": "held-out annotations",
-    "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews", "gen-eval-pool": "dev turns, batch path",
+    "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews",
+    "gen-eval-served-pool": "dev turns, chat path (one decode, as served)", "gen-eval-pool": "dev turns, batch path (the preset's decoding)",
 }
+RESPONSE_FIGURES = [("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
+                    ("hallucination_rate", "hallucination rate (unsupported entities and wrong titles, before any filter)"),
+                    ("responses_with_wrong_title", "replies naming a wrong movie title"),
+                    ("emotion_intensity", "emotion intensity (classifier)"),
+                    ("llm_emotional_intensity", "LLM score: emotional intensity"), ("llm_emotional_persuasiveness", "LLM score: emotional persuasiveness"),
+                    ("llm_logic_persuasiveness", "LLM score: logic persuasiveness"), ("llm_informativeness", "LLM score: informativeness"),
+                    ("llm_lifelikeness", "LLM score: lifelikeness")]
 PAPER_SPLIT = "ReDial's official test split (classifier: GPT-3.5 labels)"  # the paper's figures: not a split evaluated here
 
 FIGURES = [  # (stage, summary key, what it is)
@@ -41,12 +49,8 @@ FIGURES = [  # (stage, summary key, what it is)
         ("hybrid − channels alone", "paired difference: what the learned part adds,"),
         ("paper − co-occurrence", "paired difference: ECR's model alone minus co-occurrence,")] for k in (10, 50)],
     ("gen-train", "val_loss", "generator validation loss"),
-    *[("gen-eval-pool", k, f"responses: {label}") for k, label in [
-        ("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
-        ("hallucination_rate", "hallucination rate"), ("emotion_intensity", "emotion intensity (classifier)"),
-        ("llm_emotional_intensity", "LLM score: emotional intensity"), ("llm_emotional_persuasiveness", "LLM score: emotional persuasiveness"),
-        ("llm_logic_persuasiveness", "LLM score: logic persuasiveness"), ("llm_informativeness", "LLM score: informativeness"),
-        ("llm_lifelikeness", "LLM score: lifelikeness")]],
+    *[(stage, k, f"{path} {label}") for stage, path in (("gen-eval-served-pool", "chat reply:"), ("gen-eval-pool", "batch response:"))
+      for k, label in RESPONSE_FIGURES],
 ]
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin (ecr-ray results) -->", "<!-- results:end -->"
 
@@ -101,8 +105,10 @@ def results_page(run_dir, name: str) -> tuple[str, str]:
     page = [f"# Results: run `{name}` (preset `{preset}`)", "",
             f"Written by `ecr-ray results --run-dir {name}` from that run's stage records; do not edit. {machine} "
             "Intervals: 95%, bootstrap over whole dialogues."
-            + (" The response figures are the batch path's (the preset's candidates and trimming), not a chat reply's single decode."
-               if "gen-eval-pool" in records else " This run has no response figures (its generation stages did not run)."),
+            + (" Chat replies are what a chat user gets (one decode, as served); batch responses are the preset's batch decoding "
+               "of the same turns (its candidates, if any), both before any filter."
+               if "gen-eval-served-pool" in records or "gen-eval-pool" in records else
+               " This run has no response figures (its generation stages did not run)."),
             "", *table]
     return "\n".join(page) + "\n", "\n".join(table)
 

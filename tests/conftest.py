@@ -108,7 +108,7 @@ def free_port() -> int:
 SERVE_PORT = free_port()
 
 REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
-GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool"]
+GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool", "gen-eval-served-pool"]
 TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}"]  # the scorer's local server
 
 

@@ -69,6 +69,29 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
     assert all(0 <= cell["auc"] <= 1 for k in ("mismatched", "template") for cell in validity[f"real vs {k}"].values())
 
 
+def test_the_chat_path_is_evaluated_as_served(gen_run):
+    """gen-eval-served answers the batch path's turns through the chat API's parts and decoder: a turn sent again
+    through those parts gets the same item and the same reply."""
+    import asyncio
+
+    from ecr_ray.serving.components import LocalParts, answer, turn_messages
+
+    cfg, run_dir, summaries = gen_run
+    served = run_dir.read_table("gen/responses/served/pool").to_pylist()
+    batch = run_dir.read_table("gen/responses/ecr/pool").to_pylist()
+    assert [(r["conversation_id"], r["turn"]) for r in served] == [(r["conversation_id"], r["turn"]) for r in batch]
+    report = run_dir.read_json("reports/gen-eval-served-dev.json")
+    assert report["responses"] == len(served) == summaries["gen-eval-served-pool"]["responses"]
+    assert all(0 <= report[k] <= 1 for k in ("item_mention_rate", "hallucination_rate", "responses_with_wrong_title"))
+    assert report["scored"] == cfg.eval.score_sample and "trim_filter" not in report  # the chat path has no filter
+    turns = {(t["conversation_id"], t["turn"]): t for t in run_dir.read_table("prepared/pool/rec_turns").to_pylist()}
+    parts, row = LocalParts(run_dir), served[0]
+    turn = turns[(row["conversation_id"], row["turn"])]
+    found, args = asyncio.run(answer(parts, turn_messages(turn["context"], turn["context_roles"]), cfg.serve.top_k))
+    assert [i["item"] for i in found["items"]] == row["recommended"] and found["items"][0]["item"] == row["item"]
+    assert asyncio.run(parts.reply(*args))["text"] == row["response"]
+
+
 def test_judge_check_scores_training_turns_only(gen_run):
     from ecr_ray.artifacts import read_rows
     from ecr_ray.eval.judge_check import training_turns
