@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from ecr_ray.artifacts import GENERATION_REPORTS, POOL, responses
 from ecr_ray.config import Config
-from ecr_ray.eval.generation import TEXT_KEYS, before_filter, judged, merged, text_report, validity_table
+from ecr_ray.eval.generation import TEXT_KEYS, before_filter, judged, merged, text_report
+from ecr_ray.eval.judge_validity import validity_table
 from ecr_ray.gen.respond import VARIANTS, generate
 from ecr_ray.gen.train import train_generator
 from ecr_ray.rundir import RunDir

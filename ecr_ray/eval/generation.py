@@ -9,14 +9,13 @@ import numpy as np
 
 from ecr_ray.artifacts import CLASSIFIER, SCORE_CACHE, model, report, responses, split_name
 from ecr_ray.config import Config
+from ecr_ray.eval.intervals import dialogue_intervals
 from ecr_ray.eval.judge import CRITERIA
+from ecr_ray.eval.judge_validity import judge_validity, validity_asked, validity_table
 from ecr_ray.llm.cache import ask_pending, best_results, read_cache, this_run
 from ecr_ray.llm.client import ERROR, FAILED, OK, check_answered
 from ecr_ray.rundir import RunDir
 
-TEMPLATE = "I'm glad you liked it. I think it's a great movie."  # the generic reply the judge must score below real ones
-VALID_AUC = 0.7
-VALIDITY_KINDS = ("real", "mismatched", "template")  # what the judge scores per validity turn, in this order
 INTERVAL_KEYS = ("bleu-2", "item_mention_rate", "hallucination_rate", "emotion_intensity")  # not Dist-n: a resample repeats responses, and repeats lower it
 TEXT_KEYS = ["dist-1", "dist-2", "bleu-1", "bleu-2", "bleu-4", "item_mention_rate", "hallucination_rate", "emotion_intensity"]
 
@@ -84,86 +83,19 @@ def llm_scores(cfg: Config, samples: dict[str, list[dict]], results: list[dict])
     return out
 
 
-def validity_asked(sample: list[dict]) -> dict[str, list[dict]]:
-    """Per kind (real, mismatched, template), the rows {context, title, response} the judge is asked about."""
-    others = [next(o for o in sample[i + 1:] + sample[:i] if o["conversation_id"] != r["conversation_id"])["reference"]
-              if len({x["conversation_id"] for x in sample}) > 1 else TEMPLATE for i, r in enumerate(sample)]
-    return {kind: [{"context": r["context"], "title": r["target_title"], "response": resp}
-                   for r, resp in zip(sample, responses_, strict=True)]
-            for kind, responses_ in zip(VALIDITY_KINDS, ([r["reference"] for r in sample], others, [TEMPLATE] * len(sample)))}
-
-
 def judged(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]], ecr: list[dict]) -> tuple[dict, dict]:
     """`llm_scores` of the variants and the `judge_validity` of ECR's turns, from one pass of the judge over all
     their rows (so a turn's rows, from every variant and kind, share their conversation's prefill)."""
     samples, sample = {v: score_sample(cfg, rows) for v, rows in by_variant.items()}, score_sample(cfg, ecr)
     scored = [r for rows in samples.values() for r in rows]
-    results = judge_rows(cfg, run_dir, scored + [x for kind in validity_asked(sample).values() for x in kind])
-    return llm_scores(cfg, samples, results[:len(scored)]), judge_validity(cfg, sample, results[len(scored):])
-
-
-def judge_validity(cfg: Config, sample: list[dict], results: list[dict]) -> dict:
-    """Can the judge tell? On the scored sample's turns, the dataset's real recommender response
-    against the same kind of response taken from another dialogue (mismatched) and against a generic
-    template, scored by the judge for the turn's context and target item (`results`: the judge's, for
-    `validity_asked(sample)` in its order): AUC per criterion and of the five's mean (P(real scores
-    higher), ties half), intervals over dialogues. `valid`: every mean's AUC reaches VALID_AUC."""
-    from ecr_ray.rec.metrics import auc
-
-    n = len(sample)
-    scores = {kind: np.array([[r[c] if r["status"] == OK else np.nan for c in CRITERIA] for r in results[i * n:(i + 1) * n]])
-              for i, kind in enumerate(VALIDITY_KINDS)}
-    dialogues = [r["conversation_id"] for r in sample]
-    out = {"turns": n, "template": TEMPLATE, "valid_auc": VALID_AUC}
-    for negative in ("mismatched", "template"):
-        columns = {**{c: j for j, c in enumerate(CRITERIA)}, "mean": None}
-
-        def aucs(pick, negative=negative, columns=columns) -> dict:
-            pos, neg = scores["real"][pick], scores[negative][pick]
-            side = lambda m, j: m.mean(1) if j is None else m[:, j]  # noqa: E731
-            return {name: auc(*(x[~np.isnan(x)] for x in (side(pos, j), side(neg, j)))) for name, j in columns.items()}
-
-        point, spread = aucs(np.arange(n)), dialogue_intervals(aucs, dialogues, cfg.eval.intervals)
-        out[f"real vs {negative}"] = {name: {"auc": point[name], "interval": spread.get(name)} for name in columns}
-    out["valid"] = all((out[f"real vs {k}"]["mean"]["auc"] or 0) >= VALID_AUC for k in ("mismatched", "template"))
-    return out
+    asked = validity_asked(cfg, run_dir, sample)
+    results = judge_rows(cfg, run_dir, scored + [x for rows in asked.values() for x in rows if x is not None])
+    return llm_scores(cfg, samples, results[:len(scored)]), judge_validity(cfg, sample, asked, results[len(scored):])
 
 
 def merged(text: dict, scores: dict) -> dict:
     """A variant's text metrics and LLM scores in one record, their intervals together."""
     return {**text, **scores, "intervals": {**text.get("intervals", {}), **scores.get("intervals", {})}}
-
-
-def validity_table(validity: dict, scorer) -> str:
-    """The judge-validity AUCs as markdown, with the verdict a reader needs before trusting the scores."""
-    where = f"{scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}"
-    head = f"Judge validity ({where}; {validity['turns']} {validity.get('split', 'dev')} turns)\n\n"
-    names = [*CRITERIA, "mean"]
-    rows = "".join(f"| real vs {neg} | " + " | ".join(
-        "n/a" if (c := validity[f"real vs {neg}"][n])["auc"] is None else
-        f"{c['auc']:.3f}" + (f" [{c['interval'][0]:.3f}, {c['interval'][1]:.3f}]" if c["interval"] else "") for n in names) + " |\n"
-        for neg in ("mismatched", "template"))
-    verdict = ("The judge tells real responses from both kinds of negative (mean AUC >= "
-               f"{validity['valid_auc']}); its scores can be read." if validity["valid"] else
-               f"NOT VALID: the judge's mean AUC is below {validity['valid_auc']} against at least one negative, so its "
-               "scores above do not show what they name; treat them as unvalidated.")
-    return head + "| AUC | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n" + rows + "\n" + verdict + "\n"
-
-
-def dialogue_intervals(stat, dialogues: list, intervals, level: float = 0.95) -> dict[str, list[float]]:
-    """A `level` interval of each value of `stat(indices) -> {name: value}`, resampling whole dialogues
-    (`dialogues`: each row's) with replacement: one dialogue's rows move together."""
-    if not intervals.samples or not dialogues:
-        return {}
-    _, inverse = np.unique(np.asarray(dialogues), return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-    rng = np.random.default_rng(intervals.seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(intervals.samples):
-        for name, value in stat(np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])).items():
-            if value is not None:
-                draws.setdefault(name, []).append(value)
-    return {k: [float(np.quantile(v, (1 - level) / 2)), float(np.quantile(v, (1 + level) / 2))] for k, v in draws.items()}
 
 
 def before_filter(rows: list[dict]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""`ecr-ray judge-check`: the judge's validity (real vs mismatched vs template responses) on training-split
+"""`ecr-ray judge-check`: the judge's validity (each criterion's real reply against its perturbed one) on training-split
 turns, so a judge model or prompt can be chosen without looking at the dev turns its scores are reported on."""
 from __future__ import annotations
 
@@ -33,11 +33,14 @@ def training_turns(cfg: Config, run_dir: RunDir) -> list[dict]:
 
 def judge_check(cfg: Config, run_dir: RunDir) -> dict:
     """The judge-check stage -> reports/judge-check.json (and its table on stdout)."""
-    from ecr_ray.eval.generation import judge_rows, judge_validity, validity_asked, validity_table
+    from ecr_ray.eval.generation import judge_rows
+    from ecr_ray.eval.judge import CRITERIA
+    from ecr_ray.eval.judge_validity import judge_validity, validity_asked, validity_table
 
     sample = training_turns(cfg, run_dir)
-    validity = {**judge_validity(cfg, sample, judge_rows(cfg, run_dir, [x for kind in validity_asked(sample).values() for x in kind])),
-                "split": "train"}
+    asked = validity_asked(cfg, run_dir, sample)
+    results = judge_rows(cfg, run_dir, [x for rows in asked.values() for x in rows if x is not None])
+    validity = {**judge_validity(cfg, sample, asked, results), "split": "train"}
     run_dir.write_json(JUDGE_CHECK, {"scorer": {"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, **validity})
     print(validity_table(validity, cfg.eval.scorer), flush=True)
-    return {"valid": validity["valid"], **{f"real vs {n}": validity[f"real vs {n}"]["mean"]["auc"] for n in ("mismatched", "template")}}
+    return {"valid": validity["valid"], **{c: validity[c]["auc"] for c in CRITERIA}}

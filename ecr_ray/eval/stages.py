@@ -24,21 +24,22 @@ from ecr_ray.llm.client import require_api_key
 from ecr_ray.rec.context import context_stage
 from ecr_ray.stage import Stage
 
-SCORING = ("eval.scorer", "eval.score_sample", "eval.score_seed")  # gen-respond-<g> (needed) covers the generator and decoding
+SCORING = ("eval.scorer", "eval.score_sample", "eval.score_seed", "gen.emotion_threshold")  # the generator and decoding: the needs
 ANSWERING = ("gen.decoding", "gen.context_turns", "gen.sample_size", "gen.sample_seed")  # the chat path's (gen-train covers the generator)
 
 
 def eval_stages(cfg: Config) -> list[Stage]:
     require_api_key(cfg.eval.scorer, "the generation scorer", "eval.scorer")
     stages = [Stage(f"gen-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"gen-eval-{split_name(g)}"),),
-                    needs=(f"gen-respond-{g}",), config=SCORING)
+                    needs=(f"gen-respond-{g}",), config=SCORING, version=2)
               for g in [POOL, *sorted(cfg.data.split_files)]]
     stages += [Stage(f"gen-eval-{SERVED}-{g}", run=partial(evaluate_served, group=g), config=(*ANSWERING, *SCORING),
                      outputs=(responses(SERVED, g), report(f"gen-eval-{SERVED}-{split_name(g)}")),
                      needs=("gen-train", "rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)))
                for g in [POOL, *sorted(cfg.data.split_files)]]
-    stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING,
+    stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING, version=2,
                         outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))
-    stages.append(Stage("judge-check", run=judge_check, needs=(f"prepare-{POOL}",), optional=True, config=(*SCORING, "eval.check_turns", "gen.context_turns"),
+    stages.append(Stage("judge-check", run=judge_check, needs=(f"prepare-{POOL}", "emotion-classifier"), optional=True,
+                        config=(*SCORING, "eval.check_turns", "gen.context_turns"), version=2,
                         outputs=(JUDGE_CHECK,)))
     return stages

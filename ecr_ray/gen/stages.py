@@ -36,7 +36,8 @@ def gen_stages(cfg: Config) -> list[Stage]:
               Stage("gen-train", run=train_generator, outputs=(model(GENERATOR), report(GENERATOR)), needs=("gen-reviews",), config=TRAINING)]
     for grp in [POOL, *sorted(cfg.data.split_files)]:
         stages.append(Stage(f"gen-respond-{grp}", run=partial(respond_group, group=grp), outputs=(responses("ecr", grp),),
-                            needs=("gen-train", "rec-train", f"emotion-infer-{grp}", *context_stage(cfg, grp)), config=RESPONDING))
+                            needs=("gen-train", "rec-train", f"emotion-infer-{grp}", *context_stage(cfg, grp)), config=RESPONDING,
+                            version=2))
     return stages
 
 

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from ecr_ray.eval.judge import CRITERIA
 from tests.conftest import FAST_EMOTION, TINY_DIALOGUES, TINY_GEN, fast_config, raw_file_outside_the_tiny_pool
 
 
@@ -65,8 +66,9 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
         assert 0 < report[f"llm_{c}"] < 9 and f"llm_{c}" in report["intervals"]
     validity = report["judge_validity"]
     assert validity["turns"] == cfg.eval.score_sample and validity["valid"] == all(
-        validity[f"real vs {k}"]["mean"]["auc"] >= validity["valid_auc"] for k in ("mismatched", "template"))
-    assert all(0 <= cell["auc"] <= 1 for k in ("mismatched", "template") for cell in validity[f"real vs {k}"].values())
+        (validity[c]["auc"] or 0) >= validity["valid_auc"] for c in CRITERIA)
+    assert all(validity[c]["turns"] <= validity["turns"] and (validity[c]["auc"] is None or 0 <= validity[c]["auc"] <= 1) for c in CRITERIA)
+    assert validity["logic_persuasiveness"]["turns"] == validity["turns"]  # another turn's movie: every turn has that negative
 
 
 def test_the_chat_path_is_evaluated_as_served(gen_run):
@@ -105,7 +107,7 @@ def test_judge_check_scores_training_turns_only(gen_run):
     run_stages(cfg, run_dir, only=["judge-check"])
     check = run_dir.read_json("reports/judge-check.json")
     assert check["split"] == "train" and check["turns"] == cfg.eval.check_turns and check["scorer"]["model"] == cfg.eval.scorer.model
-    assert check["valid"] == all(check[f"real vs {k}"]["mean"]["auc"] >= check["valid_auc"] for k in ("mismatched", "template"))
+    assert check["valid"] == all((check[c]["auc"] or 0) >= check["valid_auc"] for c in CRITERIA) and check["lifelikeness"]["negative"] == "shuffled"
 
 
 def test_scores_are_cached_and_the_comparison_is_written(gen_run):
@@ -124,7 +126,7 @@ def test_scores_are_cached_and_the_comparison_is_written(gen_run):
     validity = results.pop("judge_validity")
     assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.eval.score_sample for m in results.values())
     table = run_dir.read_text("reports/generation.md")
-    assert all(f"| {name} |" in table for name in results) and "| real vs template |" in table
+    assert all(f"| {name} |" in table for name in results) and "| lifelikeness | shuffled |" in table
     assert ("NOT VALID" in table) != validity["valid"]
     assert open(run_dir.path("reports/generation.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert run_dir.read_text("reports/generation-examples.md").count("### Example") == 3

@@ -420,7 +420,7 @@ def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cac
 
 def test_dialogue_intervals_resample_whole_dialogues():
     from ecr_ray.config import IntervalConfig
-    from ecr_ray.eval.generation import dialogue_intervals
+    from ecr_ray.eval.intervals import dialogue_intervals
 
     values = np.array([1.0, 1.0, 0.0, 0.0])
     mean = lambda pick: {"m": float(values[pick].mean())}  # noqa: E731
@@ -481,3 +481,23 @@ def test_the_configured_repetition_penalty_reaches_every_candidate_and_a_request
     generator = ResponseGenerator(None, GPT2, DecodingConfig(max_new_tokens=4, repetition_penalty=1.3, candidates=3), retrieval=False)
     assert [generator.candidate([1, 2], i).repetition_penalty for i in range(3)] == [1.3] * 3
     assert generator.settings().repetition_penalty == 1.3 and generator.settings({"repetition_penalty": 1.1}).repetition_penalty == 1.1
+
+
+def test_judge_validity_reads_each_criterion_against_its_own_negative(kg):
+    """The AUC of a criterion is real vs its own negative, over the turns that have one; a turn without it sits out."""
+    from ecr_ray.eval.judge_validity import KINDS, NEGATIVES, _deinformed, _shuffled, judge_validity
+
+    g = Grounding(kg)
+    assert _deinformed("You will love The Dark Knight with Christian Bale.", "The Dark Knight", g) == "You will love it with it."
+    assert _deinformed("Have you seen it?", "The Dark Knight", g) is None  # names nothing: no deinformed version
+    assert sorted(_shuffled("a b c d", "1:2").split()) == ["a", "b", "c", "d"] and _shuffled("a b c d", "1:2") == _shuffled("a b c d", "1:2")
+    sample = [{"conversation_id": d, "turn": 1} for d in range(4)]
+    row = {"context": "", "title": "", "response": ""}
+    asked = {kind: [row] * 4 for kind in KINDS}
+    asked["unemotional"] = [row, None, None, row]  # two turns without an emotional sentence
+    score = lambda v: {"status": "ok", **{c: v for c in CRITERIA}}  # noqa: E731
+    results = [score(6)] * 4 + [score(2)] * 4 + [score(6)] * 4 + [score(2), score(2), score(9), score(9)] + [score(1)] * 2
+    v = judge_validity(load_config("tiny"), sample, asked, results)
+    assert v["informativeness"]["auc"] == 1.0 and v["logic_persuasiveness"]["auc"] == 0.5  # deinformed lower; other movie a tie
+    assert v["lifelikeness"]["auc"] == 0.5 and v["emotional_intensity"] == {**v["emotional_intensity"], "turns": 2, "auc": 1.0}
+    assert {c: v[c]["negative"] for c in CRITERIA} == NEGATIVES and v["valid"] is False

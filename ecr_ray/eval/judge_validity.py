@@ -1,0 +1,113 @@
+"""Can the judge tell? Per criterion, the turn's real reply against the same reply changed in the one way that
+criterion must punish (a known direction), scored for the same turn; AUC per criterion, intervals over dialogues.
+
+informativeness           the title and the KG entities the reply names, each replaced by "it"
+logic_persuasiveness      the same reply, scored as if another movie (another turn's target) were recommended
+lifelikeness              the reply's words shuffled (seeded)
+emotional_*               the reply without its emotional sentences (the emotion classifier's), on the turns
+                          that have one; "You could watch <title>." where nothing else is left
+
+A turn whose reply cannot be changed that way (it names nothing; it has no emotional sentence) sits out that
+criterion. The judge is valid when every criterion's AUC reaches VALID_AUC."""
+from __future__ import annotations
+
+import random
+import re
+
+import numpy as np
+
+from ecr_ray.artifacts import CLASSIFIER, model
+from ecr_ray.config import Config
+from ecr_ray.eval.intervals import dialogue_intervals
+from ecr_ray.eval.judge import CRITERIA
+from ecr_ray.llm.client import OK
+from ecr_ray.rundir import RunDir
+
+VALID_AUC = 0.75
+NEGATIVES = {"informativeness": "deinformed", "logic_persuasiveness": "other movie", "lifelikeness": "shuffled",
+             "emotional_intensity": "unemotional", "emotional_persuasiveness": "unemotional"}
+KINDS = ("real", "deinformed", "other movie", "shuffled", "unemotional")  # what the judge scores per turn, in this order
+
+
+def validity_asked(cfg: Config, run_dir: RunDir, sample: list[dict]) -> dict[str, list[dict | None]]:
+    """Per kind, the row {context, title, response} the judge is asked about for each turn of `sample`
+    {conversation_id, turn, context, target_title, reference} (None where the turn sits that kind out)."""
+    from ecr_ray.data.kg import load_kg
+    from ecr_ray.emotion.infer import EmotionPredictor
+    from ecr_ray.gen.retrieval import Grounding
+    from ecr_ray.gen.reviews import emotion_score, split_sentences
+
+    grounding = Grounding(load_kg(cfg.data.path(cfg.data.kg_dir)))
+    predictor = EmotionPredictor(run_dir.local_copy(model(CLASSIFIER)), cfg.emotion.second_label_threshold)
+    sentences = [split_sentences(r["reference"], 1) for r in sample]
+    probs = iter(predictor.predict([s for ss in sentences for s in ss]))
+    emotional = [[emotion_score(next(probs)) >= cfg.gen.emotion_threshold for _ in ss] for ss in sentences]
+    titles = [r["target_title"] for r in sample]
+    out: dict[str, list[dict | None]] = {kind: [] for kind in KINDS}
+    for i, r in enumerate(sample):
+        ask = lambda response, title=r["target_title"], r=r: {"context": r["context"], "title": title, "response": response}  # noqa: E731
+        other = next((t for t in titles[i + 1:] + titles[:i] if t.lower() != r["target_title"].lower()), None)
+        kept = [s for s, e in zip(sentences[i], emotional[i], strict=True) if not e]
+        out["real"].append(ask(r["reference"]))
+        deinformed = _deinformed(r["reference"], r["target_title"], grounding)
+        out["deinformed"].append(deinformed and ask(deinformed))
+        out["other movie"].append(other and ask(r["reference"], other))
+        out["shuffled"].append(ask(_shuffled(r["reference"], f"{r['conversation_id']}:{r['turn']}")) if len(r["reference"].split()) > 2 else None)
+        out["unemotional"].append(ask(" ".join(kept) or f"You could watch {r['target_title']}.") if any(emotional[i]) else None)
+    return out
+
+
+def _deinformed(text: str, title: str, grounding) -> str | None:
+    """`text` with the title and every KG entity it names replaced by "it"; None when it names none."""
+    from ecr_ray.data.kg import split_qualifier
+
+    names = [title, *(split_qualifier(grounding.kg.names[e])[0] for e in grounding.linker.link(text))]
+    pattern = re.compile("|".join(re.escape(n) for n in sorted(set(names), key=len, reverse=True)), re.IGNORECASE)
+    changed = pattern.sub("it", text)
+    return changed if changed != text else None
+
+
+def _shuffled(text: str, seed: str) -> str:
+    words = text.split()
+    random.Random(seed).shuffle(words)
+    return " ".join(words)
+
+
+def judge_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dict | None]], results: list[dict]) -> dict:
+    """Per criterion, the AUC of the real reply's score against its negative's (P(real higher), ties half) over the
+    turns that have that negative, with its interval over dialogues; `results`: the judge's, for the rows of
+    `asked` that are not None, kind after kind. `valid`: every criterion's AUC reaches VALID_AUC."""
+    from ecr_ray.rec.metrics import auc
+
+    answers = iter(results)
+    scores = {kind: [None if row is None else next(answers) for row in rows] for kind, rows in asked.items()}
+    value = lambda r, c: r[c] if r is not None and r["status"] == OK else np.nan  # noqa: E731
+    dialogues = [r["conversation_id"] for r in sample]
+    out = {"turns": len(sample), "valid_auc": VALID_AUC, "negatives": NEGATIVES}
+    for criterion, kind in NEGATIVES.items():
+        pairs = np.array([[value(scores["real"][i], criterion), value(scores[kind][i], criterion)] for i in range(len(sample))])
+        have = ~np.isnan(pairs).any(1)
+
+        def aucs(pick, pairs=pairs, have=have) -> dict:
+            pick = pick[have[pick]]
+            return {"auc": auc(pairs[pick, 0], pairs[pick, 1]) if len(pick) else None}
+
+        spread = dialogue_intervals(aucs, dialogues, cfg.eval.intervals).get("auc")
+        out[criterion] = {"negative": kind, "turns": int(have.sum()), "auc": aucs(np.arange(len(sample)))["auc"], "interval": spread}
+    out["valid"] = all((out[c]["auc"] or 0) >= VALID_AUC for c in CRITERIA)
+    return out
+
+
+def validity_table(validity: dict, scorer) -> str:
+    """The judge's validity as markdown, with the verdict a reader needs before trusting the scores."""
+    where = f"{scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}"
+    rows = "".join(f"| {c} | {v['negative']} | {v['turns']} | " + ("n/a" if v["auc"] is None else f"{v['auc']:.3f}")
+                   + (f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]" if v["interval"] else "") + " |\n"
+                   for c in CRITERIA for v in [validity[c]])
+    verdict = (f"The judge scores every criterion's negative lower (AUC >= {validity['valid_auc']}); its scores can be read."
+               if validity["valid"] else
+               f"NOT VALID: at least one criterion's AUC is below {validity['valid_auc']}, so the scores above do not show what "
+               "they name; treat them as unvalidated.")
+    return (f"Judge validity ({where}; {validity['turns']} {validity.get('split', 'dev')} turns: the real reply against the same "
+            "reply changed in the way each criterion punishes)\n\n| criterion | negative | turns | AUC [95%] |\n|---|---|---:|---:|\n"
+            + rows + "\n" + verdict + "\n")
