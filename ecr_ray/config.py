@@ -286,6 +286,9 @@ class DecodingConfig:
     batch_bf16: Bf16 = _knob(False, "batch responses (gen-respond, gen-compare) decoded with bfloat16 weights: 1.4x faster at 128 rows on "
                                     "CPUs with AMX, far slower where bf16 is emulated; auto: only where native (chat replies keep float32: "
                                     "one row decodes slower in bfloat16)")
+    name_item: bool = _knob(True, "a reply that reaches its first sentence end (or its end) without the item's title gets the title next and "
+                                  "goes on from it: one streamed decode that names the item (the chat's and the batch's; the reports count "
+                                  "how often it was put in)")
     title_fallback: bool = _knob(False, "batch responses: one that does not name the item (after the candidates) is decoded again "
                                         "starting from the item's title, with the configured decoding")
     trim_unsupported: bool = _knob(False, "batch responses: the chosen response loses its sentences that name a KG entity the prompt does not "

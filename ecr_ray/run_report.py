@@ -23,6 +23,7 @@ SPLITS = {  # where each stage's figures come from
 RESPONSE_FIGURES = [("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
                     ("hallucination_rate", "hallucination rate (unsupported entities and wrong titles, before any filter)"),
                     ("responses_with_wrong_title", "replies naming a wrong movie title"),
+                    ("title_put_by_decoding", "replies whose title the decoding put in (gen.decoding.name_item)"),
                     ("emotion_intensity", "emotion intensity (classifier)"),
                     ("llm_emotional_intensity", "LLM score: emotional intensity"), ("llm_emotional_persuasiveness", "LLM score: emotional persuasiveness"),
                     ("llm_logic_persuasiveness", "LLM score: logic persuasiveness"), ("llm_informativeness", "LLM score: informativeness"),

@@ -116,14 +116,14 @@ def trim_cost(after: dict, rows: list[dict], before: list[dict]) -> dict:
             "supported_entities_removed_per_reply": float(np.mean([supported(b) - supported(a) for a, b in zip(rows, before)]))}
 
 
-def evaluate_rows(cfg: Config, run_dir: RunDir, rows: list[dict], out: str) -> dict:
-    """Text metrics, LLM scores and the judge's validity of responses -> the report at `out`; its summary."""
+def evaluate_rows(cfg: Config, run_dir: RunDir, rows: list[dict], out: str, extra: dict | None = None) -> dict:
+    """Text metrics, LLM scores and the judge's validity of responses (and `extra` figures) -> the report at `out`; its summary."""
     before = before_filter(rows)
     scores, validity = judged(cfg, run_dir, {"ecr": before}, before)
     result = merged(text_report(cfg, run_dir, before), scores["ecr"])
     if any(a["response"] != b["response"] for a, b in zip(rows, before, strict=True)):
         result["trim_filter"] = trim_cost(text_report(cfg, run_dir, rows), rows, before)
-    result.update(scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=validity)
+    result.update(extra or {}, scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=validity)
     print(validity_table(result["judge_validity"], cfg.eval.scorer), flush=True)
     run_dir.write_json(out, result)
     return {k: v for k, v in result.items() if not isinstance(v, dict)}

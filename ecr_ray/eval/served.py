@@ -2,10 +2,13 @@
 path's) sent as a chat client sends them, through the parts the chat API composes (`serving/components`:
 emotions -> the recommender over the linked text -> the top item's knowledge) and the served decoder (one
 decode per turn, up to serve.max_batch decoded together by the replica's `ContinuousBatcher`), with the
-settings saved beside the trained generator; then scored as gen-eval scores the batch responses."""
+settings saved beside the trained generator and this run's decoding over them (as `serve run` takes
+overrides); then scored as gen-eval scores the batch responses."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 
 import pyarrow as pa
 
@@ -25,7 +28,8 @@ def served_rows(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
     from ecr_ray.serving.components import LocalParts, answer, turn_messages
 
     sample = sample_turns(cfg, run_dir, group)
-    parts = LocalParts(run_dir, threads=cfg.serve.threads)
+    decoding = [f"gen.decoding.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg.gen.decoding).items()]  # this run's, as `serve run --set`
+    parts = LocalParts(run_dir, decoding, threads=cfg.serve.threads)
     kg = parts.recommender.kg
     batcher = ContinuousBatcher(parts.generator.chat_batch, cfg.serve.max_batch)
     done = 0
@@ -34,7 +38,7 @@ def served_rows(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
         nonlocal done
         found, (messages, title, knowledge) = await answer(parts, turn_messages(turn["context"], turn["context_roles"]), cfg.serve.top_k)
         prompt = parts.generator.row(messages, title, knowledge)
-        text = "".join([piece async for piece in batcher.stream(prompt, None) if isinstance(piece, str)])
+        *pieces, end = [piece async for piece in batcher.stream(prompt, None)]
         done += 1
         if done % 25 == 0 or done == len(sample):
             print(f"[gen-eval-served] {done}/{len(sample)} turns answered", flush=True)
@@ -42,7 +46,7 @@ def served_rows(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
         return {"conversation_id": row["conversation_id"], "turn": row["turn"], "reference": turn["response"],
                 "context": prompt["context"], "item": found["items"][0]["item"], "title": title, "target_item": target,
                 "target_title": item_title(kg, target), **{k: knowledge[k] for k in ("entities", "triples", "entity_ids", "triple_ids")},
-                "recommended": [i["item"] for i in found["items"]], "response": text}
+                "recommended": [i["item"] for i in found["items"]], "response": "".join(pieces), "title_put": end["title_put"]}
 
     async def everyone() -> list[dict]:
         return list(await asyncio.gather(*(one(row, turn) for row, turn in sample)))
@@ -57,4 +61,5 @@ def evaluate_served(cfg: Config, run_dir: RunDir, group: str) -> dict:
 
     rows = served_rows(cfg, run_dir, group)
     run_dir.write_parquet(f"{responses(SERVED, group)}/part-0.parquet", pa.Table.from_pylist(rows))
-    return evaluate_rows(cfg, run_dir, rows, report(f"gen-eval-{SERVED}-{split_name(group)}"))
+    return evaluate_rows(cfg, run_dir, rows, report(f"gen-eval-{SERVED}-{split_name(group)}"),
+                         {"title_put_by_decoding": sum(r["title_put"] for r in rows) / len(rows)})

@@ -21,6 +21,9 @@ class RowDecoding:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    # the item's title as token ids, as it is put mid-text first, then as it may be said: a row that reaches a sentence end
+    # (or its end) without having said it gets it next, and goes on from there
+    title: tuple[tuple[int, ...], ...] = ()
 
 
 class NGramBan:
@@ -52,14 +55,37 @@ class _Row:
         self.seen = set(prompt)  # what the repetition penalty weighs down
         self.ban = NGramBan(ngram, prompt if ngram_prompt else ()) if ngram else None
         self.random = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+        self.said, self.tail, self.queue = not settings.title, [], []  # the title said; the last tokens; those still to put
+        self.put = False  # the title was put in (the model did not say it by itself)
+
+    def take(self, token: int, eos: int, ends: frozenset[int], period: int | None) -> int:
+        """The token this row takes instead of `token` (the model's choice) while its title is unsaid: after a sentence
+        end, the title; in place of the end, or at the last step that leaves room, a period and the title."""
+        if self.queue:
+            token = self.queue.pop(0)
+        elif not self.said:
+            title = list(self.settings.title[0])
+            room = self.settings.max_new_tokens - self.made - len(title)  # steps left after this one and the title
+            if token in ends and room >= 1:
+                self.queue, self.put = title, True
+            elif (token == eos or room == 1) and room >= 1:
+                token, self.queue = (period, title) if period is not None else (title[0], title[1:])
+                self.put = True
+        if not self.said:
+            self.tail = (self.tail + [token])[-max(map(len, self.settings.title)):]
+            self.said = any(tuple(self.tail[-len(t):]) == t for t in self.settings.title)
+        return token
 
 
 class BatchDecoder:
     """`add` rows (prompt token ids) at any time; each `step()` gives every row in flight one new token
     ({key: token}); a row leaves after its end-of-sequence token, at its token limit, or on `finish(key)`."""
 
-    def __init__(self, model, eos_token_id: int, no_repeat_ngram_size: int = 0, ngram_prompt: bool = False):
+    def __init__(self, model, eos_token_id: int, no_repeat_ngram_size: int = 0, ngram_prompt: bool = False,
+                 sentence_ends: frozenset[int] = frozenset(), period: int | None = None):
+        """`sentence_ends`, `period`: the tokens that end a sentence, and the one put before a title at the end (`RowDecoding.title`)."""
         self.model, self.eos, self.ngram = model, eos_token_id, (no_repeat_ngram_size, ngram_prompt)
+        self.ends, self.period = sentence_ends, period
         self.rows: dict[int, _Row] = {}
         self.order: list[int] = []  # the keys of the rows in the cache, in its batch order
         self.waiting: list[int] = []  # added, to be prefilled at the next step
@@ -100,6 +126,7 @@ class BatchDecoder:
                 keys, logits = keys + self.waiting, logits + [self._prefill(self.waiting)]
                 self.order, self.waiting = keys, []
         tokens = _choose([self.rows[k] for k in keys], torch.cat(logits))
+        tokens = [self.rows[k].take(t, self.eos, self.ends, self.period) for k, t in zip(keys, tokens)]
         device = self.mask.device
         self.last = torch.tensor(tokens, dtype=torch.long, device=device).unsqueeze(1)
         self.positions = self.positions + 1

@@ -6,6 +6,8 @@ loops, `reply` and `stream` the chat API (a request's decoding options, stop str
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import zlib
 
 import pyarrow as pa
@@ -56,10 +58,11 @@ class ResponseGenerator:
 
         prompts, truncated = zip(*map(self.prompt, rows))
         k, more = self.decoding.candidates, self.decoding.more_candidates
-        texts = self._decode([(p, self.candidate(p, c), []) for p in prompts for c in range(k)])
+        texts = self._decode([(p, self.naming(self.candidate(p, c), row["title"]), []) for p, row in zip(prompts, rows) for c in range(k)])
         groups = [texts[i * k:(i + 1) * k] for i in range(len(rows))]
         missed = [i for i, row in enumerate(rows) if more and not any(mentions(t, row["title"]) for t in groups[i])]
-        extra = self._decode([(prompts[i], self.candidate(prompts[i], c), []) for i in missed for c in range(k, k + more)])
+        extra = self._decode([(prompts[i], self.naming(self.candidate(prompts[i], c), rows[i]["title"]), []) for i in missed
+                              for c in range(k, k + more)])
         for j, i in enumerate(missed):
             groups[i] += extra[j * more:(j + 1) * more]
         chosen = [max(group, key=lambda text, row=row: grounding(text, row, self.grounding)) for group, row in zip(groups, rows)]
@@ -95,7 +98,7 @@ class ResponseGenerator:
 
     def stream(self, row: dict, options: dict | None = None):
         """One response as it is decoded: text pieces (what a chat server streams), then one dict
-        {finish_reason, prompt_tokens, completion_tokens}."""
+        {finish_reason, prompt_tokens, completion_tokens, title_put}."""
         chat = ChatBatch(self)
         key = chat.add(row, options)
         while chat.in_flight:
@@ -113,7 +116,15 @@ class ResponseGenerator:
 
     def decoder(self) -> BatchDecoder:
         d = self.decoding
-        return BatchDecoder(self.model, self.tokenizer.eos_token_id, d.no_repeat_ngram_size, d.ngram_ban_prompt)
+        ends, period = sentence_ends(self.tokenizer) if d.name_item else (frozenset(), None)
+        return BatchDecoder(self.model, self.tokenizer.eos_token_id, d.no_repeat_ngram_size, d.ngram_ban_prompt, ends, period)
+
+    def naming(self, settings: RowDecoding, title: str) -> RowDecoding:
+        """`settings` with the item's title to put in when the reply has not said it (`decoding.name_item`)."""
+        if not self.decoding.name_item:
+            return settings
+        forms = [self.tokenizer.encode(f" {title}", add_special_tokens=False), self.tokenizer.encode(title, add_special_tokens=False)]
+        return dataclasses.replace(settings, title=tuple(map(tuple, forms)))
 
     def settings(self, options: dict | None = None) -> RowDecoding:
         """A row's decoding: the config's, with a request's `options` over it (max_new_tokens at most the
@@ -133,6 +144,14 @@ class ResponseGenerator:
         batch = batch.append_column("response", pa.array(responses, pa.string()))
         batch = batch.append_column("untrimmed", pa.array(untrimmed, pa.string()))  # before the filter: what the figures headline
         return batch.append_column("prompt_truncated", pa.array(truncated, pa.bool_()))
+
+
+@functools.cache
+def sentence_ends(tokenizer) -> tuple[frozenset[int], int | None]:
+    """The tokens whose text ends a sentence (., ! or ?, closing quotes aside), and the one that is just '.'."""
+    ends = frozenset(i for i in range(len(tokenizer)) if tokenizer.decode([i]).strip().rstrip("\"')").endswith((".", "!", "?")))
+    period = tokenizer.encode(".", add_special_tokens=False)
+    return ends, period[0] if len(period) == 1 else None
 
 
 def grounding(response: str, row: dict, kg: Grounding | None = None) -> tuple[bool, int, int]:
@@ -171,7 +190,7 @@ class ChatBatch:
 
     def add(self, row: dict, options: dict | None = None) -> int:
         prompt, _ = self.generator.prompt(row)
-        settings = self.generator.settings(options)
+        settings = self.generator.naming(self.generator.settings(options), row["title"])
         key = self.decoder.add(prompt, settings)
         self.requests[key] = (_Text(self.generator.tokenizer, (options or {}).get("stop")), settings.max_new_tokens, len(prompt))
         return key
@@ -192,7 +211,8 @@ class ChatBatch:
                 piece += text.flush()
                 made = text.tokens
                 ended = text.cut.hit or len(made) < limit or (made and made[-1] == self.generator.tokenizer.eos_token_id)
-                end = {"finish_reason": "stop" if ended else "length", "prompt_tokens": prompt_tokens, "completion_tokens": len(made)}
+                end = {"finish_reason": "stop" if ended else "length", "prompt_tokens": prompt_tokens, "completion_tokens": len(made),
+                       "title_put": getattr(self.decoder.rows.get(key), "put", False)}  # decoding.name_item put the title in
                 del self.requests[key]
             out[key] = (piece, end)
         return out

@@ -359,6 +359,28 @@ def test_a_prompt_decoded_several_times_is_prefilled_once_and_each_copy_decodes_
     assert a == c == decode([same])[0][0] and b == decode([other])[0][0]
 
 
+def test_the_decode_names_the_item_with_name_item():
+    """SmolLM2 untuned, on a prompt that never mentions the item: with name_item its one decode names it."""
+    from ecr_ray.config import DecodingConfig
+    from ecr_ray.gen.decode import RowDecoding
+    from ecr_ray.gen.generate import ResponseGenerator, sentence_ends
+
+    smol = dataclasses.replace(GPT2, model="smollm2-135m-instruct", max_length=256)
+    said = {}
+    for name_item in (False, True):
+        generator = ResponseGenerator(None, smol, DecodingConfig(max_new_tokens=40, name_item=name_item), retrieval=True)
+        decoder = generator.decoder()
+        key = decoder.add(generator.tokenizer("User: I loved Inception. What else?\nAssistant:").input_ids,
+                          generator.naming(RowDecoding(40), "Paddington 2"))
+        tokens = []
+        while decoder.in_flight:
+            tokens += decoder.step().values()
+        said[name_item] = generator.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert mentions(said[True], "Paddington 2") and not mentions(said[False], "Paddington 2")
+    ends, period = sentence_ends(generator.tokenizer)
+    assert period in ends and generator.tokenizer.encode("!", add_special_tokens=False)[0] in ends
+
+
 def test_top_p_sampling_keeps_the_nucleus_within_the_head_or_beyond_it():
     import torch
 
@@ -375,6 +397,25 @@ def test_top_p_sampling_keeps_the_nucleus_within_the_head_or_beyond_it():
     assert set(peaked) == {0, 1, 2}
     greedy = _Row([1], RowDecoding(1), 0, False)
     assert _choose([greedy, rows[0]], scores.clone())[0] == 0
+
+
+def test_a_reply_that_has_not_named_the_item_gets_its_title_at_a_sentence_end():
+    from ecr_ray.gen.decode import RowDecoding, _Row
+
+    eos, ends, period, title = 0, frozenset({3}), 3, ((7, 8), (9,))
+
+    def decode(chosen: list[int], max_new_tokens: int = 20) -> list[int]:
+        row, out = _Row([1], RowDecoding(max_new_tokens, title=title), 0, False), []
+        for token in chosen:  # what the model would choose at each step
+            out.append(row.take(token, eos, ends, period))
+            row.made += 1
+        return out
+
+    assert decode([5, 3, 6, 6, 5, 0]) == [5, 3, 7, 8, 5, 0]  # after the first sentence end: the title, then the model goes on
+    assert decode([5, 9, 3, 6, 0]) == [5, 9, 3, 6, 0]  # said already (as it may be said): nothing put in
+    assert decode([5, 5, 0, 6, 6, 0]) == [5, 5, 3, 7, 8, 0]  # at the end without a sentence end: a period, then the title
+    assert decode([5, 5, 5, 5, 5], max_new_tokens=5) == [5, 5, 3, 7, 8]  # the last step that leaves room: a period, the title
+    assert decode([5, 3], max_new_tokens=2) == [5, 3]  # no room for the title at all: the reply is left as it is
 
 
 def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cached():
