@@ -60,17 +60,14 @@ class _Row:
 
     def take(self, token: int, eos: int, ends: frozenset[int], period: int | None) -> int:
         """The token this row takes instead of `token` (the model's choice) while its title is unsaid: after a sentence
-        end, the title; in place of the end, or at the last step that leaves room, a period and the title."""
+        end, the title; in place of the end, a period (if anything was said) and the title. Never by the token limit,
+        so a shorter limit still gives a prefix of the longer reply."""
         if self.queue:
             token = self.queue.pop(0)
-        elif not self.said:
-            title = list(self.settings.title[0])
-            room = self.settings.max_new_tokens - self.made - len(title)  # steps left after this one and the title
-            if token in ends and room >= 1:
-                self.queue, self.put = title, True
-            elif (token == eos or room == 1) and room >= 1:
-                token, self.queue = (period, title) if period is not None else (title[0], title[1:])
-                self.put = True
+        elif not self.said and (token in ends or token == eos):
+            self.queue, self.put = list(self.settings.title[0]), True
+            if token == eos:
+                token = period if period is not None and self.made else self.queue.pop(0)
         if not self.said:
             self.tail = (self.tail + [token])[-max(map(len, self.settings.title)):]
             self.said = any(tuple(self.tail[-len(t):]) == t for t in self.settings.title)

@@ -414,8 +414,9 @@ def test_a_reply_that_has_not_named_the_item_gets_its_title_at_a_sentence_end():
     assert decode([5, 3, 6, 6, 5, 0]) == [5, 3, 7, 8, 5, 0]  # after the first sentence end: the title, then the model goes on
     assert decode([5, 9, 3, 6, 0]) == [5, 9, 3, 6, 0]  # said already (as it may be said): nothing put in
     assert decode([5, 5, 0, 6, 6, 0]) == [5, 5, 3, 7, 8, 0]  # at the end without a sentence end: a period, then the title
-    assert decode([5, 5, 5, 5, 5], max_new_tokens=5) == [5, 5, 3, 7, 8]  # the last step that leaves room: a period, the title
-    assert decode([5, 3], max_new_tokens=2) == [5, 3]  # no room for the title at all: the reply is left as it is
+    assert decode([0, 6, 0]) == [7, 8, 0]  # an empty reply: the title alone
+    short, long = decode([5, 5, 3, 6], max_new_tokens=3), decode([5, 5, 3, 6, 6])
+    assert long[:len(short)] == short  # the limit never decides: a shorter reply is a prefix of the longer one
 
 
 def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cached():
