@@ -50,8 +50,8 @@ FIGURES = [  # (stage, summary key, what it is)
         ("hybrid − channels alone", "paired difference: what the learned part adds,"),
         ("paper − co-occurrence", "paired difference: ECR's model alone minus co-occurrence,")] for k in (10, 50)],
     ("gen-train", "val_loss", "generator validation loss"),
-    *[(stage, k, f"{path} {label}") for stage, path in (("gen-eval-served-pool", "chat reply:"), ("gen-eval-pool", "batch response:"))
-      for k, label in RESPONSE_FIGURES],
+    *[("gen-eval-served-pool", k, f"chat reply: {label}") for k, label in RESPONSE_FIGURES],
+    *[("gen-eval-pool", k, f"batch response: {label}") for k, label in RESPONSE_FIGURES[:7]],  # the text figures; the judge's: reports/
 ]
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin (ecr-ray results) -->", "<!-- results:end -->"
 
