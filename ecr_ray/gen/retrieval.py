@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ecr_ray.artifacts import read_retrieval_base
 from ecr_ray.data.kg import KnowledgeGraph, load_kg, split_qualifier
+from ecr_ray.data.linking import text_key
 from ecr_ray.gen.reviews import item_neighbours
 
 
@@ -53,7 +54,7 @@ class Grounding:
     targets (`gen/targets.py`) and for the hallucination metric (`eval/generation.py`)."""
 
     def __init__(self, kg: KnowledgeGraph):
-        from ecr_ray.data.linking import TextEntityLinker, text_key
+        from ecr_ray.data.linking import TextEntityLinker
 
         self.kg, self.hops = kg, Retriever(kg, [])
         self.linker, self.said = TextEntityLinker(kg, items=True, proper=True), TextEntityLinker(kg, items=True)  # replies; what users typed
@@ -69,8 +70,6 @@ class Grounding:
 
     def named(self, text: str, row: dict) -> tuple[list[int], list[int]]:
         """(the entities `text` names other than the item, those of them its prompt does not support)."""
-        from ecr_ray.data.linking import text_key
-
         title = text_key(row["title"])
         named = [e for e in self.linker.link(text) if self.titles.get(e) != title and e not in self.one_word]
         supported = self.supported(row)
