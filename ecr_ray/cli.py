@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|chat|results|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|audit|chat|results|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the stages the comparison needs, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
     sub.add_parser("judge-check", parents=[common],
                    help="the LLM judge's validity on training-split turns (reports/judge-check.json), to choose a judge without the dev turns")
+    audit = sub.add_parser("audit", parents=[common], help="the hallucination audit of the chat path's replies: the blind sheet for an "
+                           "auditor, then, with the verdicts, the agreement with the automatic rate (reports/hallucination-audit.md)")
+    audit.add_argument("--labels", default="docs/hallucination-audit.jsonl", help="the verdicts, one JSON line per reply "
+                       "(default: docs/hallucination-audit.jsonl)")
+    audit.add_argument("--out", default="reports/hallucination-audit.md", help="the page to write (default: reports/hallucination-audit.md)")
+    audit.add_argument("--split", default="dev", help="the split whose served replies are audited (default: dev)")
     chat = sub.add_parser("chat", help="talk to a trained run in the terminal (its recorded config; --set overrides it)")
     chat.add_argument("--run-dir", help="the trained run directory, a path or a URI (default: runs/tiny)")
     chat.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = RunDir(args.run_dir or Path("runs") / cfg.name)
     print(f"ecr-ray {args.command}: preset {cfg.name}, run directory {run_dir.uri}", flush=True)
+    if args.command == "audit":
+        return _audit(cfg, run_dir, args)
     try:
         if args.command == "evaluate":
             evaluate(cfg, run_dir, force=args.force)
@@ -110,6 +118,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         print(f"report: {run_dir.location(RUN_REPORT)}")
     return 0
+
+def _audit(cfg, run_dir, args) -> int:
+    from ecr_ray.artifacts import POOL, responses
+    from ecr_ray.data.kg import load_kg
+    from ecr_ray.eval.audit import agreement, audit_sample, audit_table, read_labels, sheet
+    from ecr_ray.eval.served import SERVED
+    from ecr_ray.gen.retrieval import Grounding
+
+    group = POOL if args.split == "dev" else args.split
+    folder = responses(SERVED, group)
+    if not run_dir.exists(folder):
+        print(f"ecr-ray: no chat-path replies in {run_dir.location(folder)} (run the gen-eval-served-{group} stage first)", file=sys.stderr)
+        return 2
+    sample = audit_sample(run_dir.read_table(folder).to_pylist())
+    sheet_path = f"reports/hallucination-audit-sheet-{args.split}.md"
+    run_dir.write_text(sheet_path, sheet(sample))
+    print(f"audit sheet ({len(sample)} replies): {run_dir.location(sheet_path)}")
+    labels = Path(args.labels)
+    if not labels.exists():
+        print(f"no verdicts yet: write them to {labels} (docs/hallucination-rubric.md), then run this again")
+        return 0
+    try:
+        verdicts = read_labels(labels.read_text())
+    except ValueError as err:
+        print(f"ecr-ray: {labels}: {err}", file=sys.stderr)
+        return 2
+    result = agreement(sample, verdicts, Grounding(load_kg(cfg.data.path(cfg.data.kg_dir))), cfg.eval.intervals)
+    run_dir.write_json(f"reports/hallucination-audit-{args.split}.json", result)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(audit_table(result, str(labels)))
+    print(f"audit: {args.out}")
+    return 0
+
 
 def _results(run_dir: str, out: Path, readme: Path) -> int:
     from ecr_ray.rundir import RunDir

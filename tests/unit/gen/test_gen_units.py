@@ -543,3 +543,29 @@ def test_judge_validity_reads_each_criterion_against_its_own_negative(kg):
     assert v["informativeness"]["auc"] == 1.0 and v["logic_persuasiveness"]["auc"] == 0.5  # deinformed lower; other movie a tie
     assert v["lifelikeness"]["auc"] == 0.5 and v["emotional_intensity"] == {**v["emotional_intensity"], "turns": 2, "auc": 1.0}
     assert {c: v[c]["negative"] for c in CRITERIA} == NEGATIVES and v["valid"] is False
+
+
+def test_the_audit_sets_verdicts_beside_the_automatic_flags_on_the_replies_they_were_given(kg, near_far):
+    import json
+
+    from ecr_ray.eval.audit import agreement, audit_sample, audit_table, cohen_kappa, read_labels, response_sha
+
+    g, item, near, far = near_far
+    base = {"item": item, "title": item_title(kg, item), "entity_ids": [], "triple_ids": [], "context": "User: hi"}
+    flagged = f"I liked {kg.names[far]} a lot"  # an entity the prompt does not support: the automatic rate counts it
+    rows = [{**base, "conversation_id": c, "turn": 1, "response": text} for c, text in
+            enumerate([flagged, "The story is about a girl.", "A great movie.", "A great movie!", "Changed since."])]
+    verdicts = [True, True, False, False, False]  # the second: a plot claim the KG cannot see
+    lines = [json.dumps({"conversation_id": r["conversation_id"], "turn": 1, "response_sha": response_sha(r["response"]), "hallucinated": v,
+                         "claims": ["a plot"] if v else []}) for r, v in zip(rows, verdicts, strict=True)]
+    lines[-1] = lines[-1].replace(response_sha("Changed since."), "0" * 12)
+    result = agreement(rows, read_labels("\n".join(lines)), g, load_config("tiny").eval.intervals)
+    assert result["audited"] == 4 and result["stale"] == ["4/1"] and result["missing"] == []
+    assert (result["audited_rate"], result["automatic_rate"], result["agreement"]) == (0.5, 0.25, 0.75)
+    assert result["confusion"] == {"both": 1, "audit only": 1, "automatic only": 0, "neither": 2}
+    assert result["disagreements"] == [{"reply": "1/1", "audit": ["a plot"], "automatic": []}]
+    assert result["kappa"] == pytest.approx(0.5) and cohen_kappa(np.array([True, False]), np.array([True, False])) == 1.0
+    assert "| agreement | 0.75" in audit_table(result, "labels.jsonl") and "1 / 1 / 0 / 2" in audit_table(result, "labels.jsonl")
+    assert [r["conversation_id"] for r in audit_sample(rows * 3, 4)] == sorted(r["conversation_id"] for r in audit_sample(rows * 3, 4))
+    with pytest.raises(ValueError, match="labels line 1"):
+        read_labels('{"conversation_id": 1}')
