@@ -37,7 +37,7 @@ SCORE_CACHE = "cache/scores"
 GENERATION_REPORTS = ("reports/generation.json", "reports/generation.md", "reports/generation.png", "reports/generation-examples.md")
 
 # models: each folder holds its weights, its own metadata and the run's config it was trained with
-TEACHER, CLASSIFIER, RECOMMENDER = "teacher", "emotion_classifier", "recommender"
+TEACHER, CLASSIFIER, RECOMMENDER, STANCE = "teacher", "emotion_classifier", "recommender", "stance"
 GENERATOR, GENERATOR_NO_RETRIEVAL = "generator", "generator-no-retrieval"
 MODEL_CONFIG = "ecr_config.json"
 
@@ -51,6 +51,10 @@ def prepared(group: str, artifact: str) -> str:
 
 def utterance_emotions(group: str) -> str:
     return f"emotion/utterances/{group}"
+
+
+def entity_stances(group: str) -> str:
+    return f"emotion/stances/{group}"
 
 
 def context_vectors_of(group: str) -> str:
@@ -93,6 +97,12 @@ def _by_turn(run: RunDir, path: str, column: str) -> dict[tuple[int, int], list[
 def emotion_probs(run: RunDir, group: str) -> dict[tuple[int, int], list[float]]:
     """(conversation_id, turn) -> the classifier's nine probabilities of that user utterance."""
     return _by_turn(run, utterance_emotions(group), "probs")
+
+
+def stance_probs(run: RunDir, group: str) -> dict[tuple[int, int, int], list[float]]:
+    """(conversation_id, turn, KG movie) -> the stance model's three probabilities for that movie in that user utterance."""
+    t = run.read_table(entity_stances(group), columns=["conversation_id", "turn", "entity", "probs"]).to_pydict()
+    return dict(zip(zip(t["conversation_id"], t["turn"], t["entity"], strict=True), t["probs"], strict=True))
 
 
 def context_vectors(run: RunDir, group: str) -> dict[tuple[int, int], list[float]]:

@@ -172,6 +172,9 @@ class EmotionConfig:
     llm: LLMConfig = _section(LLMConfig, "the annotating LLM endpoint (emotion.source=llm)")
     teacher: ClassifierConfig = _section(ClassifierConfig, "the GoEmotions teacher (emotion.source=teacher)")
     classifier: ClassifierConfig = _section(ClassifierConfig, "the emotion classifier trained on the annotations")
+    stance: ClassifierConfig = _section(ClassifierConfig, "the stance model (stance-train): (a movie's title, the utterance naming it) -> "
+                                        "liked / disliked / no stance, trained on the seekers' questionnaire answers of the training split "
+                                        "and evaluated on the dev split (holdout_fraction unused)", max_length=96)
 
 
 @dataclass
@@ -224,6 +227,9 @@ class RecConfig:
     global_emotion: bool = _knob(True, "the emotion-related neighbours' distribution P(later entity | earlier entity): their representation "
                                        "joins the user vector with a learned weight (and, in the hybrid, their item score is a channel)")
     reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (rec.feedback_weights)")
+    entity_stance: bool = _knob(False, "a movie the user names carries the user's stance towards it (the stance model, stance-infer-<g>): its "
+                                       "'like' and 'negative' emotions become P(liked) and P(disliked) of that movie, in the entity states, "
+                                       "the emotion-weighted counts and the copy gate; off: every entity of an utterance has the utterance's emotions (ECR)")
     feedback_weights: FeedbackWeights = _section(FeedbackWeights, "feedback-aware reweighting (rec.reweight)")
     beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero; when none passes, the top label (as ECR)")
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
@@ -237,6 +243,8 @@ class RecConfig:
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
     cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")
+    cv_entity_stance: bool = _knob(False, "`ecr-ray ablations` also trains full ECR reading each named movie's own stance (rec.entity_stance; "
+                                          "needs the stance model), compared with ECR's reading on all examples and on those naming a disliked movie")
     cv_emotion_ablations: bool = _knob(True, "`ecr-ray ablations` trains the four ablated variants too; false: full ECR alone (the hybrid, "
                                              "its paper variant and channels against the baselines) in a fifth of the time")
     train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on held-out training dialogues)", epochs=10, lr=1e-3,
@@ -278,6 +286,8 @@ class DecodingConfig:
     top_p: float = _knob(0.9, "nucleus sampling mass")
     repetition_penalty: float = _knob(1.0, "logits of tokens already in the prompt or response divided by this (1: off; a chat "
                                            "request's presence/frequency penalty overrides it)")
+    repetition_penalty_prompt: bool = _knob(True, "the repetition penalty weighs the prompt's tokens too (generate()'s); false: the "
+                                                  "response's own only, so the title and knowledge the prompt gives stay free to say")
     candidates: int = _knob(1, "batch responses: decode this many per prompt (the configured decoding, then samples at temperature "
                                "and top_p) and keep the best grounded: naming the item first, then naming fewer KG entities the prompt does not "
                                "support, then more of its knowledge (1: off; the chat API always decodes one)")

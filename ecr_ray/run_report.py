@@ -17,7 +17,7 @@ PAPER = {
 SPLITS = {  # where each stage's figures come from
     "prepare-pool": "ReDial train pool", "linking-report": "UniCRS valid dialogues",
     "emotion-teacher": "GoEmotions test", "emotion-classifier": "held-out annotations",
-    "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews",
+    "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews", "stance-train": "dev split of the pool (questionnaires)",
     "gen-eval-served-pool": "dev turns, chat path (one decode, as served)", "gen-eval-pool": "dev turns, batch path (the preset's decoding)",
 }
 RESPONSE_FIGURES = [("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
@@ -37,6 +37,9 @@ FIGURES = [  # (stage, summary key, what it is)
     ("emotion-classifier", "recall@1", "emotion classifier Recall@1"),
     ("emotion-classifier", "recall@2", "emotion classifier Recall@2"),
     ("emotion-classifier", "macro_f1", "emotion classifier macro-F1"),
+    ("stance-train", "macro_f1", "stance towards each named movie, macro-F1 (liked / disliked / no stance)"),
+    ("stance-train", "utterance_macro_f1", "the same read ECR's way (the utterance's emotions as every movie's stance)"),
+    ("stance-train", "recall_disliked", "stance: recall of disliked movies"),
     ("rec-eval-pool", "variant", "recommender variant (rec.variant)"),
     *[("rec-eval-pool", k, f"recommender {label}") for k, label in [
         ("recall@1", "R@1"), ("recall@10", "R@10"), ("recall@50", "R@50"), ("recall_true@1", "RT@1"),

@@ -114,7 +114,7 @@ TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}"]  # the
 
 @pytest.fixture(scope="session")
 def gen_run(labelled_run, tmp_path_factory):
-    """The tiny pool with a trained recommender and generator (every model the chat needs): (config, RunDir, summaries)."""
+    """The tiny pool with a trained stance model, recommender and generator (every model the chat needs): (config, RunDir, summaries)."""
     import shutil
 
     from ecr_ray.pipeline import run_stages
@@ -123,4 +123,4 @@ def gen_run(labelled_run, tmp_path_factory):
     run_dir = RunDir(tmp_path_factory.mktemp("gen"))
     shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
     cfg = fast_config(*TINY_GEN)
-    return cfg, run_dir, run_stages(cfg, run_dir, only=REC + GEN)
+    return cfg, run_dir, run_stages(cfg, run_dir, only=["stance-train"] + REC + GEN)

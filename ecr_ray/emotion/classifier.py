@@ -1,4 +1,5 @@
-"""The emotion classifier: a text encoder (registry of backbones), mean pooling, a 9-way head.
+"""The emotion classifier: a text encoder (registry of backbones), mean pooling, a 9-way head (the
+stance model, emotion/stance.py, is the same network with a 3-way head).
 
 Plain PyTorch; knows nothing of Ray or devices. Saved as `encoder/` (HF folder with tokenizer),
 `head.safetensors` and `classifier.json`; loading refuses a folder trained for other labels.
@@ -19,12 +20,12 @@ from ecr_ray.models import resolve_model
 
 
 class EmotionClassifier(nn.Module):
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, num_labels: int = len(LABELS)):
         super().__init__()
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None  # we mean-pool the hidden states; an unused pooler breaks DDP's gradient sync
         self.encoder = encoder
-        self.head = nn.Linear(encoder.config.hidden_size, len(LABELS))
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -63,13 +64,13 @@ def _gpt2(cfg: ClassifierConfig, allow_download: bool):
 BACKBONES: dict[str, Callable] = {"minilm": _minilm, "gpt2": _gpt2}
 
 
-def build_classifier(cfg: ClassifierConfig, allow_download: bool = False):
+def build_classifier(cfg: ClassifierConfig, allow_download: bool = False, labels: tuple[str, ...] = LABELS):
     """(EmotionClassifier, tokenizer) for a config; the seed fixes the head's initialisation."""
     if cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown classifier backbone {cfg.backbone!r}; known: {', '.join(BACKBONES)}")
     torch.manual_seed(cfg.train.seed)
     encoder, tokenizer = BACKBONES[cfg.backbone](cfg, allow_download)
-    return EmotionClassifier(encoder), tokenizer
+    return EmotionClassifier(encoder, len(labels)), tokenizer
 
 
 def encode(tokenizer, texts, max_length: int) -> dict:
@@ -84,19 +85,20 @@ def by_length(texts: list[str], size: int) -> list[list[int]]:
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def save_classifier(model: EmotionClassifier, tokenizer, cfg: ClassifierConfig, folder: str | Path, metrics: dict) -> None:
+def save_classifier(model: EmotionClassifier, tokenizer, cfg: ClassifierConfig, folder: str | Path, metrics: dict,
+                    labels: tuple[str, ...] = LABELS) -> None:
     from safetensors.torch import save_file
 
     folder = Path(folder)
     model.encoder.save_pretrained(folder / "encoder")
     tokenizer.save_pretrained(folder / "encoder")
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, folder / "head.safetensors")
-    meta = {"labels": list(LABELS), "config": dataclasses.asdict(cfg), "metrics": metrics}
+    meta = {"labels": list(labels), "config": dataclasses.asdict(cfg), "metrics": metrics}
     (folder / "classifier.json").write_text(json.dumps(meta, indent=2))
 
 
-def load_classifier(folder: str | Path):
-    """(model in eval mode, tokenizer, meta) of a saved classifier."""
+def load_classifier(folder: str | Path, labels: tuple[str, ...] = LABELS):
+    """(model in eval mode, tokenizer, meta) of a saved classifier of `labels`."""
     from safetensors.torch import load_file
     from transformers import AutoModel, AutoTokenizer
 
@@ -104,11 +106,11 @@ def load_classifier(folder: str | Path):
     if not (folder / "classifier.json").exists():
         raise FileNotFoundError(f"no trained emotion classifier in {folder} (run the emotion stages first)")
     meta = json.loads((folder / "classifier.json").read_text())
-    if meta["labels"] != list(LABELS):
-        raise ValueError(f"{folder} was trained for labels {meta['labels']}, not {list(LABELS)}")
+    if meta["labels"] != list(labels):
+        raise ValueError(f"{folder} was trained for labels {meta['labels']}, not {list(labels)}")
     tokenizer = AutoTokenizer.from_pretrained(folder / "encoder")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = EmotionClassifier(AutoModel.from_pretrained(folder / "encoder"))
+    model = EmotionClassifier(AutoModel.from_pretrained(folder / "encoder"), len(labels))
     model.head.load_state_dict(load_file(folder / "head.safetensors"))
     return model.eval(), tokenizer, meta

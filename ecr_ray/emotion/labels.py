@@ -51,3 +51,18 @@ def read_goemotions(folder: str | Path, split: str) -> list[dict]:
         if mapped:
             rows.append({"text": text, "labels": mapped})
     return rows
+
+
+def kept_emotions(probs, beta: float, most: int) -> list[float]:
+    """The paper's utterance emotions: the labels above probability `beta`, at most `most` of the most
+    likely, with their probabilities; the others count zero. When none passes `beta` the top label is
+    kept (ECR's fallback for a seeker utterance that names an entity: the classifier's labels are
+    independent sigmoids, so all may be low)."""
+    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:most]
+    kept = [0.0] * len(probs)
+    for i in order:
+        if probs[i] > beta:
+            kept[i] = float(probs[i])
+    if order and not any(kept):
+        kept[order[0]] = float(probs[order[0]])
+    return kept

@@ -6,16 +6,19 @@ emotion-annotate     labels a sample of train-split seeker utterances (LLM endpo
                      utterance), so a re-run or a crash resumes without asking again
 emotion-classifier   trains the classifier on the annotations (Ray Train), metrics on a held-out part
 emotion-infer-<g>    nine probabilities and top labels for every seeker utterance of group g
+stance-train         the stance model on the questionnaires (emotion/stance.py), dev figures beside ECR's reading
+stance-infer-<g>     the stance towards each KG movie every seeker utterance of group g names
 """
 from __future__ import annotations
 
 from functools import partial
 
-from ecr_ray.artifacts import ANNOTATIONS, CLASSIFIER, POOL, TEACHER, model, report, utterance_emotions
+from ecr_ray.artifacts import ANNOTATIONS, CLASSIFIER, POOL, STANCE, TEACHER, entity_stances, model, report, utterance_emotions
 from ecr_ray.config import Config
 from ecr_ray.emotion.annotate import PROMPT_VERSION, annotate_sample
 from ecr_ray.emotion.infer import infer_group
 from ecr_ray.emotion.labels import GOEMOTIONS_FILES
+from ecr_ray.emotion.stance import infer_stances, train_stance
 from ecr_ray.emotion.train import train_classifier, train_teacher
 from ecr_ray.llm.client import require_api_key
 from ecr_ray.stage import Stage, files_digest
@@ -41,6 +44,11 @@ def emotion_stages(cfg: Config) -> list[Stage]:
         stages.append(Stage(
             f"emotion-infer-{group}", run=partial(infer_group, group=group), outputs=(utterance_emotions(group),),
             needs=("emotion-classifier", f"prepare-{group}"), config=("emotion.second_label_threshold",)))
+    stages.append(Stage("stance-train", run=train_stance, outputs=(model(STANCE), report(STANCE)), needs=(f"prepare-{POOL}", f"emotion-infer-{POOL}"),
+                        config=("emotion.stance", "rec.beta", "rec.max_emotions"), version=2))
+    for group in [POOL, *sorted(cfg.data.split_files)]:
+        stages.append(Stage(f"stance-infer-{group}", run=partial(infer_stances, group=group), outputs=(entity_stances(group),),
+                            needs=("stance-train", f"prepare-{group}")))
     return stages
 
 

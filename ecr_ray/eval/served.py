@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import zlib
 
 import pyarrow as pa
 
@@ -19,15 +20,15 @@ from ecr_ray.rundir import RunDir
 SERVED = "served"  # the chat path's responses: gen/responses/served/<group>; reports/gen-eval-served-<split>.json
 
 
-def served_rows(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
-    """One chat answer per sampled turn: {conversation_id, turn, reference, context (the generator's), item,
+def served_rows(cfg: Config, run_dir: RunDir, group: str, split: str = "dev") -> list[dict]:
+    """One chat answer per sampled turn (the pool: of its `split`; settings are chosen on "train"): {conversation_id, turn, reference, context (the generator's), item,
     title, target_item, target_title, entities, triples, entity_ids, triple_ids, recommended, response}."""
     from ecr_ray.gen.respond import sample_turns
     from ecr_ray.gen.retrieval import item_title
     from ecr_ray.serving.batching import ContinuousBatcher
     from ecr_ray.serving.components import LocalParts, answer, turn_messages
 
-    sample = sample_turns(cfg, run_dir, group)
+    sample = sample_turns(cfg, run_dir, group, split)
     decoding = [f"gen.decoding.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg.gen.decoding).items()]  # this run's, as `serve run --set`
     parts = LocalParts(run_dir, decoding, threads=cfg.serve.threads)
     kg = parts.recommender.kg
@@ -38,7 +39,8 @@ def served_rows(cfg: Config, run_dir: RunDir, group: str) -> list[dict]:
         nonlocal done
         found, (messages, title, knowledge) = await answer(parts, turn_messages(turn["context"], turn["context_roles"]), cfg.serve.top_k)
         prompt = parts.generator.row(messages, title, knowledge)
-        *pieces, end = [piece async for piece in batcher.stream(prompt, None)]
+        seed = {"seed": zlib.crc32(f"{row['conversation_id']}:{row['turn']}".encode())}  # a sampling decode, as a client seeds it
+        *pieces, end = [piece async for piece in batcher.stream(prompt, seed)]
         done += 1
         if done % 25 == 0 or done == len(sample):
             print(f"[gen-eval-served] {done}/{len(sample)} turns answered", flush=True)

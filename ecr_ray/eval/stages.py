@@ -16,6 +16,7 @@ from functools import partial
 
 from ecr_ray.artifacts import GENERATION_REPORTS, GENERATOR_NO_RETRIEVAL, POOL, model, report, responses, split_name
 from ecr_ray.config import Config
+from ecr_ray.rec.examples import feeling_stages
 from ecr_ray.eval.compare import compare
 from ecr_ray.eval.generation import evaluate_group
 from ecr_ray.eval.judge_check import JUDGE_CHECK, judge_check
@@ -35,7 +36,7 @@ def eval_stages(cfg: Config) -> list[Stage]:
               for g in [POOL, *sorted(cfg.data.split_files)]]
     stages += [Stage(f"gen-eval-{SERVED}-{g}", run=partial(evaluate_served, group=g), config=(*ANSWERING, *SCORING),
                      outputs=(responses(SERVED, g), report(f"gen-eval-{SERVED}-{split_name(g)}")),
-                     needs=("gen-train", "rec-train", f"emotion-infer-{g}", *context_stage(cfg, g)))
+                     needs=("gen-train", "rec-train", *feeling_stages(cfg, g), *context_stage(cfg, g)))
                for g in [POOL, *sorted(cfg.data.split_files)]]
     stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING, version=2,
                         outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))

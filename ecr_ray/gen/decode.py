@@ -20,6 +20,7 @@ class RowDecoding:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    penalty_prompt: bool = True  # the penalty weighs the prompt's tokens too (generate()'s); False: the response's only
     seed: int | None = None
     # the item's title as token ids, as it is put mid-text first, then as it may be said: a row that reaches a sentence end
     # (or its end) without having said it gets it next, and goes on from there
@@ -52,7 +53,7 @@ class _Row:
         import torch
 
         self.prompt, self.settings, self.made, self.done = prompt, settings, 0, settings.max_new_tokens <= 0
-        self.seen = set(prompt)  # what the repetition penalty weighs down
+        self.seen = set(prompt) if settings.penalty_prompt else set()  # what the repetition penalty weighs down
         self.ban = NGramBan(ngram, prompt if ngram_prompt else ()) if ngram else None
         self.random = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
         self.said, self.tail, self.queue = not settings.title, [], []  # the title said; the last tokens; those still to put

@@ -83,12 +83,14 @@ class ResponseGenerator:
         return [self.tokenizer.decode(tokens[k], skip_special_tokens=True).strip() for k in keys]
 
     def candidate(self, prompt: list[int], index: int) -> RowDecoding:
-        """The decoding of a prompt's `index`-th candidate: the config's first, then seeded samples."""
+        """The decoding of a prompt's `index`-th candidate: the config's first (seeded by the prompt when it samples),
+        then seeded samples."""
         if index == 0:
-            return self.settings()
+            first = self.settings()
+            return dataclasses.replace(first, seed=zlib.crc32(bytes(str(prompt), "utf-8"))) if first.temperature > 0 else first
         d = self.decoding
         return RowDecoding(max_new_tokens=d.max_new_tokens, temperature=d.temperature, top_p=d.top_p, repetition_penalty=d.repetition_penalty,
-                           seed=zlib.crc32(bytes(str(prompt), "utf-8")) + index)  # the same prompt samples the same candidates
+                           penalty_prompt=d.repetition_penalty_prompt, seed=zlib.crc32(bytes(str(prompt), "utf-8")) + index)  # the same prompt samples the same candidates
 
     def reply(self, row: dict, options: dict | None = None) -> dict:
         """One response to a chat request: {text, finish_reason, prompt_tokens, completion_tokens}.
@@ -133,7 +135,7 @@ class ResponseGenerator:
         temperature = o.get("temperature", d.temperature if d.do_sample else 0.0)
         return RowDecoding(max_new_tokens=min(o.get("max_new_tokens", d.max_new_tokens), d.max_new_tokens), temperature=temperature,
                            top_p=o.get("top_p", d.top_p) if temperature > 0 else 1.0, repetition_penalty=o.get("repetition_penalty", d.repetition_penalty),
-                           seed=o.get("seed"))
+                           penalty_prompt=d.repetition_penalty_prompt, seed=o.get("seed"))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = [{**r, "knowledge": {"entities": r["entities"], "triples": r["triples"]}} for r in batch.to_pylist()]

@@ -15,6 +15,7 @@ from functools import partial
 
 from ecr_ray.artifacts import GENERATOR, POOL, RETRIEVAL, REVIEWS, SENTENCES, model, report, responses
 from ecr_ray.config import Config, ConfigError
+from ecr_ray.rec.examples import feeling_stages
 from ecr_ray.gen.respond import respond_group
 from ecr_ray.gen.reviews import process_reviews
 from ecr_ray.gen.train import train_generator
@@ -36,7 +37,7 @@ def gen_stages(cfg: Config) -> list[Stage]:
               Stage("gen-train", run=train_generator, outputs=(model(GENERATOR), report(GENERATOR)), needs=("gen-reviews",), config=TRAINING)]
     for grp in [POOL, *sorted(cfg.data.split_files)]:
         stages.append(Stage(f"gen-respond-{grp}", run=partial(respond_group, group=grp), outputs=(responses("ecr", grp),),
-                            needs=("gen-train", "rec-train", f"emotion-infer-{grp}", *context_stage(cfg, grp)), config=RESPONDING,
+                            needs=("gen-train", "rec-train", *feeling_stages(cfg, grp), *context_stage(cfg, grp)), config=RESPONDING,
                             version=2))
     return stages
 

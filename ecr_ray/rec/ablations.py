@@ -3,8 +3,10 @@ cross-validated over the pool's dialogues: for each of `rec.cv_folds` folds, the
 from the other folds' dialogues and every system ranks the fold's examples, so each pool example is
 scored once by each system. A hybrid model is scored whole, as its learned part alone (the paper
 variant: the ablations are read there) and, for full ECR, as its channels alone (what the learned part
-adds; `rec.cv_emotion_ablations: false` trains full ECR alone). Metrics with 95% intervals over
-dialogues, and paired differences (same resamples): reports/ablations.{json,md,png}."""
+adds; `rec.cv_emotion_ablations: false` trains full ECR alone). The variants read each entity's emotions
+ECR's way; with `rec.cv_entity_stance`, full ECR is trained again reading each named movie's own stance
+(stance-infer-pool), compared on all examples and on those whose context names a disliked movie. Metrics
+with 95% intervals over dialogues, and paired differences (same resamples): reports/ablations.{json,md,png}."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +14,7 @@ import re
 
 import numpy as np
 
-from ecr_ray.artifacts import ABLATION_REPORTS, ABLATIONS, POOL, emotion_probs, model, read_rows
+from ecr_ray.artifacts import ABLATION_REPORTS, ABLATIONS, POOL, model, read_rows
 from ecr_ray.config import REC_METRICS, Config
 from ecr_ray.rundir import RunDir
 
@@ -24,8 +26,11 @@ VARIANTS = {  # the paper's claim, one part left out at a time, and none of them
     "base": {"local_emotion": False, "global_emotion": False, "reweight": False},
 }
 PAPER = " (paper)"  # a hybrid's learned score alone: the paper variant, trained the same way
+STANCE = "full ECR + entity stance"  # `rec.cv_entity_stance`: each named movie's own stance (emotion/stance.py), not the utterance's
 COMPARED = (("full ECR", "channels alone"), ("full ECR" + PAPER, "co-occurrence"), ("full ECR", "co-occurrence + copy"),
-            *(("full ECR" + PAPER, name + PAPER) for name in VARIANTS if name != "full ECR"))
+            *(("full ECR" + PAPER, name + PAPER) for name in VARIANTS if name != "full ECR"),
+            (STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER))
+DISLIKED_CONTEXT = " (contexts naming a movie the seeker disliked)"  # the stance comparison again on those examples
 
 
 def folds(dialogue_ids, k: int) -> list[set[int]]:
@@ -41,37 +46,56 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.rec.checkpoint import load_recommender
     from ecr_ray.rec.diagnostics import emotion_signal, part_effects
     from ecr_ray.rec.evaluate import baseline_ranks, reported_metrics, variant_ranks
-    from ecr_ray.rec.examples import load_examples, training_inputs
+    from ecr_ray.rec.examples import load_examples, training_inputs, user_feelings
     from ecr_ray.rec.train import fit_recommender
     from ecr_ray.report import comparison_chart, comparison_table
 
-    rows, _ = load_examples(cfg, run_dir, POOL)
-    dialogues, probs = read_rows(run_dir, POOL, "dialogues"), emotion_probs(run_dir, POOL)
+    # the variants read each entity's emotions ECR's way (the utterance's); the stance variant, each named movie's own stance
+    readings = {flag: dataclasses.replace(cfg, rec=dataclasses.replace(cfg.rec, entity_stance=flag))
+                for flag in (False, *((True,) if cfg.rec.cv_entity_stance else ()))}
+    rows = {flag: load_examples(c, run_dir, POOL)[0] for flag, c in readings.items()}
+    key = lambda r: (r["conversation_id"], r["turn"], r["item"])  # noqa: E731
+    if any(list(map(key, rows[flag])) != list(map(key, rows[False])) for flag in rows):
+        raise RuntimeError("the stance reading changed which examples there are: they must differ in their emotions only")
+    dialogues = read_rows(run_dir, POOL, "dialogues")
+    feelings = {flag: user_feelings(c, run_dir, POOL) for flag, c in readings.items()}
+    probs = feelings[False]
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
     everyone = {d["conversation_id"] for d in dialogues}
     held_rows, ranked, effects = [], {}, []
-    trained = VARIANTS if cfg.rec.cv_emotion_ablations else {"full ECR": VARIANTS["full ECR"]}
+    trained = {name: {**flags, "entity_stance": False} for name, flags in VARIANTS.items()
+               if cfg.rec.cv_emotion_ablations or name == "full ECR"}
+    if cfg.rec.cv_entity_stance:
+        trained[STANCE] = {**VARIANTS["full ECR"], "entity_stance": True}
     for f, held in enumerate(folds(everyone, cfg.rec.cv_folds)):
-        inputs = training_inputs(cfg, rows, dialogues, probs, everyone - held)
-        held_rows += inputs.held_out
-        for kind, result in baseline_ranks(inputs.train, inputs.meta["tables"]["items"], inputs.held_out, kg, cfg.rec, cfg.eval).items():
+        inputs = {flag: training_inputs(cfg, rows[flag], dialogues, feelings[flag], everyone - held) for flag in readings}
+        held_rows += inputs[False].held_out
+        for kind, result in baseline_ranks(inputs[False].train, inputs[False].meta["tables"]["items"], inputs[False].held_out, kg, cfg.rec,
+                                           cfg.eval).items():
             ranked.setdefault(kind, []).append(result)
         for name, flags in trained.items():
-            rcfg = dataclasses.replace(cfg.rec, **flags)
+            rcfg, given = dataclasses.replace(cfg.rec, **flags), inputs[flags["entity_stance"]]
             folder = f"{ABLATIONS}/fold-{f}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
             print(f"[rec-ablations] fold {f + 1}/{cfg.rec.cv_folds}: training {name!r}", flush=True)
-            fit_recommender(cfg, rcfg, folder, inputs, run_dir)
+            fit_recommender(cfg, rcfg, folder, given, run_dir)
             recommender, info = load_recommender(run_dir.local_copy(model(folder)), rcfg)
             if name == "full ECR":
-                effects.append(part_effects(recommender, inputs.held_out, rcfg))
+                effects.append(part_effects(recommender, given.held_out, rcfg))
             labels = {rcfg.variant: name, "paper": name + PAPER, "channels alone": "channels alone" if name == "full ECR" else None}
-            for part, ranks in variant_ranks(recommender, inputs.held_out, rcfg, info).items():
+            for part, ranks in variant_ranks(recommender, given.held_out, rcfg, info).items():
                 if labels[part]:  # the channels alone once: full ECR's
                     ranked.setdefault(labels[part], []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
                    for a, b in COMPARED if a in joined and b in joined}
+    if STANCE in joined:  # where it matters most: the context names a movie the seeker said (questionnaire) they disliked
+        hated = disliked_context(held_rows, dialogues)
+        subset = lambda ranks: tuple(part[hated] for part in ranks)  # noqa: E731
+        chosen = [r for r, h in zip(held_rows, hated, strict=True) if h]
+        differences.update({f"{a} − {b}{DISLIKED_CONTEXT}": reported_metrics(*subset(joined[a]), chosen, cfg.rec.auc_batch_size, cfg.eval.intervals,
+                                                                              minus=subset(joined[b]))
+                            for a, b in COMPARED[-2:] if chosen})
     diagnostics = {"emotion signal": emotion_signal(dialogues, probs, cfg.rec),
                    "full ECR's emotion parts (mean over folds)": {k: None if effects[0][k] is None else float(np.mean([e[k] for e in effects]))
                                                                    for k in effects[0]}}
@@ -86,6 +110,15 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
                                                               list(REC_METRICS))]))
     print(table, flush=True)
     return {name: {k: results[name][k] for k in ("recall@50", "recall_true@50", "auc")} for name in results}
+
+
+def disliked_context(rows: list[dict], dialogues: list[dict]) -> np.ndarray:
+    """Per example, whether its context names a movie the seeker's questionnaire says they disliked."""
+    from ecr_ray.data.redial import FEEDBACK_DISLIKE
+
+    disliked = {d["conversation_id"]: {m["item"] for m in d["movies"] if m["feedback"] == FEEDBACK_DISLIKE and m.get("item") is not None}
+                for d in dialogues}
+    return np.array([bool(disliked[r["conversation_id"]] & set(r["entities"])) for r in rows], dtype=bool)
 
 
 def diagnostics_table(diagnostics: dict) -> str:

@@ -21,10 +21,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ecr_ray.artifacts import POOL, emotion_probs, read_rows, write_tables
-from ecr_ray.config import Config, RecConfig
-from ecr_ray.rec.features import emotion_turn, kept_emotions
-from ecr_ray.rundir import RunDir
+from ecr_ray.config import RecConfig
+from ecr_ray.rec.features import emotion_turn, feeling, kept_emotions
 
 
 def dialogue_entities(dialogue: dict) -> set[int]:
@@ -39,9 +37,11 @@ def emotional_mentions(dialogue: dict, probs: dict[tuple[int, int], list[float]]
     mentions = []
     for t, utterance in enumerate(utterances):
         et = emotion_turn(t, roles, len(utterances))
-        p = probs.get((dialogue["conversation_id"], et)) if et is not None else None
-        bits = sum(1 << i for i, v in enumerate(kept_emotions(p, rcfg.beta, rcfg.max_emotions)) if v) if p is not None else 0
-        mentions += [(int(e), bits) for e in utterance["entities"] if bits]
+        for e in utterance["entities"]:
+            p = feeling(probs, dialogue["conversation_id"], et, int(e)) if et is not None else None
+            bits = sum(1 << i for i, v in enumerate(kept_emotions(p, rcfg.beta, rcfg.max_emotions)) if v) if p is not None else 0
+            if bits:
+                mentions.append((int(e), bits))
     return mentions
 
 
@@ -138,15 +138,3 @@ def own_contributions(dialogues: Iterable[dict], probs: dict[tuple[int, int], li
     mentions. The model subtracts them for the dialogue's own examples (`ECRRecommender.inputs`)."""
     return {d["conversation_id"]: (sorted({item_index[e] for e in dialogue_entities(d) if e in item_index}),
                                    emotional_mentions(d, probs, rcfg)) for d in dialogues}
-
-
-def build_tables(cfg: Config, run_dir: RunDir) -> dict:
-    """The rec-cooccurrence stage: the tables of the pool's training dialogues -> rec/tables.npz."""
-    from ecr_ray.data.kg import load_kg
-    from ecr_ray.rec.features import item_index
-
-    dialogues = [d for d in read_rows(run_dir, POOL, "dialogues") if d["split"] == "train"]
-    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
-    tables, stats = cooccurrence_tables(dialogues, emotion_probs(run_dir, POOL), kg, item_index(kg), cfg.rec)
-    write_tables(run_dir, tables)
-    return stats

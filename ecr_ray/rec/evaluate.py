@@ -52,7 +52,7 @@ def reported_metrics(ranks, probs, rows: list[dict], auc_batch_size: int, interv
     if minus is not None:
         other = rec_metrics(*minus, feedback, auc_batch_size, new)
         out = {k: (v - other[k] if isinstance(v, float) and isinstance(other[k], float) else None) for k, v in out.items()
-               if k in (*REC_METRICS, *NEW_METRICS, "auc_per_batch")}
+               if k in (*REC_METRICS, *NEW_METRICS, "auc_per_batch")} | {"examples": len(ranks)}
     if intervals.samples:
         out["intervals"] = bootstrap_intervals(ranks, probs, feedback, dialogues, auc_batch_size, intervals.samples, intervals.seed,
                                                minus=minus, new=new)

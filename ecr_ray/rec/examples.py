@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ecr_ray.artifacts import POOL, context_vectors, emotion_probs, read_rows, read_tables
+from ecr_ray.artifacts import POOL, context_vectors, emotion_probs, read_rows, read_tables, stance_probs
 from ecr_ray.config import Config
 from ecr_ray.rundir import RunDir
 
@@ -18,6 +18,19 @@ class TrainingInputs(NamedTuple):
     entities: dict  # conversation_id -> a counted dialogue's entities (the node initialisation counts them)
 
 
+def feeling_stages(cfg: Config, group: str) -> tuple[str, ...]:
+    """The stages whose outputs `user_feelings` reads."""
+    return (f"emotion-infer-{group}", *((f"stance-infer-{group}",) if cfg.rec.entity_stance else ()))
+
+
+def user_feelings(cfg: Config, run_dir: RunDir, group: str) -> dict:
+    """The users' emotions of a group: per utterance and, with `rec.entity_stance`, per movie it names (rec.features.with_stances)."""
+    from ecr_ray.rec.features import with_stances
+
+    probs = emotion_probs(run_dir, group)
+    return with_stances(probs, stance_probs(run_dir, group)) if cfg.rec.entity_stance else probs
+
+
 def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict], dict]:
     """Examples of a group (with context vectors on the cached path), sorted by dialogue and turn; skip counts."""
     from ecr_ray.data.kg import load_kg
@@ -25,7 +38,7 @@ def load_examples(cfg: Config, run_dir: RunDir, group: str) -> tuple[list[dict],
 
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
     turns = sorted(read_rows(run_dir, group, "rec_turns"), key=lambda t: (t["conversation_id"], t["turn"]))
-    rows, counts = build_examples(turns, emotion_probs(run_dir, group), item_index(kg), cfg.rec)
+    rows, counts = build_examples(turns, user_feelings(cfg, run_dir, group), item_index(kg), cfg.rec)
     if cfg.rec.context_encoder == "minilm":
         vectors = context_vectors(run_dir, group)
         missing = sum((row["conversation_id"], row["turn"]) not in vectors for row in rows)
@@ -64,4 +77,4 @@ def model_inputs(cfg: Config, run_dir: RunDir) -> tuple[TrainingInputs, dict]:
     rows, counts = load_examples(cfg, run_dir, POOL)
     dialogues = read_rows(run_dir, POOL, "dialogues")
     counted = {d["conversation_id"] for d in dialogues if d["split"] == "train"}
-    return training_inputs(cfg, rows, dialogues, emotion_probs(run_dir, POOL), counted, read_tables(run_dir)), counts
+    return training_inputs(cfg, rows, dialogues, user_feelings(cfg, run_dir, POOL), counted, read_tables(run_dir)), counts

@@ -14,7 +14,7 @@ import numpy as np
 
 from ecr_ray.config import RecConfig
 from ecr_ray.data.redial import RECOMMENDER, SEEKER
-from ecr_ray.emotion.labels import LABELS
+from ecr_ray.emotion.labels import LABELS, kept_emotions  # noqa: F401 (the rec modules read it here)
 
 ROLE_NAMES = {SEEKER: "User", RECOMMENDER: "Recommender"}
 NO_EMOTION = [0.0] * len(LABELS)
@@ -39,29 +39,37 @@ def emotion_turn(mention: int, roles: list[str], now: int) -> int | None:
     return None
 
 
-def kept_emotions(probs, beta: float, most: int) -> list[float]:
-    """The paper's utterance emotions: the labels above probability `beta`, at most `most` of the most
-    likely, with their probabilities; the others count zero. When none passes `beta` the top label is
-    kept (ECR's fallback for a seeker utterance that names an entity: the classifier's labels are
-    independent sigmoids, so all may be low)."""
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])[:most]
-    kept = [0.0] * len(probs)
-    for i in order:
-        if probs[i] > beta:
-            kept[i] = float(probs[i])
-    if order and not any(kept):
-        kept[order[0]] = float(probs[order[0]])
-    return kept
+def with_stances(probs: dict, stances: dict[tuple[int, int, int], list[float]]) -> dict:
+    """The utterances' emotions ((conversation_id, turn) -> nine probabilities) and, for each KG movie an utterance
+    names whose stance was read (`stances`: (conversation_id, turn, entity) -> P(liked, disliked, no stance),
+    emotion/stance.py), the emotions towards that movie, keyed (conversation_id, turn, entity): the utterance's,
+    with "like" and "negative" the stance's liked and disliked. "I loved X but hated Y" likes X, not Y."""
+    from ecr_ray.emotion.stance import DISLIKED, LIKED
+
+    out = dict(probs)
+    for (cid, turn, entity), stance in stances.items():
+        if (cid, turn) in probs:
+            p = list(probs[cid, turn])
+            p[LABELS.index("like")], p[LABELS.index("negative")] = stance[LIKED], stance[DISLIKED]
+            out[cid, turn, entity] = p
+    return out
+
+
+def feeling(probs: dict, conversation_id: int, turn: int, entity: int) -> list[float] | None:
+    """The user's emotions towards `entity` in that utterance: its stance-refined ones where read (`with_stances`),
+    else the utterance's."""
+    return probs.get((conversation_id, turn, entity), probs.get((conversation_id, turn)))
 
 
 def entity_emotions(turn: dict, probs: dict[tuple[int, int], list[float]], rcfg: RecConfig) -> dict:
     """The most recent `rcfg.max_entities` entities of a turn, the user's emotion towards each (the
-    kept labels of the utterance that carries it) and whether the seeker mentioned it last."""
+    kept labels of the utterance that carries it, refined by the stance where read: `feeling`) and
+    whether the seeker mentioned it last."""
     entities, emotions, by_seeker = [], [], []
     pairs = list(zip(turn["entities"], turn["entity_turns"], strict=True))[-rcfg.max_entities:]
     for entity, mention in pairs:
         t = emotion_turn(mention, turn["context_roles"], turn["turn"])
-        p = probs.get((turn["conversation_id"], t)) if t is not None else None
+        p = feeling(probs, turn["conversation_id"], t, int(entity)) if t is not None else None
         entities.append(int(entity))
         emotions.append(kept_emotions(p, rcfg.beta, rcfg.max_emotions) if p is not None else NO_EMOTION)
         by_seeker.append(int(turn["context_roles"][mention] == SEEKER))

@@ -68,8 +68,8 @@ class Recommender(_OneCallAtATime):
     def __init__(self, run_dir: str, overrides: list[str]):
         super().__init__(ItemRecommender, run_dir, overrides)
 
-    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
-        return await self._call(self.part.recommend, messages, user_probs, top_k)
+    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int, user_stances: list[list[dict]] | None = None) -> dict:
+        return await self._call(self.part.recommend, messages, user_probs, top_k, user_stances)
 
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25})
@@ -131,8 +131,8 @@ class HandleParts:
     async def detect(self, texts: list[str]) -> list[dict]:
         return await _retry(lambda: self.classifier.detect.remote(texts))
 
-    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
-        return await _retry(lambda: self.recommender.recommend.remote(messages, user_probs, top_k))
+    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int, user_stances: list[list[dict]] | None = None) -> dict:
+        return await _retry(lambda: self.recommender.recommend.remote(messages, user_probs, top_k, user_stances))
 
     async def knowledge(self, item: int) -> dict:
         return await _retry(lambda: self.retriever.knowledge.remote(item))

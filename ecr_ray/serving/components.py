@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ecr_ray.artifacts import CLASSIFIER, GENERATOR, RECOMMENDER, RETRIEVAL, NotTrained, is_trained, model, model_config
+from ecr_ray.artifacts import CLASSIFIER, GENERATOR, RECOMMENDER, RETRIEVAL, STANCE, NotTrained, is_trained, model, model_config
 from ecr_ray.config import Config
 from ecr_ray.data.redial import RECOMMENDER as RECOMMENDER_ROLE
 from ecr_ray.data.redial import SEEKER
@@ -68,17 +68,41 @@ class EmotionDetector:
         self.threshold = cfg.emotion.second_label_threshold
         self.predictor = EmotionPredictor(run.local_copy(model(CLASSIFIER)), self.threshold)
         self.known: dict[str, dict] = {}
+        self.stance = None  # a run trained before the stance model reads no stance
+        if run.exists(model(STANCE)):
+            from ecr_ray.data.kg import load_kg
+            from ecr_ray.data.linking import TextEntityLinker
+            from ecr_ray.emotion.stance import StancePredictor
+
+            self.kg = load_kg(cfg.data.path(cfg.data.kg_dir))
+            self.linker, self.stance = TextEntityLinker(self.kg, items=True), StancePredictor(run.local_copy(model(STANCE)))
 
     def detect(self, texts: list[str]) -> list[dict]:
-        """Per text: the nine probabilities (label order of `LABELS`) and the one or two labels the classifier gives."""
+        """Per text: the nine probabilities (label order of `LABELS`), the one or two labels the classifier gives,
+        and the user's stance towards each movie the text names (with a stance model)."""
         from ecr_ray.emotion.labels import top_labels
 
         new = [t for t in dict.fromkeys(texts) if t not in self.known]
-        for text, p in zip(new, self.predictor.predict(new)):
-            self.known[text] = {"labels": top_labels(p, self.threshold), "probs": [float(x) for x in p]}
+        stances = self.stances(new)
+        for text, p, s in zip(new, self.predictor.predict(new), stances, strict=True):
+            self.known[text] = {"labels": top_labels(p, self.threshold), "probs": [float(x) for x in p], "stances": s}
         while len(self.known) > REMEMBERED:  # the oldest go first (dicts keep insertion order)
             del self.known[next(iter(self.known))]
         return [self.known[t] for t in texts]
+
+    def stances(self, texts: list[str]) -> list[list[dict]]:
+        """Per text, each movie it names: {entity, name, stance, probs by stance}; empty lists without a stance model."""
+        if self.stance is None:
+            return [[] for _ in texts]
+        from ecr_ray.emotion.stance import STANCES
+        from ecr_ray.gen.retrieval import item_title
+
+        named = [(i, e, item_title(self.kg, e)) for i, t in enumerate(texts) for e in dict.fromkeys(self.linker.link(t)) if e in self.kg.item_set]
+        probs = self.stance.predict([name for _, _, name in named], [texts[i] for i, _, _ in named]) if named else []
+        out = [[] for _ in texts]
+        for (i, e, name), p in zip(named, probs, strict=True):
+            out[i].append({"entity": e, "name": name, "stance": STANCES[int(p.argmax())], "probs": {k: round(float(v), 4) for k, v in zip(STANCES, p, strict=True)}})
+        return out
 
 
 class ItemRecommender:
@@ -109,19 +133,27 @@ class ItemRecommender:
         with torch.no_grad():
             self.embeds = self.model.kg()  # the KG encoding does not depend on the conversation: once per replica
 
-    def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
+    def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int, user_stances: list[list[dict]] | None = None) -> dict:
         """Items with their probabilities, titles, movie cards (None where the metadata has none) and
         reasons, and the entities linked in the conversation. `user_probs`: the emotion
-        probabilities of each user message, in order."""
+        probabilities of each user message, in order; `user_stances`: the stances read in each (EmotionDetector)."""
         import torch
 
         from ecr_ray.gen.retrieval import item_title
-        from ecr_ray.rec.features import context_text, entity_emotions
+        from ecr_ray.emotion.stance import STANCES
+        from ecr_ray.rec.features import context_text, entity_emotions, with_stances
         from ecr_ray.rec.reasons import recommendation_reasons
 
         turn = conversation_turn(messages, self.linker)
         users = [i for i, r in enumerate(turn["context_roles"]) if r == SEEKER]
-        mentioned = entity_emotions(turn, dict(zip(((0, i) for i in users), user_probs)), self.rcfg)
+        said = [(users[u], s) for u, found in enumerate(user_stances or []) for s in found]
+        probs = dict(zip(((0, i) for i in users), user_probs))
+        if self.rcfg.entity_stance:  # the recommender reads the stance towards each movie too, as it was trained
+            probs = with_stances(probs, {(0, t, s["entity"]): [s["probs"][k] for k in STANCES] for t, s in said})
+        mentioned = entity_emotions(turn, probs, self.rcfg)
+        read = {(t, s["entity"]): s["stance"] for t, s in said}
+        latest = dict(zip(turn["entities"], turn["entity_turns"], strict=True))
+        stances = [read.get((latest[e], e)) for e in mentioned["entities"]]  # at the entity's latest mention, as its emotions
         text = context_text(turn["context"], turn["context_roles"])
         batch = {"conversation_id": [0], "context_text": [text], **{k: [v] for k, v in mentioned.items()}}
         if self.embedder is not None:
@@ -137,7 +169,7 @@ class ItemRecommender:
             item = int(self.kg.item_ids[i])
             items.append({"item": item, "title": item_title(self.kg, item), "score": float(s), "movie": self.cards.get(item),
                           "reasons": recommendation_reasons(self.kg, self.facts, mentioned["entities"], mentioned["entity_emotions"],
-                                                            evidence, column, item)})
+                                                            evidence, column, item, stances, mentioned["entity_by_seeker"])})
         return {"items": items, "entities": [{"id": e, "name": self.kg.names[e]} for e in turn["entities"]]}
 
 
@@ -197,8 +229,8 @@ class LocalParts:
     async def detect(self, texts: list[str]) -> list[dict]:
         return self.classifier.detect(texts)
 
-    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int) -> dict:
-        return self.recommender.recommend(messages, user_probs, top_k)
+    async def recommend(self, messages: list[dict], user_probs: list[list[float]], top_k: int, user_stances: list[list[dict]] | None = None) -> dict:
+        return self.recommender.recommend(messages, user_probs, top_k, user_stances)
 
     async def knowledge(self, item: int) -> dict:
         return self.retriever.knowledge(item)
@@ -217,14 +249,14 @@ def user_emotions(messages: list[dict], detected: list[dict]) -> list[dict]:
     from ecr_ray.emotion.labels import LABELS
 
     users = [m["content"] for m in messages if m["role"] == "user"]
-    return [{"message": text, "labels": d["labels"], "probs": {label: round(p, 4) for label, p in zip(LABELS, d["probs"], strict=True)}}
-            for text, d in zip(users, detected, strict=True)]
+    return [{"message": text, "labels": d["labels"], "probs": {label: round(p, 4) for label, p in zip(LABELS, d["probs"], strict=True)},
+             "stances": d["stances"]} for text, d in zip(users, detected, strict=True)]
 
 
 async def recommend(parts, messages: list[dict], top_k: int) -> dict:
     """emotions of every user message -> items, scores, entities (what POST /recommend answers)."""
     detected = await parts.detect([m["content"] for m in messages if m["role"] == "user"])
-    found = await parts.recommend(messages, [d["probs"] for d in detected], top_k)
+    found = await parts.recommend(messages, [d["probs"] for d in detected], top_k, [d["stances"] for d in detected])
     items = [{**i, "score": round(i["score"], 6)} for i in found["items"]]
     return {**found, "items": items, "emotions": user_emotions(messages, detected)}
 

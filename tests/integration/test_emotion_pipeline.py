@@ -1,6 +1,7 @@
 """The emotion stages end to end on the tiny prepared pool (offline teacher source)."""
 import numpy as np
 import pyarrow.dataset as pads
+import pytest
 
 from ecr_ray.config import load_config
 from ecr_ray.artifacts import POOL, prepared
@@ -46,3 +47,32 @@ def test_teacher_annotate_classifier_infer(fresh_run, ray_local):
 
     again = run_stages(cfg, fresh_run, only=["emotion"])
     assert all(s["skipped"] for s in again.values())
+
+
+def test_the_stance_model_on_the_questionnaires_beside_ecrs_reading(gen_run):
+    """stance-train (in the gen run: the chat reads stances): trained on the training split's answers, the dev
+    split's figures for both readings on the same examples, and the mixed-message probes."""
+    from ecr_ray.emotion.stance import PROBES, STANCES, stance_examples
+    from ecr_ray.gen.retrieval import item_title
+    from ecr_ray.data.kg import load_kg
+
+    cfg, run_dir, summaries = gen_run
+    report = run_dir.read_json("reports/stance.json")
+    kg = load_kg(cfg.data.path(cfg.data.kg_dir))
+    rows = stance_examples(_rows(run_dir, prepared(POOL, "user_utterances")), _rows(run_dir, prepared(POOL, "dialogues")),
+                           lambda item: item_title(kg, item))
+    dev = [r for r in rows if r["split"] == "dev"]
+    assert report["dev_examples"] == len(dev) == sum(report["dev_stances"].values()) and report["train_examples"] == len(rows) - len(dev)
+    assert report["dev_stances"]["liked"] > report["dev_stances"]["no stance"] > 0  # ReDial's seekers mostly liked what they named
+    for name in ("stance model", "utterance emotion (ECR)"):
+        m = report["dev"][name]
+        assert 0 <= m["macro_f1"] <= 1 and set(m) >= {"recall_liked", "recall_disliked", "recall_no stance", "accuracy", "intervals"}
+        low, high = m["intervals"]["macro_f1"]
+        assert low <= m["macro_f1"] <= high
+    difference = report["dev"]["stance model − utterance emotion (ECR)"]["macro_f1"]
+    assert difference == pytest.approx(report["dev"]["stance model"]["macro_f1"] - report["dev"]["utterance emotion (ECR)"]["macro_f1"])
+    probes = report["probes"]
+    assert len(probes["probes"]) == len(PROBES) and probes["movies"] == sum(len(truth) for _, truth in PROBES)
+    assert probes["disliked"] == sum(v == "disliked" for _, truth in PROBES for v in truth.values())
+    assert all(m["read"] in STANCES for p in probes["probes"] for m in p["movies"])
+    assert summaries["stance-train"]["macro_f1"] == report["dev"]["stance model"]["macro_f1"]

@@ -140,3 +140,20 @@ def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert results["popularity"]["recall@50"] > 0.05  # popular films are often the answer in ReDial
     assert results["co-occurrence + copy"]["recall@50"] >= results["co-occurrence"]["recall@50"] > results["popularity"]["recall@50"]
+
+    # full ECR again, reading each named movie's own stance (the stance model and its inference run first), on the same examples
+    from ecr_ray.artifacts import read_rows
+    from ecr_ray.rec.ablations import DISLIKED_CONTEXT, STANCE, disliked_context
+    from ecr_ray.rec.examples import load_examples
+
+    assert _cli("ablations", run_dir, "--set", "rec.cv_entity_stance=true", "--set", "rec.cv_emotion_ablations=false") == 0
+    assert run_dir.exists("models/stance") and run_dir.exists("emotion/stances/pool")
+    report = run_dir.read_json("reports/ablations.json")
+    assert {STANCE, STANCE + PAPER} <= set(report["systems"]) and report["systems"][STANCE]["examples"] == pool_examples
+    for first, second in ((STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER)):
+        diff = report["differences"][f"{first} − {second}"]["recall@50"]
+        assert diff == pytest.approx(report["systems"][first]["recall@50"] - report["systems"][second]["recall@50"])
+    rows, _ = load_examples(cfg, run_dir, "pool")
+    hated = int(disliked_context(rows, read_rows(run_dir, "pool", "dialogues")).sum())
+    subset = report["differences"].get(f"{STANCE} − full ECR{DISLIKED_CONTEXT}")
+    assert (subset is not None) == (hated > 0) and (subset is None or subset["examples"] == hated)

@@ -95,6 +95,24 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     assert rec["items"] == items[:3] and rec["emotions"] == ecr["emotions"] and rec["entities"] == ecr["entities"]
 
 
+def test_reasons_carry_the_stance_read_for_each_movie(served):
+    """A mixed message: each movie gets its own stance (not the message's emotions); a reason says "liked" only
+    for a movie read as liked, and none comes from a movie read as disliked."""
+    from ecr_ray.emotion.stance import PROBES, STANCES
+
+    base, _ = served
+    message, truth = PROBES[0]
+    found = requests.post(f"{base}/recommend", json={"messages": [{"role": "user", "content": message}], "top_k": 5}, headers=AUTH).json()
+    stances = found["emotions"][0]["stances"]
+    assert sorted(s["name"] for s in stances) == sorted(truth)
+    for s in stances:
+        assert list(s["probs"]) == list(STANCES) and abs(sum(s["probs"].values()) - 1) < 1e-3 and s["stance"] == max(s["probs"], key=s["probs"].get)
+    read = {s["entity"]: s["stance"] for s in stances}
+    reasons = [r for i in found["items"] for r in i["reasons"]]
+    assert reasons and all(r["stance"] == read.get(r["entity"]) and read.get(r["entity"]) != "disliked" for r in reasons)
+    assert all(r["text"].startswith("you liked ") == (r["stance"] == "liked") for r in reasons)
+
+
 def test_openai_request_fields_are_honoured(served):
     import json
 

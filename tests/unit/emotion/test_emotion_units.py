@@ -96,3 +96,61 @@ def test_predictor_takes_empty_long_and_non_english_text(tmp_path):
     assert probs.shape == (6, 9) and np.isfinite(probs).all()
     assert all(len(labels) == 2 for labels in out.column("labels").to_pylist())  # threshold 0: always two
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-6)  # empty and blank read the same
+
+
+def test_stance_examples_are_the_seekers_own_answers_per_movie():
+    from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE, FEEDBACK_NOT_SAID
+    from ecr_ray.emotion.stance import DISLIKED, LIKED, NO_STANCE, class_weights, stance_examples
+
+    dialogues = [{"conversation_id": 7, "movies": [{"movie_id": 1, "title": "Titanic (1997)", "feedback": FEEDBACK_DISLIKE, "item": 11},
+                                                   {"movie_id": 2, "title": "The Matrix (1999)", "feedback": FEEDBACK_LIKE, "item": None},
+                                                   {"movie_id": 3, "title": "Heat (1995)", "feedback": FEEDBACK_NOT_SAID}]}]
+    utterances = [{"conversation_id": 7, "split": "train", "turn": 0, "text": "I loved @2 but hated @1, @1 twice", "movie_ids": [2, 1, 1]},
+                  {"conversation_id": 7, "split": "dev", "turn": 2, "text": "Heat? and @9", "movie_ids": [3, 9]}]
+    rows = stance_examples(utterances, dialogues, lambda item: f"kg title {item}")
+    assert [(r["title"], r["stance"], r["split"]) for r in rows] == [
+        ("The Matrix (1999)", LIKED, "train"), ("kg title 11", DISLIKED, "train"), ("Heat (1995)", NO_STANCE, "dev")]  # 9: no answer
+    weights = class_weights([LIKED] * 90 + [DISLIKED] * 4 + [NO_STANCE] * 6)
+    assert weights[DISLIKED] > weights[NO_STANCE] > weights[LIKED] and weights[DISLIKED] == pytest.approx((100 / 12) ** 0.5)
+
+
+def test_stance_metrics_by_hand_and_ecrs_utterance_reading():
+    from ecr_ray.emotion.stance import DISLIKED, LIKED, NO_STANCE, stance_metrics, utterance_stance
+
+    gold = [LIKED, LIKED, DISLIKED, NO_STANCE]
+    m = stance_metrics([LIKED, DISLIKED, DISLIKED, LIKED], gold)
+    assert m["recall_liked"] == 0.5 and m["recall_disliked"] == 1.0 and m["recall_no stance"] == 0.0 and m["accuracy"] == 0.5
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0) / 3)  # liked: P 1/2 R 1/2; disliked: P 1/2 R 1; none: 0
+    probs = [0.01] * len(LABELS)
+    probs[LABELS.index("neutral")] = 0.05  # none passes beta: the top label is kept (ECR's fallback)
+    both = list(probs)
+    both[LABELS.index("like")], both[LABELS.index("negative")] = 0.6, 0.5
+    assert utterance_stance(both, 0.1, 3) == LIKED  # ECR's reading: "like" covers every movie of the utterance
+    both[LABELS.index("like")] = 0.05
+    assert utterance_stance(both, 0.1, 3) == DISLIKED and utterance_stance(probs, 0.1, 3) == NO_STANCE
+
+
+def test_a_stance_model_saves_with_its_own_labels_and_reads_title_utterance_pairs(tmp_path):
+    from ecr_ray.emotion.stance import STANCES, StancePredictor
+
+    cfg = ClassifierConfig(max_length=24)
+    model, tokenizer = build_classifier(cfg, labels=STANCES)
+    save_classifier(model, tokenizer, cfg, tmp_path / "s", {}, STANCES)
+    with pytest.raises(ValueError, match="trained for labels"):
+        load_classifier(tmp_path / "s")  # not an emotion classifier
+    predictor = StancePredictor(str(tmp_path / "s"))
+    text = "I loved The Matrix but I hated Titanic " + "so much " * 40
+    probs = predictor.predict(["The Matrix", "Titanic", "Titanic"], [text, text, ""])
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert np.abs(probs[0] - probs[1]).max() > 1e-4  # the title is read even when the utterance is cut
+
+
+def test_a_movie_is_read_in_the_clause_that_names_it():
+    from ecr_ray.emotion.stance import mention_clause
+
+    said = "I loved The Matrix and Inception, but I hated Titanic (1997). The Shining was boring to me, I much preferred Scream!"
+    assert mention_clause(said, "Inception") == "I loved The Matrix and Inception"
+    assert mention_clause(said, "Titanic") == "but I hated Titanic (1997)."
+    assert (mention_clause(said, "The Shining"), mention_clause(said, "Scream")) == ("The Shining was boring to me", "I much preferred Scream!")
+    assert mention_clause(said, "Heat") == said  # not named: the whole message
+    assert mention_clause("Have you seen Nothing But Trouble?", "Nothing But Trouble") == "Have you seen Nothing But Trouble?"  # a break inside the title

@@ -327,6 +327,17 @@ def test_the_batch_decoder_equals_generate_and_requests_join_and_leave_the_batch
         assert {"text": "".join(pieces), **end} == alone[i]
     assert alone[1]["completion_tokens"] == 5 and alone[1]["finish_reason"] == "length" and not chat.in_flight
 
+    # the repetition penalty weighs the prompt's tokens (generate()'s) or, with penalty_prompt off, the response's only
+    from ecr_ray.gen.decode import _choose, _Row
+
+    scores = torch.zeros(2, 10)
+    scores[:, 3], scores[:, 5] = 2.0, 1.9
+    rows = [_Row([3, 7], RowDecoding(4, repetition_penalty=2.0), 0, False),
+            _Row([3, 7], RowDecoding(4, repetition_penalty=2.0, penalty_prompt=False), 0, False)]
+    assert _choose(rows, scores.clone()) == [5, 3]
+    rows[1].seen.add(3)  # once the response says it, it is weighed down too
+    assert _choose(rows, scores.clone()) == [5, 5]
+
     ban = NGramBan(3, [1, 2, 3, 1])
     ban.push(2)
     assert ban.banned() == {3}

@@ -421,11 +421,18 @@ def test_reasons_name_the_entities_that_raised_an_item_and_a_fact_they_share(kg)
     assert shared_fact(kg, facts, other, film).startswith("same director, ")
     liked = kept_emotions(_probs(LABELS.index("like")), 0.1, 3)
     evidence = {"co-occurrence": torch.tensor([[0.5], [0.0], [2.0]]), "emotion-related neighbours": torch.tensor([[0.1], [0.0], [0.0]])}
-    reasons = recommendation_reasons(kg, facts, [other, 5, person], [liked, [0.0] * 9, [0.0] * 9], evidence, 0, film)
+    reasons = recommendation_reasons(kg, facts, [other, 5, person], [liked, [0.0] * 9, [0.0] * 9], evidence, 0, film,
+                                     ["liked", None, None])
     assert [r["entity"] for r in reasons] == [person, other]  # largest first; entity 5 added nothing
-    assert reasons[1]["score"] == pytest.approx(0.6) and reasons[1]["emotions"] == ["like"]
+    assert reasons[1]["score"] == pytest.approx(0.6) and reasons[1]["emotions"] == ["like"] and reasons[1]["stance"] == "liked"
     assert reasons[1]["text"].startswith("you liked ") and "same director" in reasons[1]["text"]
     assert reasons[0]["text"].startswith("you mentioned ") and reasons[0]["channel"] == "co-occurrence"
+    # the utterance's "like" is not a stance: without one, nothing is called liked; a disliked movie is no reason
+    unread = recommendation_reasons(kg, facts, [other, 5, person], [liked, [0.0] * 9, [0.0] * 9], evidence, 0, film)
+    assert [r["text"].split(" ")[:2] for r in unread] == [["you", "mentioned"], ["you", "mentioned"]]
+    hated = recommendation_reasons(kg, facts, [other, 5, person], [liked, [0.0] * 9, [0.0] * 9], evidence, 0, film,
+                                   ["disliked", None, "no stance"], [1, 1, 0])
+    assert [r["entity"] for r in hated] == [person] and hated[0]["text"].startswith("we talked about ")  # the recommender said it
 
 
 def test_contexts_embedded_in_length_sorted_chunks_keep_their_order():
@@ -456,3 +463,33 @@ def test_node_init_never_counts_the_held_out_dialogues(kg, data_root):
     leaky = with_node_init(inputs, set(), rcfg)["tables"]["init"]
     assert not np.allclose(leaky[[21, 22]], random_rows[[21, 22]])
     assert with_node_init(inputs, {2}, dataclasses.replace(rcfg, node_init="random")) is meta
+
+
+def test_a_movies_stance_refines_the_utterances_emotions_for_that_movie_alone():
+    from ecr_ray.config import RecConfig
+    from ecr_ray.rec.cooccurrence import emotional_mentions
+    from ecr_ray.rec.features import entity_emotions, feeling, with_stances
+
+    like, negative = LABELS.index("like"), LABELS.index("negative")
+    said = [0.01] * len(LABELS)
+    said[like], said[negative] = 0.8, 0.3  # "I loved X but hated Y": the utterance likes both
+    probs = with_stances({(1, 0): said}, {(1, 0, 500): [0.05, 0.9, 0.05], (1, 7, 500): [1.0, 0.0, 0.0]})  # no utterance 7: ignored
+    assert feeling(probs, 1, 0, 400) == said and (1, 7, 500) not in probs
+    assert (feeling(probs, 1, 0, 500)[like], feeling(probs, 1, 0, 500)[negative]) == (0.05, 0.9)
+    turn = {"conversation_id": 1, "turn": 1, "context_roles": ["seeker"], "entities": [400, 500], "entity_turns": [0, 0]}
+    x, y = entity_emotions(turn, probs, RecConfig())["entity_emotions"]
+    assert x[like] == 0.8 and x[negative] == 0.3 and y[like] == 0 and y[negative] == 0.9  # 0.05 falls under beta
+    dialogue = {"conversation_id": 1, "utterances": [{"role": "seeker", "entities": [400, 500]}]}
+    (_, bits_x), (_, bits_y) = emotional_mentions(dialogue, probs, RecConfig())
+    assert bits_x & (1 << like) and not bits_y & (1 << like) and bits_y & (1 << negative)
+
+
+def test_contexts_naming_a_movie_the_seeker_disliked_are_found_by_the_questionnaire():
+    from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE, FEEDBACK_NOT_SAID
+    from ecr_ray.rec.ablations import disliked_context
+
+    dialogues = [{"conversation_id": 1, "movies": [{"item": 10, "feedback": FEEDBACK_DISLIKE}, {"item": 11, "feedback": FEEDBACK_LIKE},
+                                                   {"item": None, "feedback": FEEDBACK_DISLIKE}]},
+                 {"conversation_id": 2, "movies": [{"item": 10, "feedback": FEEDBACK_NOT_SAID}]}]
+    rows = [{"conversation_id": 1, "entities": [11]}, {"conversation_id": 1, "entities": [5, 10]}, {"conversation_id": 2, "entities": [10]}]
+    assert disliked_context(rows, dialogues).tolist() == [False, True, False]  # 10 was disliked in dialogue 1 only
