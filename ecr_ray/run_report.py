@@ -18,7 +18,7 @@ SPLITS = {  # where each stage's figures come from
     "prepare-pool": "ReDial train pool", "linking-report": "UniCRS valid dialogues",
     "emotion-teacher": "GoEmotions test", "emotion-classifier": "held-out annotations",
     "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews", "stance-train": "dev split of the pool (questionnaires)",
-    "gen-eval-served-pool": "dev turns, chat path (one decode, as served)", "gen-eval-pool": "dev turns, batch path (the preset's decoding)",
+    "gen-eval-served-pool": "dev turns, chat path", "gen-eval-pool": "dev turns, batch path",  # the README says what each path is
 }
 RESPONSE_FIGURES = [("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
                     ("hallucination_rate", "hallucination rate (unsupported entities and wrong titles, before any filter)"),

@@ -4,9 +4,9 @@ ECR gives every entity of an utterance the utterance's emotions, so in "I loved 
 Titanic" both movies are liked. ReDial's seekers answered, after each dialogue, whether they liked each
 movie mentioned: thousands of (utterance, movie, stance) examples. The stance model is the emotion
 classifier's network with a 3-way head that reads (the movie's title, the clause of the utterance naming it)
-as a sentence pair;
-it trains on Ray Train on the pool's training split, class-weighted (nine in ten answers are "liked"), and
-is evaluated on the dev split beside ECR's reading: the utterance's kept emotions as every entity's stance.
+as a sentence pair; it trains on Ray Train on the pool's training split, class-weighted (nine in ten answers
+are "liked"), and is evaluated on the dev split beside ECR's reading (the utterance's kept emotions as every
+entity's stance) and on mixed messages written for the check (PROBES).
 """
 from __future__ import annotations
 

@@ -42,13 +42,13 @@ def dialogue_prompts(cfg: Config, run_dir: RunDir, group: str, split: str = "dev
     """The sampled turns (`sample_turns`), each with the recommender's top item and that item's knowledge."""
     from ecr_ray.gen.retrieval import item_title, load_retriever
     from ecr_ray.rec.evaluate import load_trained, recommend_rows
-    from ecr_ray.rec.features import context_text, item_index
+    from ecr_ray.rec.features import context_text, said_items
 
     g = cfg.gen
     sample = sample_turns(cfg, run_dir, group, split)
     retriever = load_retriever(cfg, run_dir)
     item_ids = retriever.kg.item_ids
-    top = recommend_rows(load_trained(cfg, run_dir), [row for row, _ in sample], cfg.rec, item_index(retriever.kg))
+    top = recommend_rows(load_trained(cfg, run_dir), [row for row, _ in sample], cfg.rec, said_items(retriever.kg))
     out = []
     for (row, turn), index in zip(sample, top, strict=True):
         item = int(item_ids[index])

@@ -38,7 +38,7 @@ def gen_stages(cfg: Config) -> list[Stage]:
     for grp in [POOL, *sorted(cfg.data.split_files)]:
         stages.append(Stage(f"gen-respond-{grp}", run=partial(respond_group, group=grp), outputs=(responses("ecr", grp),),
                             needs=("gen-train", "rec-train", *feeling_stages(cfg, grp), *context_stage(cfg, grp)), config=RESPONDING,
-                            version=2))
+                            version=3))  # 3: a named movie is left out under every entity of its title
     return stages
 
 

@@ -85,8 +85,9 @@ def evaluate_rows(recommender, rows: list[dict], rcfg: RecConfig, intervals: Int
     return reported_metrics(*rank_rows(recommender, rows, rcfg), rows, rcfg.auc_batch_size, intervals)
 
 
-def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, item_index: dict[int, int]) -> list[int]:
-    """The top item (an index into the KG's items) per example row, leaving out items its context mentions."""
+def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, said: dict[int, list[int]]) -> list[int]:
+    """The top item (an index into the KG's items) per example row, leaving out the movies its context mentions
+    (`said`: rec.features.said_items, every movie of a mentioned title)."""
     import torch
 
     recommender.eval()
@@ -97,7 +98,7 @@ def recommend_rows(recommender, rows: list[dict], rcfg: RecConfig, item_index: d
             part = rows[i : i + rcfg.eval_batch_size]
             logits = recommender(recommender.inputs(as_columns(part)), embeds)
             for j, row in enumerate(part):
-                logits[j, [item_index[e] for e in row["entities"] if e in item_index]] = float("-inf")
+                logits[j, [i for e in row["entities"] for i in said.get(e, ())]] = float("-inf")
             top += logits.argmax(1).tolist()
     return top
 

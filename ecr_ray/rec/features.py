@@ -25,6 +25,18 @@ def item_index(kg) -> dict[int, int]:
     return {int(e): i for i, e in enumerate(kg.item_ids)}
 
 
+def said_items(kg) -> dict[int, list[int]]:
+    """KG movie -> the item positions of every movie of its title (a remake, or one of the KG's duplicates): a
+    movie the user named is not recommended back as another entity of the same title."""
+    from ecr_ray.data.linking import text_key
+    from ecr_ray.gen.retrieval import item_title
+
+    index, by_title = item_index(kg), {}
+    for e, i in index.items():
+        by_title.setdefault(text_key(item_title(kg, e)), []).append(i)
+    return {e: by_title[text_key(item_title(kg, e))] for e in index}
+
+
 def context_text(context: list[str], roles: list[str]) -> str:
     """The dialogue so far as one text, one 'Role: text' line per utterance."""
     return "\n".join(f"{ROLE_NAMES.get(r, r)}: {t}" for t, r in zip(context, roles, strict=True))

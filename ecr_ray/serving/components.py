@@ -117,7 +117,7 @@ class ItemRecommender:
         from ecr_ray.gen.reviews import item_neighbours
         from ecr_ray.rec.context import ContextEmbedder
         from ecr_ray.rec.evaluate import load_trained
-        from ecr_ray.rec.features import item_index
+        from ecr_ray.rec.features import said_items
 
         torch.set_num_threads(threads)
         cfg = model_config(run, RECOMMENDER, overrides)
@@ -127,7 +127,7 @@ class ItemRecommender:
         self.model = load_trained(cfg, run)
         self.embedder = (ContextEmbedder(cfg.rec.context_model, cfg.rec.context_max_length, allow_download=cfg.models.allow_download,
                                          threads=threads) if cfg.rec.context_encoder == "minilm" else None)
-        self.item_index = item_index(self.kg)
+        self.said = said_items(self.kg)  # a movie the user named, under any of its title's entities
         self.facts = item_neighbours(self.kg)  # what a reason may say an entity and an item share
         self.cards = movie_cards(self.kg, cfg.data.path(cfg.data.movie_info_file)) if cfg.data.movie_info_file else {}
         with torch.no_grad():
@@ -160,7 +160,7 @@ class ItemRecommender:
             batch["context_vec"] = [self.embedder.embed([text])[0]]
         with torch.no_grad():
             logits = self.model(self.model.inputs(batch), self.embeds)[0]
-        logits[[self.item_index[e] for e in turn["entities"] if e in self.item_index]] = float("-inf")  # not what was said
+        logits[[i for e in turn["entities"] for i in self.said.get(e, ())]] = float("-inf")  # not what was said
         scores, top = torch.softmax(logits, 0).topk(top_k)
         with torch.no_grad():
             evidence = self.model.entity_evidence(batch, top)

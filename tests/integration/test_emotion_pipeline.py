@@ -63,7 +63,7 @@ def test_the_stance_model_on_the_questionnaires_beside_ecrs_reading(gen_run):
                            lambda item: item_title(kg, item))
     dev = [r for r in rows if r["split"] == "dev"]
     assert report["dev_examples"] == len(dev) == sum(report["dev_stances"].values()) and report["train_examples"] == len(rows) - len(dev)
-    assert report["dev_stances"]["liked"] > report["dev_stances"]["no stance"] > 0  # ReDial's seekers mostly liked what they named
+    assert report["dev_stances"]["liked"] > report["dev_stances"]["disliked"] + report["dev_stances"]["no stance"]  # mostly liked
     for name in ("stance model", "utterance emotion (ECR)"):
         m = report["dev"][name]
         assert 0 <= m["macro_f1"] <= 1 and set(m) >= {"recall_liked", "recall_disliked", "recall_no stance", "accuracy", "intervals"}

@@ -493,3 +493,15 @@ def test_contexts_naming_a_movie_the_seeker_disliked_are_found_by_the_questionna
                  {"conversation_id": 2, "movies": [{"item": 10, "feedback": FEEDBACK_NOT_SAID}]}]
     rows = [{"conversation_id": 1, "entities": [11]}, {"conversation_id": 1, "entities": [5, 10]}, {"conversation_id": 2, "entities": [10]}]
     assert disliked_context(rows, dialogues).tolist() == [False, True, False]  # 10 was disliked in dialogue 1 only
+
+
+def test_a_named_movie_is_left_out_under_every_entity_of_its_title(kg):
+    from ecr_ray.data.linking import text_key
+    from ecr_ray.gen.retrieval import item_title
+    from ecr_ray.rec.features import item_index, said_items
+
+    said, index = said_items(kg), item_index(kg)
+    twins = next(e for e, same in said.items() if len(same) > 1)  # the KG holds several movies of one title
+    assert index[twins] in said[twins] and len({text_key(item_title(kg, int(kg.item_ids[i]))) for i in said[twins]}) == 1
+    lone = next(e for e, same in said.items() if len(same) == 1)
+    assert said[lone] == [index[lone]]
