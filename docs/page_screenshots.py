@@ -4,7 +4,8 @@
 
 Deploys the run's Serve graph on a local Ray (as `serve run serve/config.yaml` does), asks one question in
 Debian's headless Chromium (apt-get install chromium chromium-driver) and saves docs/page-desktop.png and
-docs/page-400px.png.
+docs/page-400px.png (`--name page-mixed --question "I loved The Matrix and Inception, but I hated Titanic..."`:
+docs/page-mixed-*.png, the stance in the reasons).
 """
 import argparse
 import os
@@ -37,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent))
+    parser.add_argument("--question", default=QUESTION)
+    parser.add_argument("--name", default="page", help="the screenshots' name: NAME-desktop.png and NAME-400px.png")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -58,14 +61,14 @@ def main() -> None:
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     try:
         driver.get(f"{base}/")
-        driver.find_element(By.ID, "input").send_keys(QUESTION)
+        driver.find_element(By.ID, "input").send_keys(args.question)
         driver.find_element(By.ID, "send").click()
         WebDriverWait(driver, 300).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".assistant .response")
                                          and d.find_element(By.ID, "send").is_enabled())
         print("reply:", driver.find_elements(By.CSS_SELECTOR, ".assistant .response")[-1].text)
-        driver.save_screenshot(str(Path(args.out) / "page-desktop.png"))
+        driver.save_screenshot(str(Path(args.out) / f"{args.name}-desktop.png"))
         driver.set_window_size(400, 900)
-        driver.save_screenshot(str(Path(args.out) / "page-400px.png"))
+        driver.save_screenshot(str(Path(args.out) / f"{args.name}-400px.png"))
     finally:
         driver.quit()
         ray.shutdown()
