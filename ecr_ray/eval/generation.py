@@ -126,7 +126,7 @@ def evaluate_rows(cfg: Config, run_dir: RunDir, rows: list[dict], out: str, extr
     result.update(extra or {}, scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=validity)
     print(validity_table(result["judge_validity"], cfg.eval.scorer), flush=True)
     run_dir.write_json(out, result)
-    return {k: v for k, v in result.items() if not isinstance(v, dict)}
+    return {**{k: v for k, v in result.items() if not isinstance(v, dict)}, "intervals": result.get("intervals", {})}  # the README's intervals
 
 
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:

@@ -84,6 +84,7 @@ def test_the_chat_path_is_evaluated_as_served(gen_run):
     assert [(r["conversation_id"], r["turn"]) for r in served] == [(r["conversation_id"], r["turn"]) for r in batch]
     report = run_dir.read_json("reports/gen-eval-served-dev.json")
     assert report["responses"] == len(served) == summaries["gen-eval-served-pool"]["responses"]
+    assert summaries["gen-eval-served-pool"]["intervals"] == report["intervals"]  # the results table shows them
     assert all(0 <= report[k] <= 1 for k in ("item_mention_rate", "hallucination_rate", "responses_with_wrong_title"))
     assert report["scored"] == cfg.eval.score_sample and "trim_filter" not in report  # the chat path has no filter
     turns = {(t["conversation_id"], t["turn"]): t for t in run_dir.read_table("prepared/pool/rec_turns").to_pylist()}
