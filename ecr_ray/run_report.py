@@ -120,9 +120,9 @@ def results_page(run_dir, name: str) -> tuple[str, str]:
 def audit_lines(run_dir) -> list[str]:
     """The hallucination audit of the chat replies (`ecr-ray audit`), if the run has one: a paragraph under the table."""
     path = "reports/hallucination-audit-dev.json"
-    if not run_dir.exists(path) or not run_dir.read_json(path).get("audited"):
+    a = run_dir.read_json(path) if run_dir.exists(path) else {}
+    if not a.get("audited"):
         return []
-    a = run_dir.read_json(path)
     shown = lambda k: f"{a[k]:.2f} [{a['intervals'][k][0]:.2f}, {a['intervals'][k][1]:.2f}]" if k in a["intervals"] else f"{a[k]:.2f}"  # noqa: E731
     return ["", f"Hallucination audit ([audit page](hallucination-audit.md), rubric docs/hallucination-rubric.md): of {a['audited']} "
             f"dev chat replies, the rubric audit found a hallucination in {shown('audited_rate')}, the automatic detector in "

@@ -191,15 +191,21 @@ def infer_stances(cfg: Config, run_dir: RunDir, group: str) -> dict:
     return {"movie_mentions": len(probs), "read_as": {name: int(n) for name, n in zip(STANCES, read, strict=True)}}
 
 
+def named_movies(linker, kg, text: str) -> list[tuple[int, str]]:
+    """(entity, title) of each KG movie `text` names, once, in order: what a stance is read for."""
+    from ecr_ray.gen.retrieval import item_title
+
+    return [(e, item_title(kg, e)) for e in dict.fromkeys(linker.link(text)) if e in kg.item_set]
+
+
 def probe_report(predictor: StancePredictor, kg) -> dict:
     """The stance read for each movie of each PROBES message against its true stance: accuracy, how often a
     disliked movie was read as liked (the error a reason must never show), and each probe's readings."""
     from ecr_ray.data.linking import TextEntityLinker
-    from ecr_ray.gen.retrieval import item_title
 
     linker, read = TextEntityLinker(kg, items=True), []
     for message, truth in PROBES:
-        titles = [item_title(kg, e) for e in dict.fromkeys(linker.link(message)) if e in kg.item_set]
+        titles = [title for _, title in named_movies(linker, kg, message)]
         if sorted(titles) != sorted(truth):
             raise RuntimeError(f"the probe {message!r} links to {titles}, not {sorted(truth)}: the KG changed")
         probs = predictor.predict(titles, [message] * len(titles))

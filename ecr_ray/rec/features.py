@@ -32,9 +32,10 @@ def said_items(kg) -> dict[int, list[int]]:
     from ecr_ray.gen.retrieval import item_title
 
     index, by_title = item_index(kg), {}
+    keys = {e: text_key(item_title(kg, e)) for e in index}
     for e, i in index.items():
-        by_title.setdefault(text_key(item_title(kg, e)), []).append(i)
-    return {e: by_title[text_key(item_title(kg, e))] for e in index}
+        by_title.setdefault(keys[e], []).append(i)
+    return {e: by_title[keys[e]] for e in index}
 
 
 def context_text(context: list[str], roles: list[str]) -> str:

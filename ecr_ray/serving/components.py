@@ -94,10 +94,9 @@ class EmotionDetector:
         """Per text, each movie it names: {entity, name, stance, probs by stance}; empty lists without a stance model."""
         if self.stance is None:
             return [[] for _ in texts]
-        from ecr_ray.emotion.stance import STANCES
-        from ecr_ray.gen.retrieval import item_title
+        from ecr_ray.emotion.stance import STANCES, named_movies
 
-        named = [(i, e, item_title(self.kg, e)) for i, t in enumerate(texts) for e in dict.fromkeys(self.linker.link(t)) if e in self.kg.item_set]
+        named = [(i, e, name) for i, t in enumerate(texts) for e, name in named_movies(self.linker, self.kg, t)]
         probs = self.stance.predict([name for _, _, name in named], [texts[i] for i, _, _ in named]) if named else []
         out = [[] for _ in texts]
         for (i, e, name), p in zip(named, probs, strict=True):
