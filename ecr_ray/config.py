@@ -229,7 +229,8 @@ class RecConfig:
     reweight: bool = _knob(True, "weight each target item's loss by m(feedback) (rec.feedback_weights)")
     entity_stance: bool = _knob(False, "a movie the user names carries the user's stance towards it (the stance model, stance-infer-<g>): its "
                                        "'like' and 'negative' emotions become P(liked) and P(disliked) of that movie, in the entity states, "
-                                       "the emotion-weighted counts and the copy gate; off: every entity of an utterance has the utterance's emotions (ECR)")
+                                       "the emotion-weighted counts and the copy gate; in the hybrid a disliked movie's co-occurrence evidence counts against "
+                                       "its neighbours (rec/channels.py DISLIKED_GRID); off: every entity of an utterance has the utterance's emotions (ECR)")
     feedback_weights: FeedbackWeights = _section(FeedbackWeights, "feedback-aware reweighting (rec.reweight)")
     beta: float = _knob(0.1, "β: an utterance's emotions are its labels with probability above this (the paper: 0.1); the others count zero; when none passes, the top label (as ECR)")
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")

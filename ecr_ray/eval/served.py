@@ -64,4 +64,5 @@ def evaluate_served(cfg: Config, run_dir: RunDir, group: str) -> dict:
     rows = served_rows(cfg, run_dir, group)
     run_dir.write_parquet(f"{responses(SERVED, group)}/part-0.parquet", pa.Table.from_pylist(rows))
     return evaluate_rows(cfg, run_dir, rows, report(f"gen-eval-{SERVED}-{split_name(group)}"),
-                         {"title_put_by_decoding": sum(r["title_put"] for r in rows) / len(rows)})
+                         {"title_put_by_decoding": sum(r["title_put"] for r in rows) / len(rows),
+                          "decoding": dataclasses.asdict(cfg.gen.decoding)})  # what the chat then decodes with (serving.components)

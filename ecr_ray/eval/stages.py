@@ -37,7 +37,7 @@ def eval_stages(cfg: Config) -> list[Stage]:
     stages += [Stage(f"gen-eval-{SERVED}-{g}", run=partial(evaluate_served, group=g), config=(*ANSWERING, *SCORING),
                      outputs=(responses(SERVED, g), report(f"gen-eval-{SERVED}-{split_name(g)}")),
                      needs=("gen-train", "rec-train", *feeling_stages(cfg, g), *context_stage(cfg, g)),
-                     version=2)  # 2: stances in the chat's reasons; sampling seeded per turn; a named title left out
+                     version=3)  # 3: the report records the decoding the chat then uses
                for g in [POOL, *sorted(cfg.data.split_files)]]
     stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING, version=2,
                         outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))

@@ -32,6 +32,18 @@ GRIDS = {
 }
 
 
+# With `rec.entity_stance` "negative" is the stance model's P(disliked) of a movie the user named: its evidence is
+# subtracted, at least as much as it adds, so a disliked movie's neighbours go down, never up; the fit says how far.
+DISLIKED_GRID = (-3.0, -2.0, -1.5)
+
+
+def grid(model, name: str) -> tuple:
+    """The values tried for a channel weight of this model."""
+    if name == "negative entity's evidence" and model.cfg.entity_stance:
+        return DISLIKED_GRID
+    return GRIDS[name][2]
+
+
 def _slot(param, index):
     """The fitted value inside a parameter: the scalar itself, or one element of a vector."""
     return param if index is None else param[index]
@@ -47,11 +59,14 @@ MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)  # the learned sco
 
 def _channel_knobs(model) -> list[tuple]:
     """(name, parameter, index, grid) of every channel weight this model has."""
-    return [(name, getattr(model, attr), index, grid) for name, (attr, index, grid) in GRIDS.items() if hasattr(model, attr)]
+    return [(name, getattr(model, attr), index, grid(model, name)) for name, (attr, index, _) in GRIDS.items() if hasattr(model, attr)]
 
 
 def _ascend(knobs: list[tuple], metric) -> tuple[float, float]:
-    """Coordinate ascent over the knobs' grids on `metric()`, in place, `SWEEPS` times; (metric before, after)."""
+    """Coordinate ascent over the knobs' grids on `metric()`, in place, `SWEEPS` times, from each knob's grid value
+    nearest to where it is; (metric before, after)."""
+    for _, param, index, values in knobs:
+        _slot(param, index).fill_(min(values, key=lambda v: abs(v - _slot(param, index).item())))
     start = best = metric()
     for _ in range(SWEEPS):
         for _, param, index, grid in knobs:

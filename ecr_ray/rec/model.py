@@ -35,6 +35,11 @@ from ecr_ray.emotion.labels import LABELS
 LIKED, NEGATIVE = LABELS.index("like"), LABELS.index("negative")  # the emotions that weigh an entity's evidence
 
 
+def signed_log1p(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + |x|) with x's sign: counts as log1p, and evidence against an item as much below 0."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
 class KGEncoder(nn.Module):
     def __init__(self, num_entities: int, num_relations: int, hidden: int, num_bases: int, edges: tuple[torch.Tensor, torch.Tensor],
                  init: np.ndarray | None = None):
@@ -163,7 +168,7 @@ class ECRRecommender(nn.Module):
             counts = inputs["cooccurrence"]  # [B, 1 + emotions, items]
             if self.cfg.local_emotion:
                 counts = counts[:, :1] + (self.emotion_weights[:, None] * counts[:, 1:]).sum(1, keepdim=True)
-            shared = torch.log1p(counts[:, 0].clamp(min=0.0))
+            shared = signed_log1p(counts[:, 0])  # below 0 only where a disliked movie's neighbours are pushed down
             out = out + self.cooccurrence_weights[0] * inputs["popularity"] + self.cooccurrence_weights[1] * shared
         if self.global_scoring:
             out = out + self.global_weight * inputs["neighbour_items"]

@@ -37,7 +37,7 @@ def rec_stages(cfg: Config) -> list[Stage]:
     stages.append(Stage("rec-cooccurrence", run=build_tables, outputs=(TABLES,), needs=(f"prepare-{POOL}", *feeling_stages(cfg, POOL)),
                         config=("rec.beta", "rec.max_emotions", "rec.entity_stance"), version=4))
     stages.append(Stage("rec-train", run=train_recommender, outputs=(model(RECOMMENDER), report(RECOMMENDER), RECOMMENDER_CURVE),
-                        config=TRAINING, version=8,
+                        config=TRAINING, version=9,
                         needs=("rec-cooccurrence", *feeling_stages(cfg, POOL), *context_stage(cfg, POOL))))
     for g in groups:
         stages.append(Stage(f"rec-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"eval-{split_name(g)}"),),
@@ -45,7 +45,7 @@ def rec_stages(cfg: Config) -> list[Stage]:
                             config=("rec.auc_batch_size", "eval.intervals", "eval.baselines", "rec.recency_decay"), version=4))
     stance = ("stance-infer-pool",) if cfg.rec.cv_entity_stance and not cfg.rec.entity_stance else ()
     stages.append(Stage("rec-ablations", run=run_ablations, needs=(*feeling_stages(cfg, POOL), *stance, *context_stage(cfg, POOL)),
-                        config=(*TRAINING, "eval.intervals", "eval.baselines"), version=5,
+                        config=(*TRAINING, "eval.intervals", "eval.baselines"), version=6,
                         optional=True,
                         outputs=(model(ABLATIONS), *ABLATION_REPORTS)))
     return stages

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from ecr_ray.artifacts import CLASSIFIER, GENERATOR, RECOMMENDER, RETRIEVAL, STANCE, NotTrained, is_trained, model, model_config
+from ecr_ray.artifacts import (CLASSIFIER, GENERATOR, POOL, RECOMMENDER, RETRIEVAL, STANCE, NotTrained, is_trained, model, model_config,
+                               report, split_name)
 from ecr_ray.config import Config
 from ecr_ray.data.redial import RECOMMENDER as RECOMMENDER_ROLE
 from ecr_ray.data.redial import SEEKER
@@ -184,13 +185,23 @@ class KnowledgeRetriever:
         return self.retriever.knowledge(item, self.max_entities, self.max_triples)
 
 
+def evaluated_decoding(run: RunDir) -> list[str]:
+    """The decoding the chat path was evaluated with (gen-eval-served's report on the pool's dev turns), as
+    overrides: the chat decodes as its figures were measured, not as the generator's training run was configured."""
+    import json
+
+    path = report(f"gen-eval-served-{split_name(POOL)}")
+    decoding = run.read_json(path).get("decoding", {}) if run.exists(path) else {}
+    return [f"gen.decoding.{k}={json.dumps(v)}" for k, v in decoding.items()]
+
+
 class Responder:
     """The fine-tuned generator with retrieval, prompted as in training and batch generation."""
 
     def __init__(self, run: RunDir, overrides: Sequence[str] = (), threads: int = 1):
         from ecr_ray.gen.generate import ResponseGenerator
 
-        cfg = model_config(run, GENERATOR, overrides)
+        cfg = model_config(run, GENERATOR, [*evaluated_decoding(run), *overrides])
         self.turns = cfg.gen.context_turns
         self.generator = ResponseGenerator(run.local_copy(model(GENERATOR)), cfg.gen.generator, cfg.gen.decoding, retrieval=True,
                                            allow_download=cfg.models.allow_download, threads=threads)

@@ -3,7 +3,9 @@ Ray, the official openai client (plain and streaming), /recommend, validation, t
 replica killed under load, the web page in headless Chromium, `ecr-ray chat` and `serve run`."""
 import asyncio
 import concurrent.futures
+import dataclasses
 import io
+import json
 import os
 import signal
 import subprocess
@@ -95,6 +97,25 @@ def test_chat_completions_with_the_openai_client_plain_and_streamed(served, loca
     assert rec["items"] == items[:3] and rec["emotions"] == ecr["emotions"] and rec["entities"] == ecr["entities"]
 
 
+def test_the_chat_decodes_as_its_figures_were_measured(gen_run, tmp_path):
+    """The generator's chat decoding is the one gen-eval-served recorded in its report, not its training run's;
+    a `--set` override still wins."""
+    import shutil
+
+    from ecr_ray.artifacts import report
+    from ecr_ray.rundir import RunDir
+    from ecr_ray.serving.components import Responder
+
+    cfg, run_dir, _ = gen_run
+    evaluated = run_dir.read_json(report("gen-eval-served-dev"))["decoding"]
+    assert evaluated == dataclasses.asdict(cfg.gen.decoding)
+    copy = RunDir(shutil.copytree(run_dir.root, tmp_path / "run"))
+    copy.write_text(report("gen-eval-served-dev"), json.dumps({"decoding": {**evaluated, "do_sample": True, "temperature": 0.5}}))
+    chat = Responder(copy).generator.decoding
+    assert (chat.do_sample, chat.temperature) == (True, 0.5)
+    assert Responder(copy, ["gen.decoding.temperature=0.9"]).generator.decoding.temperature == 0.9
+
+
 def test_reasons_carry_the_stance_read_for_each_movie(served):
     """A mixed message: each movie gets its own stance (not the message's emotions); a reason says "liked" only
     for a movie read as liked, and none comes from a movie read as disliked."""
@@ -114,8 +135,6 @@ def test_reasons_carry_the_stance_read_for_each_movie(served):
 
 
 def test_openai_request_fields_are_honoured(served):
-    import json
-
     import openai
 
     base, _ = served

@@ -505,3 +505,28 @@ def test_a_named_movie_is_left_out_under_every_entity_of_its_title(kg):
     assert index[twins] in said[twins] and len({text_key(item_title(kg, int(kg.item_ids[i]))) for i in said[twins]}) == 1
     lone = next(e for e, same in said.items() if len(same) == 1)
     assert said[lone] == [index[lone]]
+
+
+def test_with_the_stance_a_disliked_movies_neighbours_rank_lower_than_without_it(kg, data_root):
+    """"I hated X": the items talked about with X score below what they score when X is not named at all; read
+    ECR's way (the utterance's 'like' covers X) they score above. The fit only chooses how far down."""
+    from ecr_ray.rec.channels import DISLIKED_GRID, fit_channels
+
+    i0, i1 = (int(i) for i in kg.item_ids[:2])
+    hated, liked = [0.0] * 9, [0.0] * 9
+    hated[LABELS.index("negative")], liked[LABELS.index("like")] = 0.9, 0.9
+
+    def score(model, entities, emotions):
+        batch = {"conversation_id": [3], "entities": [entities], "entity_emotions": [emotions], "entity_by_seeker": [[1] * len(entities)],
+                 "context_vec": [np.ones(8, np.float32)], "item": [0], "feedback": [1]}
+        with torch.no_grad():
+            return model.channels(model.inputs(batch))[0, 1].item()  # item 1 (i1): talked about with i0 in the counted dialogues
+
+    for stance, emotion in ((True, hated), (False, liked)):
+        model, _ = _model(kg, data_root, entity_stance=stance)
+        rows = [{"conversation_id": 10, "entities": [5, i0], "entity_emotions": [liked, emotion], "entity_by_seeker": [1, 1],
+                 "context_vec": np.ones(8, np.float32), "item": 1, "feedback": 1}]
+        fitted = fit_channels(model, rows, {}, model.cfg)["weights"]["negative entity's evidence"]
+        assert (fitted in DISLIKED_GRID) == stance
+        without, named = score(model, [5], [liked]), score(model, [5, i0], [liked, emotion])
+        assert (named < without) if stance else (named > without), (stance, named, without)
