@@ -119,7 +119,7 @@ def evaluate(cfg: Config, run_dir: RunDir | str, force: bool = False) -> dict[st
     if not is_trained(run_dir, RECOMMENDER):
         raise NotTrained(f"no trained recommender in {run_dir.uri}; train it first with `ecr-ray run --config {cfg.name} --run-dir {run_dir.uri}`")
     known = {s.name for s in stage_graph(cfg)}
-    kinds = ["prepare", "emotion-infer", "rec-context", "rec-eval"]
+    kinds = ["prepare", "emotion-infer", *(["stance-infer"] if cfg.rec.entity_stance else []), "rec-context", "rec-eval"]
     if is_trained(run_dir, GENERATOR):  # responses too, once a generator is trained
         kinds += ["gen-respond", "gen-eval"]
     only = [f"{kind}-{name}" for name in cfg.data.split_files for kind in kinds if f"{kind}-{name}" in known]

@@ -109,7 +109,8 @@ SERVE_PORT = free_port()
 
 REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
 GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool", "gen-eval-served-pool"]
-TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}"]  # the scorer's local server
+# the scorer's local server; the chat's recommender reads each named movie's stance (its own check in test_serve)
+TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}", "rec.entity_stance=true"]
 
 
 @pytest.fixture(scope="session")
@@ -123,4 +124,4 @@ def gen_run(labelled_run, tmp_path_factory):
     run_dir = RunDir(tmp_path_factory.mktemp("gen"))
     shutil.copytree(labelled_run.root, run_dir.root, dirs_exist_ok=True)
     cfg = fast_config(*TINY_GEN)
-    return cfg, run_dir, run_stages(cfg, run_dir, only=["stance-train"] + REC + GEN)
+    return cfg, run_dir, run_stages(cfg, run_dir, only=["stance"] + REC + GEN)

@@ -140,9 +140,27 @@ class ItemRecommender:
         import torch
 
         from ecr_ray.gen.retrieval import item_title
+        from ecr_ray.rec.reasons import recommendation_reasons
+
+        logits, turn, mentioned, stances, batch = self.scores(messages, user_probs, user_stances)
+        scores, top = torch.softmax(logits, 0).topk(top_k)
+        with torch.no_grad():
+            evidence = self.model.entity_evidence(batch, top)
+        items = []
+        for column, (s, i) in enumerate(zip(scores.tolist(), top.tolist(), strict=True)):
+            item = int(self.kg.item_ids[i])
+            items.append({"item": item, "title": item_title(self.kg, item), "score": float(s), "movie": self.cards.get(item),
+                          "reasons": recommendation_reasons(self.kg, self.facts, mentioned["entities"], mentioned["entity_emotions"],
+                                                            evidence, column, item, stances, mentioned["entity_by_seeker"])})
+        return {"items": items, "entities": [{"id": e, "name": self.kg.names[e]} for e in turn["entities"]]}
+
+    def scores(self, messages: list[dict], user_probs: list[list[float]], user_stances: list[list[dict]] | None = None) -> tuple:
+        """The logits over every item (-inf for the movies the user named), and the turn, its mentioned
+        entities, the stance read for each and the example batch they were scored from."""
+        import torch
+
         from ecr_ray.emotion.stance import STANCES
         from ecr_ray.rec.features import context_text, entity_emotions, with_stances
-        from ecr_ray.rec.reasons import recommendation_reasons
 
         turn = conversation_turn(messages, self.linker)
         users = [i for i, r in enumerate(turn["context_roles"]) if r == SEEKER]
@@ -161,16 +179,7 @@ class ItemRecommender:
         with torch.no_grad():
             logits = self.model(self.model.inputs(batch), self.embeds)[0]
         logits[[i for e in turn["entities"] for i in self.said.get(e, ())]] = float("-inf")  # not what was said
-        scores, top = torch.softmax(logits, 0).topk(top_k)
-        with torch.no_grad():
-            evidence = self.model.entity_evidence(batch, top)
-        items = []
-        for column, (s, i) in enumerate(zip(scores.tolist(), top.tolist(), strict=True)):
-            item = int(self.kg.item_ids[i])
-            items.append({"item": item, "title": item_title(self.kg, item), "score": float(s), "movie": self.cards.get(item),
-                          "reasons": recommendation_reasons(self.kg, self.facts, mentioned["entities"], mentioned["entity_emotions"],
-                                                            evidence, column, item, stances, mentioned["entity_by_seeker"])})
-        return {"items": items, "entities": [{"id": e, "name": self.kg.names[e]} for e in turn["entities"]]}
+        return logits, turn, mentioned, stances, batch
 
 
 class KnowledgeRetriever:

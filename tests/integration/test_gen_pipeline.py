@@ -170,6 +170,7 @@ def test_evaluate_generates_for_a_raw_redial_file(gen_run, data_root, tmp_path):
     sets = [f"data.max_dialogues={TINY_DIALOGUES}", *FAST_EMOTION, *TINY_GEN]
     assert main(["evaluate", "--config", "tiny", "--run-dir", run_dir.root, *[a for s in sets for a in ("--set", s)],
                  "--split-file", f"test={test_file}"]) == 0
+    assert run_dir.exists("emotion/stances/test")  # rec.entity_stance: the recommender reads the test split's stances too
     responses = run_dir.read_table("gen/responses/ecr/test").to_pylist()
     turns = {(t["conversation_id"], t["turn"]) for t in run_dir.read_table("prepared/test/rec_turns").to_pylist()}
     assert 0 < len(responses) <= cfg.gen.sample_size and all((r["conversation_id"], r["turn"]) in turns for r in responses)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 import yaml
 
 from ecr_ray.emotion.labels import LABELS
@@ -132,6 +133,32 @@ def test_reasons_carry_the_stance_read_for_each_movie(served):
     reasons = [r for i in found["items"] for r in i["reasons"]]
     assert reasons and all(r["stance"] == read.get(r["entity"]) and read.get(r["entity"]) != "disliked" for r in reasons)
     assert all(r["text"].startswith("you liked ") == (r["stance"] == "liked") for r in reasons)
+
+
+def test_a_disliked_movies_neighbours_rank_lower_than_without_it(local_parts):
+    """PROBES[0] ("... but I hated Titanic"), read with its true stances (the stance model's reading is scored on its
+    own): the items most talked about with Titanic in the training dialogues score lower than when the message
+    leaves Titanic out; read ECR's way, the message's "loved" would have raised them."""
+    from ecr_ray.emotion.stance import PROBES, STANCES
+
+    message, truth = PROBES[0]
+    without = message.replace(", but I hated Titanic", "")
+    parts = local_parts
+    assert parts.recommender.rcfg.entity_stance
+
+    def logits(text):
+        found = parts.classifier.detect([text])[0]
+        stances = [{**s, "stance": truth[s["name"]], "probs": {k: 0.9 if k == truth[s["name"]] else 0.05 for k in STANCES}}
+                   for s in found["stances"]]
+        return parts.recommender.scores([{"role": "user", "content": text}], [found["probs"]], [stances])[0]
+
+    titanic = next(s["entity"] for s in parts.classifier.detect([message])[0]["stances"] if s["name"] == "Titanic")
+    model = parts.recommender.model
+    together = model.tables["items"].index_select(0, torch.tensor([titanic])).to_dense()[0]
+    named, unnamed = logits(message), logits(without)
+    neighbours = [i for i in together.argsort(descending=True)[:5].tolist() if together[i] > 0 and unnamed[i].isfinite()]
+    assert len(neighbours) >= 3, "the tiny pool talks about Titanic with too few movies for this check"
+    assert all(named[i] < unnamed[i] for i in neighbours), [(i, named[i].item(), unnamed[i].item()) for i in neighbours]
 
 
 def test_openai_request_fields_are_honoured(served):
