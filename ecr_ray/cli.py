@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                            "auditor, then, with the verdicts, the agreement with the automatic rate (reports/hallucination-audit.md)")
     audit.add_argument("--labels", default="docs/hallucination-audit.jsonl", help="the verdicts, one JSON line per reply "
                        "(default: docs/hallucination-audit.jsonl)")
+    audit.add_argument("--second", default=None, help="a second auditor's verdicts on the same sheet (same format): their "
+                       "agreement with --labels is reported too")
     audit.add_argument("--out", default="reports/hallucination-audit.md", help="the page to write (default: reports/hallucination-audit.md)")
     audit.add_argument("--split", default="dev", help="the split whose served replies are audited (default: dev)")
     chat = sub.add_parser("chat", help="talk to a trained run in the terminal (its recorded config; --set overrides it)")
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def _audit(cfg, run_dir, args) -> int:
     from ecr_ray.artifacts import POOL, responses
     from ecr_ray.data.kg import load_kg
-    from ecr_ray.eval.audit import agreement, audit_sample, audit_table, read_labels, sheet
+    from ecr_ray.eval.audit import agreement, audit_sample, audit_table, inter_rater, read_labels, sheet
     from ecr_ray.eval.served import SERVED
     from ecr_ray.gen.retrieval import Grounding
 
@@ -139,12 +141,15 @@ def _audit(cfg, run_dir, args) -> int:
     if not labels.exists():
         print(f"no verdicts yet: write them to {labels} (docs/hallucination-rubric.md), then run this again")
         return 0
+    files = [labels, *([Path(args.second)] if args.second else [])]
     try:
-        verdicts = read_labels(labels.read_text())
-    except ValueError as err:
-        print(f"ecr-ray: {labels}: {err}", file=sys.stderr)
+        verdicts = [read_labels(f.read_text()) for f in files]
+    except (OSError, ValueError) as err:
+        print(f"ecr-ray: {err}", file=sys.stderr)
         return 2
-    result = agreement(sample, verdicts, Grounding(load_kg(cfg.data.path(cfg.data.kg_dir))), cfg.eval.intervals)
+    result = agreement(sample, verdicts[0], Grounding(load_kg(cfg.data.path(cfg.data.kg_dir))), cfg.eval.intervals)
+    if args.second:
+        result["second"] = {**inter_rater(sample, *verdicts), "labels": args.second}
     run_dir.write_json(f"reports/hallucination-audit-{args.split}.json", result)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(audit_table(result, str(labels)))

@@ -101,6 +101,19 @@ def agreement(sample: list[dict], labels: dict, grounding, intervals) -> dict:
     return out
 
 
+def inter_rater(sample: list[dict], first: dict, second: dict) -> dict:
+    """Two auditors' verdicts on the replies both judged as they are now: each one's rate, their agreement, kappa."""
+    pairs = []
+    for r in sample:
+        key, sha = (int(r["conversation_id"]), int(r["turn"])), response_sha(r["response"])
+        a, b = first.get(key), second.get(key)
+        if a and b and a["sha"] == sha == b["sha"]:
+            pairs.append((a, b))
+    a, b = (np.array([p[i]["hallucinated"] for p in pairs], dtype=bool) for i in (0, 1))
+    return {"replies": len(pairs), "first_rate": float(a.mean()) if pairs else None, "second_rate": float(b.mean()) if pairs else None,
+            "agreement": float((a == b).mean()) if pairs else None, "kappa": cohen_kappa(a, b) if pairs else None}
+
+
 def audit_table(result: dict, labels_path: str) -> str:
     """reports/hallucination-audit.md."""
     if not result["audited"]:
@@ -122,6 +135,12 @@ def audit_table(result: dict, labels_path: str) -> str:
         f"| both / audit only / automatic only / neither | {c['both']} / {c['audit only']} / {c['automatic only']} / {c['neither']} |",
         f"| replies with a dangling reference (audit) | {result['dangling']:.2f} |",
     ]
+    if result.get("second"):
+        two = result["second"]
+        kappa2 = "n/a" if two["kappa"] is None else f"{two['kappa']:.2f}"
+        lines += ["", f"A second, independent auditor ({two['labels']}) on {two['replies']} of the same replies: "
+                      f"{two['second_rate']:.2f} hallucinated against the first's {two['first_rate']:.2f}; "
+                      f"agreement {two['agreement']:.2f}, Cohen's kappa {kappa2}."]
     if result["stale"] or result["missing"]:
         lines += ["", f"Not audited: {len(result['stale'])} replies changed since their verdict, {len(result['missing'])} have none."]
     if result["disagreements"]:

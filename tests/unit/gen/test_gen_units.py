@@ -559,7 +559,7 @@ def test_judge_validity_reads_each_criterion_against_its_own_negative(kg):
 def test_the_audit_sets_verdicts_beside_the_automatic_flags_on_the_replies_they_were_given(kg, near_far):
     import json
 
-    from ecr_ray.eval.audit import agreement, audit_sample, audit_table, cohen_kappa, read_labels, response_sha
+    from ecr_ray.eval.audit import agreement, audit_sample, audit_table, cohen_kappa, inter_rater, read_labels, response_sha
 
     g, item, near, far = near_far
     base = {"item": item, "title": item_title(kg, item), "entity_ids": [], "triple_ids": [], "context": "User: hi"}
@@ -580,3 +580,10 @@ def test_the_audit_sets_verdicts_beside_the_automatic_flags_on_the_replies_they_
     assert [r["conversation_id"] for r in audit_sample(rows * 3, 4)] == sorted(r["conversation_id"] for r in audit_sample(rows * 3, 4))
     with pytest.raises(ValueError, match="labels line 1"):
         read_labels('{"conversation_id": 1}')
+    # a second auditor: calls reply 2 hallucinated too, and judged only the first four (the fifth changed anyway)
+    second = read_labels("\n".join(line.replace('"hallucinated": false', '"hallucinated": true') if i == 2 else line
+                                   for i, line in enumerate(lines[:4])))
+    two = inter_rater(rows, read_labels("\n".join(lines)), second)
+    assert two == {"replies": 4, "first_rate": 0.5, "second_rate": 0.75, "agreement": 0.75, "kappa": pytest.approx(0.5)}
+    result["second"] = {**two, "labels": "second.jsonl"}
+    assert "(second.jsonl) on 4 of the same replies: 0.75 hallucinated against the first's 0.50; agreement 0.75" in audit_table(result, "l")
