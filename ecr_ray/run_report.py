@@ -126,7 +126,9 @@ def audit_lines(run_dir) -> list[str]:
     shown = lambda k: f"{a[k]:.2f} [{a['intervals'][k][0]:.2f}, {a['intervals'][k][1]:.2f}]" if k in a["intervals"] else f"{a[k]:.2f}"  # noqa: E731
     return ["", f"Hallucination audit ([audit page](hallucination-audit.md), rubric docs/hallucination-rubric.md): of {a['audited']} "
             f"dev chat replies, the rubric audit found a hallucination in {shown('audited_rate')}, the automatic detector in "
-            f"{shown('automatic_rate')} (agreement {shown('agreement')}): the automatic rate counts only what the KG can name."]
+            f"{shown('automatic_rate')} (agreement {shown('agreement')}): the automatic rate counts only what the KG can name."
+            + (f" A second, independent auditor: {two['second_rate']:.2f}, agreement with the first {two['agreement']:.2f} "
+               f"(Cohen's kappa {two['kappa']:.2f})." if (two := a.get("second")) and two.get("kappa") is not None else "")]
 
 
 def replace_results(readme: str, table: str) -> str:
