@@ -28,11 +28,23 @@ QUESTIONS = {  # anchored at both ends: a small judge reads a bare "0-9" as "abo
                     "repetitive or unrelated to the conversation; 9 = what a friendly person would say.",
 }
 ASK = "\n\n{question} Answer with one digit from 0 to 9."
+# Pairwise (`LocalJudge.prefer`): the same question of two responses to the same turn; a small judge that cannot
+# place a reply on 0-9 may still tell which of two is better. It favours a position, so both orders are asked.
+PAIR_RUBRIC = ("You are an impartial judge of two candidate responses of a movie recommender to the same user. "
+               "Answer with one letter: A or B.")
 MARK = "\u2063"  # where the question goes in the rendered chat template (an invisible separator)
 
 
 def judge_body(context: str, title: str, response: str) -> str:
     return f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse to judge:\n{response}"
+
+
+def pair_messages(context: str, title: str, first: str, second: str, criterion: str) -> list[dict]:
+    """The chat asking which of two responses does `criterion`'s question better (A: `first`)."""
+    question = QUESTIONS[criterion].split("?")[0] + "?"  # the question without its 0-9 anchors
+    body = (f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse A:\n{first}\n\nResponse B:\n{second}\n\n"
+            f"Question, about each response: {question} Which response does this better, A or B? Answer with one letter.")
+    return [{"role": "system", "content": PAIR_RUBRIC}, {"role": "user", "content": body}]
 
 
 def judge_messages(context: str, title: str, response: str, criterion: str) -> list[dict]:
@@ -152,3 +164,26 @@ class LocalJudge:
                                 position_ids=torch.tensor(positions, device=device), past_key_values=cache, use_cache=True,
                                 logits_to_keep=1).logits[:, -1].cpu()
         return {c: expected_digit(self.digit_probs(row)) for c, row in zip(CRITERIA, logits)}
+
+    def prefer(self, context: str, title: str, first: str, second: str, criterion: str) -> float:
+        """P(`first` does `criterion` better than `second`) from the next-token P(A) and P(B), averaged over both
+        orders (the judge's position bias cancels); 0.5: no preference."""
+        import torch
+
+        def p_a(a: str, b: str) -> float:
+            ids = self.tokenizer.apply_chat_template(pair_messages(context, title, a, b, criterion), add_generation_prompt=True, tokenize=False)
+            ids = torch.tensor([self.tokenizer.encode(ids, add_special_tokens=False)], device=self.model.device)
+            with torch.inference_mode():
+                p = torch.softmax(self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float(), -1)
+            pa, pb = (float(p[self.letters[x]].sum()) for x in "AB")
+            return pa / (pa + pb) if pa + pb > 0 else 0.5
+
+        return 0.5 * (p_a(first, second) + 1 - p_a(second, first))
+
+    @property
+    def letters(self) -> dict[str, list[int]]:
+        """The single tokens that spell "A" and "B" (with or without a leading space)."""
+        if not hasattr(self, "_letters"):
+            self._letters = {x: sorted({t[0] for t in (self.tokenizer.encode(v, add_special_tokens=False) for v in (x, f" {x}")) if len(t) == 1})
+                             for x in "AB"}
+        return self._letters

@@ -35,12 +35,20 @@ def judge_check(cfg: Config, run_dir: RunDir) -> dict:
     """The judge-check stage -> reports/judge-check.json (and its table on stdout)."""
     from ecr_ray.eval.generation import judge_rows
     from ecr_ray.eval.judge import CRITERIA
-    from ecr_ray.eval.judge_validity import judge_validity, validity_asked, validity_table
+    from ecr_ray.eval.judge_validity import judge_validity, pairwise_validity, validity_asked, validity_table
 
     sample = training_turns(cfg, run_dir)
     asked = validity_asked(cfg, run_dir, sample)
     results = judge_rows(cfg, run_dir, [x for rows in asked.values() for x in rows if x is not None])
     validity = {**judge_validity(cfg, sample, asked, results), "split": "train"}
-    run_dir.write_json(JUDGE_CHECK, {"scorer": {"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, **validity})
     print(validity_table(validity, cfg.eval.scorer), flush=True)
-    return {"valid": validity["valid"], **{c: validity[c]["auc"] for c in CRITERIA}}
+    if cfg.eval.scorer.base_url is None:  # an in-process judge is asked pairwise too (it reads the next token's P(A), P(B))
+        from ecr_ray.eval.judge import LocalJudge
+
+        judge = LocalJudge(cfg.eval.scorer.model, cfg.models.allow_download, threads=max(1, round(cfg.eval.score_pool.cpus)))
+        validity["pairwise"] = {**pairwise_validity(cfg, sample, asked, judge), "split": "train"}
+        print(validity_table(validity["pairwise"], cfg.eval.scorer), flush=True)
+    run_dir.write_json(JUDGE_CHECK, {"scorer": {"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, **validity})
+    pairwise = validity.get("pairwise", {})
+    return {"valid": validity["valid"], **{c: validity[c]["auc"] for c in CRITERIA},
+            **({"pairwise_valid": pairwise["valid"], **{f"pairwise {c}": pairwise[c]["auc"] for c in CRITERIA}} if pairwise else {})}

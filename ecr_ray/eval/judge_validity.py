@@ -8,7 +8,8 @@ emotional_*               the reply without its emotional sentences (the emotion
                           that have one; "You could watch <title>." where nothing else is left
 
 A turn whose reply cannot be changed that way (it names nothing; it has no emotional sentence) sits out that
-criterion. The judge is valid when every criterion's AUC reaches VALID_AUC."""
+criterion. The judge is valid when every criterion's AUC reaches VALID_AUC. Asked pairwise (`pairwise_validity`,
+an in-process judge), the AUC is the share of turns whose real reply it prefers."""
 from __future__ import annotations
 
 import random
@@ -98,6 +99,39 @@ def judge_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dict |
     return out
 
 
+def pairwise_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dict | None]], judge) -> dict:
+    """Per criterion, the share of turns whose real reply an in-process judge prefers to its negative when shown
+    both (`LocalJudge.prefer` above 0.5, ties half), with its interval over dialogues: the same negatives, except
+    logic persuasiveness, against the real reply with the recommended title swapped for another turn's."""
+    negatives = {**NEGATIVES, "logic_persuasiveness": "title swapped"}
+    out = {"turns": len(sample), "valid_auc": VALID_AUC, "negatives": negatives, "reading": "pairwise"}
+    dialogues = [r["conversation_id"] for r in sample]
+    for criterion, kind in negatives.items():
+        prefs = []
+        for i, real in enumerate(asked["real"]):
+            negative = _title_swapped(real, asked["other movie"][i]) if kind == "title swapped" else (asked[kind][i] or {}).get("response")
+            prefs.append(np.nan if negative is None else judge.prefer(real["context"], real["title"], real["response"], negative, criterion))
+        print(f"[judge-check] pairwise {criterion}: {len(prefs)} turns asked", flush=True)
+        p = np.array(prefs, dtype=float)
+
+        def share(pick, p=p) -> dict:
+            v = p[pick][~np.isnan(p[pick])]
+            return {"auc": float(np.mean((v > 0.5) + 0.5 * (v == 0.5))) if len(v) else None}
+
+        out[criterion] = {"negative": kind, "turns": int((~np.isnan(p)).sum()), "auc": share(np.arange(len(p)))["auc"],
+                          "interval": dialogue_intervals(share, dialogues, cfg.eval.intervals).get("auc")}
+    out["valid"] = all((out[c]["auc"] or 0) >= VALID_AUC for c in CRITERIA)
+    return out
+
+
+def _title_swapped(real: dict, other: dict | None) -> str | None:
+    """The real reply with the recommended title replaced by another movie's; None when it does not name it."""
+    if other is None:
+        return None
+    changed = re.compile(re.escape(real["title"]), re.IGNORECASE).sub(other["title"], real["response"])
+    return changed if changed != real["response"] else None
+
+
 def validity_table(validity: dict, scorer) -> str:
     """The judge's validity as markdown, with the verdict a reader needs before trusting the scores."""
     where = f"{scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}"
@@ -108,6 +142,7 @@ def validity_table(validity: dict, scorer) -> str:
                if validity["valid"] else
                f"NOT VALID: at least one criterion's AUC is below {validity['valid_auc']}, so the scores above do not show what "
                "they name; treat them as unvalidated.")
+    how = "asked which of the two is better, both orders" if validity.get("reading") == "pairwise" else "each scored alone"
     return (f"Judge validity ({where}; {validity['turns']} {validity.get('split', 'dev')} turns: the real reply against the same "
-            "reply changed in the way each criterion punishes)\n\n| criterion | negative | turns | AUC [95%] |\n|---|---|---:|---:|\n"
+            f"reply changed in the way each criterion punishes, {how})\n\n| criterion | negative | turns | AUC [95%] |\n|---|---|---:|---:|\n"
             + rows + "\n" + verdict + "\n")

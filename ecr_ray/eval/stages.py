@@ -42,6 +42,6 @@ def eval_stages(cfg: Config) -> list[Stage]:
     stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING, version=2,
                         outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))
     stages.append(Stage("judge-check", run=judge_check, needs=(f"prepare-{POOL}", "emotion-classifier"), optional=True,
-                        config=(*SCORING, "eval.check_turns", "gen.context_turns"), version=2,
+                        config=(*SCORING, "eval.check_turns", "gen.context_turns"), version=3,
                         outputs=(JUDGE_CHECK,)))
     return stages
