@@ -91,14 +91,17 @@ class LocalJudge:
         # the packaged judges are saved in bf16: emulated on an AVX2-only CPU (51.5 s a response against 7.1 s in fp32)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(device)).eval().to(device)
         self.digits = self._digit_tokens()
+        self.letters = {x: self._single_tokens(x) for x in "AB"}  # `prefer`'s answers
         self.last: tuple[list[int], object] | None = None  # the last prefix's ids and its cache, for the next row's reuse
 
+    def _single_tokens(self, text: str) -> list[int]:
+        """The single tokens that spell `text` (with or without a leading space)."""
+        ids = {tuple(self.tokenizer.encode(t, add_special_tokens=False)) for t in (text, f" {text}")}
+        return sorted({i[0] for i in ids if len(i) == 1})
+
     def _digit_tokens(self) -> list[list[int]]:
-        """Per digit, the single tokens that spell it (with or without a leading space)."""
-        out = []
-        for d in "0123456789":
-            ids = {tuple(self.tokenizer.encode(text, add_special_tokens=False)) for text in (d, f" {d}")}
-            out.append(sorted({i[0] for i in ids if len(i) == 1}))
+        """Per digit, the single tokens that spell it."""
+        out = [self._single_tokens(d) for d in "0123456789"]
         if not all(out):
             raise ValueError("the judge's tokenizer does not spell every digit as one token")
         return out
@@ -179,11 +182,3 @@ class LocalJudge:
             return pa / (pa + pb) if pa + pb > 0 else 0.5
 
         return 0.5 * (p_a(first, second) + 1 - p_a(second, first))
-
-    @property
-    def letters(self) -> dict[str, list[int]]:
-        """The single tokens that spell "A" and "B" (with or without a leading space)."""
-        if not hasattr(self, "_letters"):
-            self._letters = {x: sorted({t[0] for t in (self.tokenizer.encode(v, add_special_tokens=False) for v in (x, f" {x}")) if len(t) == 1})
-                             for x in "AB"}
-        return self._letters

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import zlib
 
 import pyarrow as pa
@@ -26,11 +25,10 @@ def served_rows(cfg: Config, run_dir: RunDir, group: str, split: str = "dev") ->
     from ecr_ray.gen.respond import sample_turns
     from ecr_ray.gen.retrieval import item_title
     from ecr_ray.serving.batching import ContinuousBatcher
-    from ecr_ray.serving.components import LocalParts, answer, turn_messages
+    from ecr_ray.serving.components import LocalParts, answer, decoding_overrides, turn_messages
 
     sample = sample_turns(cfg, run_dir, group, split)
-    decoding = [f"gen.decoding.{k}={json.dumps(v)}" for k, v in dataclasses.asdict(cfg.gen.decoding).items()]  # this run's, as `serve run --set`
-    parts = LocalParts(run_dir, decoding, threads=cfg.serve.threads)
+    parts = LocalParts(run_dir, decoding_overrides(dataclasses.asdict(cfg.gen.decoding)), threads=cfg.serve.threads)  # this run's, as `serve run --set`
     kg = parts.recommender.kg
     batcher = ContinuousBatcher(parts.generator.chat_batch, cfg.serve.max_batch)
     done = 0

@@ -33,11 +33,11 @@ GRIDS = {
 
 
 # With `rec.entity_stance` "negative" is the stance model's P(disliked) of a movie the user named: its evidence is
-# subtracted, at least as much as it adds, so a disliked movie's neighbours go down, never up; the fit says how far.
+# weighted 1 + w·P(disliked) with w below -1, so a disliked movie's neighbours go down, never up; the fit says how far.
 DISLIKED_GRID = (-3.0, -2.0, -1.5)
 
 
-def grid(model, name: str) -> tuple:
+def grid_of(model, name: str) -> tuple:
     """The values tried for a channel weight of this model."""
     if name == "negative entity's evidence" and model.cfg.entity_stance:
         return DISLIKED_GRID
@@ -59,7 +59,7 @@ MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)  # the learned sco
 
 def _channel_knobs(model) -> list[tuple]:
     """(name, parameter, index, grid) of every channel weight this model has."""
-    return [(name, getattr(model, attr), index, grid(model, name)) for name, (attr, index, _) in GRIDS.items() if hasattr(model, attr)]
+    return [(name, getattr(model, attr), index, grid_of(model, name)) for name, (attr, index, _) in GRIDS.items() if hasattr(model, attr)]
 
 
 def _ascend(knobs: list[tuple], metric) -> tuple[float, float]:

@@ -197,10 +197,14 @@ class KnowledgeRetriever:
 def evaluated_decoding(run: RunDir) -> list[str]:
     """The decoding the chat path was evaluated with (gen-eval-served's report on the pool's dev turns), as
     overrides: the chat decodes as its figures were measured, not as the generator's training run was configured."""
+    path = report(f"gen-eval-served-{split_name(POOL)}")
+    return decoding_overrides(run.read_json(path).get("decoding", {}) if run.exists(path) else {})
+
+
+def decoding_overrides(decoding: dict) -> list[str]:
+    """Decoding knobs as `--set` overrides."""
     import json
 
-    path = report(f"gen-eval-served-{split_name(POOL)}")
-    decoding = run.read_json(path).get("decoding", {}) if run.exists(path) else {}
     return [f"gen.decoding.{k}={json.dumps(v)}" for k, v in decoding.items()]
 
 
