@@ -111,8 +111,8 @@ def pairwise_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dic
         for i, real in enumerate(asked["real"]):
             negative = _title_swapped(real, asked["other movie"][i]) if kind == "title swapped" else (asked[kind][i] or {}).get("response")
             prefs.append(np.nan if negative is None else judge.prefer(real["context"], real["title"], real["response"], negative, criterion))
-        print(f"[judge-check] pairwise {criterion}: {len(prefs)} turns asked", flush=True)
         p = np.array(prefs, dtype=float)
+        print(f"[judge-check] pairwise {criterion}: {int((~np.isnan(p)).sum())} of {len(p)} turns asked", flush=True)
 
         def share(pick, p=p) -> dict:
             v = p[pick][~np.isnan(p[pick])]

@@ -142,20 +142,18 @@ def test_a_disliked_movies_neighbours_rank_lower_than_without_it(local_parts):
     from ecr_ray.emotion.stance import PROBES, STANCES
 
     message, truth = PROBES[0]
-    without = message.replace(", but I hated Titanic", "")
-    parts = local_parts
-    assert parts.recommender.rcfg.entity_stance
+    recommender = local_parts.recommender
+    assert recommender.rcfg.entity_stance
 
     def logits(text):
-        found = parts.classifier.detect([text])[0]
+        found = local_parts.classifier.detect([text])[0]
         stances = [{**s, "stance": truth[s["name"]], "probs": {k: 0.9 if k == truth[s["name"]] else 0.05 for k in STANCES}}
                    for s in found["stances"]]
-        return parts.recommender.scores([{"role": "user", "content": text}], [found["probs"]], [stances])[0]
+        return recommender.scores([{"role": "user", "content": text}], [found["probs"]], [stances])[0], stances
 
-    titanic = next(s["entity"] for s in parts.classifier.detect([message])[0]["stances"] if s["name"] == "Titanic")
-    model = parts.recommender.model
-    together = model.tables["items"].index_select(0, torch.tensor([titanic])).to_dense()[0]
-    named, unnamed = logits(message), logits(without)
+    (named, stances), (unnamed, _) = logits(message), logits(message.replace(", but I hated Titanic", ""))
+    titanic = next(s["entity"] for s in stances if s["name"] == "Titanic")
+    together = recommender.model.tables["items"].index_select(0, torch.tensor([titanic])).to_dense()[0]
     neighbours = [i for i in together.argsort(descending=True)[:5].tolist() if together[i] > 0 and unnamed[i].isfinite()]
     assert len(neighbours) >= 3, "the tiny pool talks about Titanic with too few movies for this check"
     assert all(named[i] < unnamed[i] for i in neighbours), [(i, named[i].item(), unnamed[i].item()) for i in neighbours]
