@@ -159,7 +159,7 @@ def _audit(cfg, run_dir, args) -> int:
 
 def _results(run_dir: str, out: Path, readme: Path) -> int:
     from ecr_ray.rundir import RunDir
-    from ecr_ray.run_report import replace_results, results_page
+    from ecr_ray.run_report import judge_validity_record, replace_results, results_page
 
     try:
         page, table = results_page(RunDir(run_dir), run_dir)
@@ -169,6 +169,9 @@ def _results(run_dir: str, out: Path, readme: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     print(f"results: {out}")
+    if validity := judge_validity_record(RunDir(run_dir)):
+        (out.parent / "judge-validity.json").write_text(json.dumps(validity, indent=1) + "\n")
+        print(f"judge validity: {out.parent / 'judge-validity.json'}")
     if readme.exists():
         try:
             readme.write_text(replace_results(readme.read_text(), table))

@@ -350,6 +350,8 @@ class EvalConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     score_sample: int = _knob(1000, "responses per variant scored by the LLM judge (seeded; the paper: 1,000), and turns of its validity check")
     score_seed: int = _knob(0, "seed of the scored sample")
+    readings: dict[str, str] = _knob({}, "criterion -> how the judge is read: score (0-9 alone, the default) or pairwise (an in-process judge "
+                                      "asked whether the reply beats the dataset's logged reply, both orders); chosen by `ecr-ray judge-check`")
     check_turns: int = _knob(100, "training-split turns (one per dialogue) `ecr-ray judge-check` checks the judge's validity on")
     score_pool: ActorPool = _section(ActorPool, "actors scoring (an in-process judge uses round(cpus) torch threads; "
                                      "against an endpoint they only wait)", cpus=0.25, batch_size=8)
@@ -532,7 +534,7 @@ def describe_markdown() -> str:
 def _flatten(values: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in values.items():
-        if isinstance(v, dict) and k != "split_files":
+        if isinstance(v, dict) and k not in ("split_files", "readings"):  # the dict-valued knobs
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

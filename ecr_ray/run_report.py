@@ -21,13 +21,15 @@ SPLITS = {  # where each stage's figures come from
     "gen-eval-served-pool": "dev turns, chat path", "gen-eval-pool": "dev turns, batch path",  # the README says what each path is
 }
 RESPONSE_FIGURES = [("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
-                    ("hallucination_rate", "hallucination rate (unsupported entities and wrong titles, before any filter)"),
+                    ("hallucination_rate", "hallucination rate (wrong titles included, before any filter)"),
                     ("responses_with_wrong_title", "replies naming a wrong movie title"),
                     ("title_put_by_decoding", "replies whose title the decoding put in (gen.decoding.name_item)"),
                     ("emotion_intensity", "emotion intensity (classifier)"),
                     ("llm_emotional_intensity", "LLM score: emotional intensity"), ("llm_emotional_persuasiveness", "LLM score: emotional persuasiveness"),
                     ("llm_logic_persuasiveness", "LLM score: logic persuasiveness"), ("llm_informativeness", "LLM score: informativeness"),
-                    ("llm_lifelikeness", "LLM score: lifelikeness")]
+                    ("llm_lifelikeness", "LLM score: lifelikeness"),
+                    *[(f"llm_pairwise_{c}", f"LLM, preferred to the ReDial reply: {c.replace('_', ' ')}") for c in (
+                        "emotional_intensity", "emotional_persuasiveness", "logic_persuasiveness", "informativeness", "lifelikeness")]]
 PAPER_SPLIT = "ReDial's official test split (classifier: GPT-3.5 labels)"  # the paper's figures: not a split evaluated here
 
 FIGURES = [  # (stage, summary key, what it is)
@@ -46,7 +48,7 @@ FIGURES = [  # (stage, summary key, what it is)
         ("recall_true@10", "RT@10"), ("recall_true@50", "RT@50"), ("auc", "AUC"),
         ("recall_new@10", "R@10 on items not mentioned before"), ("recall_new@50", "R@50 on items not mentioned before")]],
     *[("rec-eval-pool", f"{name}: recall@{k}", f"{label} R@{k} (same examples)") for name, label in [
-        ("paper", "ECR's model alone (the hybrid's learned part = the paper variant)"),
+        ("paper", "ECR's model alone (the paper variant)"),
         ("channels alone", "the hybrid's count/copy channels alone"),
         ("popularity", "baseline popularity"), ("co-occurrence", "baseline co-occurrence"),
         ("co-occurrence + copy", "baseline co-occurrence + copy"),
@@ -113,8 +115,48 @@ def results_page(run_dir, name: str) -> tuple[str, str]:
                "of the same turns (its candidates, if any), both before any filter."
                if "gen-eval-served-pool" in records or "gen-eval-pool" in records else
                " This run has no response figures (its generation stages did not run)."),
-            "", *table, *audit_lines(run_dir)]
+            "", *table, *audit_lines(run_dir), *validity_lines(judge_validity_record(run_dir))]
     return "\n".join(page) + "\n", "\n".join(table)
+
+
+JUDGE_VALIDITY_FROM = {"train": "reports/judge-check.json", "dev": "reports/gen-eval-served-dev.json"}
+
+
+def judge_validity_record(run_dir) -> dict:
+    """Per criterion, the judge's validity in its reading in use on training turns (`ecr-ray judge-check`) and on the
+    dev turns its chat-path scores come from: {criterion: {judge, reading, train: {auc, low, high, turns}, dev: {...}}}; {} when
+    the run has neither report. A split whose report read the criterion another way is left out of it."""
+    from ecr_ray.eval.judge import CRITERIA
+
+    found = {}
+    for split, path in JUDGE_VALIDITY_FROM.items():
+        if run_dir.exists(path):
+            record = run_dir.read_json(path)
+            found[split] = record.get("judge_validity", record) | {"model": record.get("scorer", {}).get("model")}
+    if "dev" not in found:
+        return {}
+    out, judge = {}, found["dev"]["model"]
+    for c in CRITERIA:
+        reading = found["dev"][c].get("reading", "score")
+        out[c] = {"judge": judge, "reading": reading, **{split: {"auc": v[c]["auc"], "low": (v[c]["interval"] or [None])[0], "high": (v[c]["interval"] or [None, None])[1],
+                                                 "turns": v[c]["turns"]}
+                                         for split, v in found.items() if v[c].get("reading", "score") == reading and v["model"] == judge}}
+    return out
+
+
+def validity_lines(record: dict) -> list[str]:
+    """The judge-validity record as a table under the results."""
+    from ecr_ray.eval.judge_validity import VALID_AUC
+
+    if not record:
+        return []
+    shown = lambda v: "not checked" if v is None or v["auc"] is None else (  # noqa: E731
+        f"{v['auc']:.2f}" + (f" [{v['low']:.2f}, {v['high']:.2f}]" if v["low"] is not None else "") + f" ({v['turns']})")
+    return ["", f"Judge validity ({next(iter(record.values()))['judge']}; [judge-validity.json](judge-validity.json)): per criterion, in the reading used, "
+            f"how often the judge tells the real reply from the same reply changed the way that criterion punishes "
+            f"(AUC, turns in brackets); valid at {VALID_AUC} on both splits.", "",
+            "| criterion | reading | training turns | dev turns |", "|---|---|---:|---:|",
+            *(f"| {c} | {v['reading']} | {shown(v.get('train'))} | {shown(v.get('dev'))} |" for c, v in record.items())]
 
 
 def audit_lines(run_dir) -> list[str]:

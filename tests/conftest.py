@@ -110,7 +110,7 @@ SERVE_PORT = free_port()
 REC = ["rec-context-pool", "rec-cooccurrence", "rec-train"]
 GEN = ["gen-reviews", "gen-train", "gen-respond-pool", "gen-eval-pool", "gen-eval-served-pool"]
 # the scorer's local server; the chat's recommender reads each named movie's stance (its own check in test_serve)
-TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}", "rec.entity_stance=true"]
+TINY_GEN = ["eval.scorer.max_tokens=60", f"llm_server.port={SERVE_PORT}", "rec.entity_stance=true", "eval.readings={informativeness: pairwise}"]
 
 
 @pytest.fixture(scope="session")

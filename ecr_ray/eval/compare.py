@@ -17,7 +17,6 @@ VARIANT_NAMES = {"base": "base model (no fine-tuning)", "no-retrieval": "fine-tu
 
 def compare(cfg: Config, run_dir: RunDir) -> dict:
     """The gen-compare stage."""
-    from ecr_ray.eval.judge import CRITERIA
     from ecr_ray.report import comparison_chart, comparison_table
 
     train_generator(cfg, run_dir, retrieval=False, name=VARIANTS["no-retrieval"][0])
@@ -33,15 +32,18 @@ def compare(cfg: Config, run_dir: RunDir) -> dict:
         rows.sort(key=lambda r: (r["conversation_id"], r["turn"]))
     scores, validity = judged(cfg, run_dir, by_variant, ecr)
     results = {VARIANT_NAMES[v]: merged(text_report(cfg, run_dir, rows), scores[v]) for v, rows in by_variant.items()}
-    llm_keys = [f"llm_{c}" for c in CRITERIA]
+    llm_keys = [f"llm_{c}" for c, how in validity["readings"].items() if how == "score"]  # each criterion in its reading in use
+    pair_keys = [f"llm_pairwise_{c}" for c, how in validity["readings"].items() if how == "pairwise"]
     run_dir.write_json(json_path, {**results, "judge_validity": validity})
-    table = (comparison_table(results, TEXT_KEYS) + "\n" + comparison_table(results, llm_keys + ["ok", "scored"]) + "\n"
+    table = (comparison_table(results, TEXT_KEYS) + "\n" + comparison_table(results, llm_keys + pair_keys + ["ok", "scored"]) + "\n"
+             + ("llm_pairwise_*: the share of turns whose reply the judge prefers to the logged ReDial reply.\n\n" if pair_keys else "")
              + validity_table(validity, cfg.eval.scorer))
     run_dir.write_text(md_path, table)
-    run_dir.write_bytes(png_path, comparison_chart(results, [("text metrics (dev sample)", TEXT_KEYS), ("LLM scores 0-9", llm_keys)]))
+    charts = [("text metrics (dev sample)", TEXT_KEYS), ("LLM scores 0-9", llm_keys)] + ([("preferred over the logged reply", pair_keys)] if pair_keys else [])
+    run_dir.write_bytes(png_path, comparison_chart(results, charts))
     run_dir.write_text(examples_path, examples(by_variant))
     print(table, flush=True)
-    return {name: {k: m[k] for k in ("hallucination_rate", "emotion_intensity", "bleu-2", "llm_informativeness")} for name, m in results.items()}
+    return {name: {k: m[k] for k in ("hallucination_rate", "emotion_intensity", "bleu-2", *llm_keys, *pair_keys)} for name, m in results.items()}
 
 
 def examples(by_variant: dict[str, list[dict]], n: int = 3) -> str:

@@ -11,7 +11,8 @@ from ecr_ray.artifacts import CLASSIFIER, SCORE_CACHE, model, report, responses,
 from ecr_ray.config import Config
 from ecr_ray.eval.intervals import dialogue_intervals
 from ecr_ray.eval.judge import CRITERIA
-from ecr_ray.eval.judge_validity import judge_validity, validity_asked, validity_table
+from ecr_ray.eval.judge_validity import (in_use, judge_validity, pairwise_validity, readings, validity_asked, validity_table,
+                                         win_share)
 from ecr_ray.llm.cache import ask_pending, best_results, read_cache, this_run
 from ecr_ray.llm.client import ERROR, FAILED, OK, check_answered
 from ecr_ray.rundir import RunDir
@@ -84,13 +85,37 @@ def llm_scores(cfg: Config, samples: dict[str, list[dict]], results: list[dict])
 
 
 def judged(cfg: Config, run_dir: RunDir, by_variant: dict[str, list[dict]], ecr: list[dict]) -> tuple[dict, dict]:
-    """`llm_scores` of the variants and the `judge_validity` of ECR's turns, from one pass of the judge over all
-    their rows (so a turn's rows, from every variant and kind, share their conversation's prefill)."""
+    """`llm_scores` of the variants and the judge's validity on ECR's turns (`judge_validity.in_use`), from one pass of
+    the judge over all their rows (so a turn's rows, from every variant and kind, share their conversation's prefill);
+    criteria read pairwise are then asked of an in-process judge here, each reply against the turn's logged one."""
     samples, sample = {v: score_sample(cfg, rows) for v, rows in by_variant.items()}, score_sample(cfg, ecr)
     scored = [r for rows in samples.values() for r in rows]
     asked = validity_asked(cfg, run_dir, sample)
     results = judge_rows(cfg, run_dir, scored + [x for rows in asked.values() for x in rows if x is not None])
-    return llm_scores(cfg, samples, results[:len(scored)]), judge_validity(cfg, sample, asked, results[len(scored):])
+    scores, by_score = llm_scores(cfg, samples, results[:len(scored)]), judge_validity(cfg, sample, asked, results[len(scored):])
+    pairwise = [c for c, how in readings(cfg).items() if how == "pairwise"]
+    if not pairwise:
+        return scores, in_use(cfg, by_score, None)
+    from ecr_ray.eval.judge import LocalJudge
+
+    judge = LocalJudge(cfg.eval.scorer.model, cfg.models.allow_download, threads=max(1, round(cfg.eval.score_pool.cpus)))
+    for variant, rows in samples.items():
+        scores[variant] |= preferred_over_reference(cfg, rows, judge, pairwise)
+        scores[variant]["intervals"] |= scores[variant].pop("pairwise_intervals")
+    return scores, in_use(cfg, by_score, pairwise_validity(cfg, sample, asked, judge, pairwise))
+
+
+def preferred_over_reference(cfg: Config, rows: list[dict], judge, criteria: list[str]) -> dict:
+    """Per criterion, `llm_pairwise_<c>`: the share of `rows` whose reply the judge prefers to the turn's logged reply
+    (ties half), with its interval over dialogues."""
+    from tqdm import tqdm
+
+    prefs = [judge.prefer(r["context"], r["title"], r["response"], r["reference"], criteria)
+             for r in tqdm(rows, desc="judge, pairwise against the logged replies", mininterval=30)]
+    p = {c: np.array([x[c] for x in prefs], dtype=float) for c in criteria}
+    shares = lambda pick: {f"llm_pairwise_{c}": win_share(p[c], pick)["share"] for c in criteria}  # noqa: E731
+    return {**shares(np.arange(len(rows))),
+            "pairwise_intervals": dialogue_intervals(shares, [r["conversation_id"] for r in rows], cfg.eval.intervals)}
 
 
 def merged(text: dict, scores: dict) -> dict:
@@ -126,7 +151,8 @@ def evaluate_rows(cfg: Config, run_dir: RunDir, rows: list[dict], out: str, extr
     result.update(extra or {}, scorer={"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, judge_validity=validity)
     print(validity_table(result["judge_validity"], cfg.eval.scorer), flush=True)
     run_dir.write_json(out, result)
-    return {**{k: v for k, v in result.items() if not isinstance(v, dict)}, "intervals": result.get("intervals", {})}  # the README's intervals
+    unread = {f"llm_{c}" for c, how in validity["readings"].items() if how != "score"}  # the README shows each criterion's reading in use
+    return {**{k: v for k, v in result.items() if not isinstance(v, dict) and k not in unread}, "intervals": result.get("intervals", {})}
 
 
 def evaluate_group(cfg: Config, run_dir: RunDir, group: str) -> dict:

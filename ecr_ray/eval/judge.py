@@ -39,12 +39,13 @@ def judge_body(context: str, title: str, response: str) -> str:
     return f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse to judge:\n{response}"
 
 
-def pair_messages(context: str, title: str, first: str, second: str, criterion: str) -> list[dict]:
-    """The chat asking which of two responses does `criterion`'s question better (A: `first`)."""
+def pair_body(context: str, title: str, first: str, second: str) -> str:
+    return f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse A:\n{first}\n\nResponse B:\n{second}\n\n"
+
+
+def pair_ask(criterion: str) -> str:
     question = QUESTIONS[criterion].split("?")[0] + "?"  # the question without its 0-9 anchors
-    body = (f"Conversation:\n{context}\n\nRecommended movie: {title}\n\nResponse A:\n{first}\n\nResponse B:\n{second}\n\n"
-            f"Question, about each response: {question} Which response does this better, A or B? Answer with one letter.")
-    return [{"role": "system", "content": PAIR_RUBRIC}, {"role": "user", "content": body}]
+    return f"Question, about each response: {question} Which response does this better, A or B? Answer with one letter."
 
 
 def judge_messages(context: str, title: str, response: str, criterion: str) -> list[dict]:
@@ -109,12 +110,18 @@ class LocalJudge:
     def parts(self, context: str, title: str, response: str) -> tuple[list[int], dict[str, list[int]]]:
         """The shared prefix's token ids and each criterion's suffix (its question, the end of the user
         turn and the assistant's header)."""
-        body = judge_body(context, title, response)
-        text = self.tokenizer.apply_chat_template([{"role": "system", "content": RUBRIC}, {"role": "user", "content": body + MARK}],
+        return self._split(RUBRIC, judge_body(context, title, response), {c: ASK.format(question=q) for c, q in QUESTIONS.items()})
+
+    def pair_parts(self, context: str, title: str, first: str, second: str) -> tuple[list[int], dict[str, list[int]]]:
+        """`parts` of the pairwise question (A: `first`): the two responses are the prefix, each criterion's question its suffix."""
+        return self._split(PAIR_RUBRIC, pair_body(context, title, first, second), {c: pair_ask(c) for c in CRITERIA})
+
+    def _split(self, system: str, body: str, asks: dict[str, str]) -> tuple[list[int], dict[str, list[int]]]:
+        text = self.tokenizer.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": body + MARK}],
                                                   tokenize=False, add_generation_prompt=True)
         before, after = text.split(MARK)
         encode = lambda s: self.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731 - the template holds the special tokens
-        return encode(before), {c: encode(ASK.format(question=q) + after) for c, q in QUESTIONS.items()}
+        return encode(before), {c: encode(a + after) for c, a in asks.items()}
 
     def digit_probs(self, logits) -> list[float]:
         """The ten digits' probabilities in the next-token distribution (each digit's spellings summed)."""
@@ -146,16 +153,12 @@ class LocalJudge:
         self.last = prefix, cache
         return copy.deepcopy(cache)  # the caller extends its copy with the questions
 
-    def score(self, context: str, title: str, response: str) -> dict[str, float]:
-        """The five criteria's scores (0-9, probability-weighted) of one response: the prefix once (what it shares
-        with the last row's reused), then the five questions together on copies of its cache (left-padded to one
-        width: 1.9 s a response one question at a time)."""
+    def next_logits(self, prefix: list[int], asks: list[list[int]]):
+        """The next-token logits after `prefix` + each of `asks`: the prefix once (what it shares with the last
+        row's reused), then the asks together on copies of its cache (left-padded to one width)."""
         import torch
 
-        prefix, suffixes = self.parts(context, title, response)
-        asks = [suffixes[c] for c in CRITERIA]
-        width, start = max(map(len, asks)), len(prefix)
-        device = self.model.device
+        width, start, device = max(map(len, asks)), len(prefix), self.model.device
         pad = lambda a: width - len(a)  # noqa: E731
         ids = [[self.tokenizer.eos_token_id] * pad(a) + a for a in asks]
         mask = [[1] * start + [0] * pad(a) + [1] * len(a) for a in asks]
@@ -163,22 +166,26 @@ class LocalJudge:
         cache = self.prefilled(prefix)
         with torch.inference_mode():
             cache.batch_repeat_interleave(len(asks))
-            logits = self.model(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
-                                position_ids=torch.tensor(positions, device=device), past_key_values=cache, use_cache=True,
-                                logits_to_keep=1).logits[:, -1].cpu()
+            return self.model(input_ids=torch.tensor(ids, device=device), attention_mask=torch.tensor(mask, device=device),
+                              position_ids=torch.tensor(positions, device=device), past_key_values=cache, use_cache=True,
+                              logits_to_keep=1).logits[:, -1].cpu()
+
+    def score(self, context: str, title: str, response: str) -> dict[str, float]:
+        """The five criteria's scores (0-9, probability-weighted) of one response, its five questions asked together
+        (1.9 s a response one question at a time)."""
+        prefix, suffixes = self.parts(context, title, response)
+        logits = self.next_logits(prefix, [suffixes[c] for c in CRITERIA])
         return {c: expected_digit(self.digit_probs(row)) for c, row in zip(CRITERIA, logits)}
 
-    def prefer(self, context: str, title: str, first: str, second: str, criterion: str) -> float:
-        """P(`first` does `criterion` better than `second`) from the next-token P(A) and P(B), averaged over both
-        orders (the judge's position bias cancels); 0.5: no preference."""
+    def prefer(self, context: str, title: str, first: str, second: str, criteria=CRITERIA) -> dict[str, float]:
+        """Per criterion, P(`first` does it better than `second`) from the next-token P(A) and P(B), averaged over both
+        orders (the judge's position bias cancels); 0.5: no preference. The criteria of one order are asked together."""
         import torch
 
-        def p_a(a: str, b: str) -> float:
-            ids = self.tokenizer.apply_chat_template(pair_messages(context, title, a, b, criterion), add_generation_prompt=True, tokenize=False)
-            ids = torch.tensor([self.tokenizer.encode(ids, add_special_tokens=False)], device=self.model.device)
-            with torch.inference_mode():
-                p = torch.softmax(self.model(input_ids=ids, logits_to_keep=1).logits[0, -1].float(), -1)
-            pa, pb = (float(p[self.letters[x]].sum()) for x in "AB")
-            return pa / (pa + pb) if pa + pb > 0 else 0.5
+        def p_a(a: str, b: str) -> list[float]:
+            prefix, suffixes = self.pair_parts(context, title, a, b)
+            p = torch.softmax(self.next_logits(prefix, [suffixes[c] for c in criteria]).float(), -1)
+            pa, pb = (p[:, self.letters[x]].sum(-1) for x in "AB")
+            return [float(x / (x + y)) if x + y > 0 else 0.5 for x, y in zip(pa, pb)]
 
-        return 0.5 * (p_a(first, second) + 1 - p_a(second, first))
+        return {c: 0.5 * (x + 1 - y) for c, x, y in zip(criteria, p_a(first, second), p_a(second, first), strict=True)}

@@ -32,23 +32,26 @@ def training_turns(cfg: Config, run_dir: RunDir) -> list[dict]:
 
 
 def judge_check(cfg: Config, run_dir: RunDir) -> dict:
-    """The judge-check stage -> reports/judge-check.json (and its table on stdout)."""
+    """The judge-check stage -> reports/judge-check.json (and its tables on stdout): both readings of every criterion
+    (pairwise only for an in-process judge), and the validity of the readings `eval.readings` names."""
     from ecr_ray.eval.generation import judge_rows
     from ecr_ray.eval.judge import CRITERIA
-    from ecr_ray.eval.judge_validity import judge_validity, pairwise_validity, validity_asked, validity_table
+    from ecr_ray.eval.judge_validity import in_use, judge_validity, pairwise_validity, readings, validity_asked, validity_table
 
+    readings(cfg)  # a bad eval.readings fails before the judge runs
     sample = training_turns(cfg, run_dir)
     asked = validity_asked(cfg, run_dir, sample)
     results = judge_rows(cfg, run_dir, [x for rows in asked.values() for x in rows if x is not None])
-    validity = {**judge_validity(cfg, sample, asked, results), "split": "train"}
-    print(validity_table(validity, cfg.eval.scorer), flush=True)
+    by_score, pairwise = {**judge_validity(cfg, sample, asked, results), "split": "train"}, None
+    print(validity_table(by_score, cfg.eval.scorer), flush=True)
     if cfg.eval.scorer.base_url is None:  # an in-process judge is asked pairwise too (it reads the next token's P(A), P(B))
         from ecr_ray.eval.judge import LocalJudge
 
         judge = LocalJudge(cfg.eval.scorer.model, cfg.models.allow_download, threads=max(1, round(cfg.eval.score_pool.cpus)))
-        validity["pairwise"] = {**pairwise_validity(cfg, sample, asked, judge), "split": "train"}
-        print(validity_table(validity["pairwise"], cfg.eval.scorer), flush=True)
+        pairwise = {**pairwise_validity(cfg, sample, asked, judge), "split": "train"}
+        print(validity_table(pairwise, cfg.eval.scorer), flush=True)
+    validity = in_use(cfg, by_score, pairwise)
+    print(validity_table(validity, cfg.eval.scorer), flush=True)
     run_dir.write_json(JUDGE_CHECK, {"scorer": {"model": cfg.eval.scorer.model, "base_url": cfg.eval.scorer.base_url}, **validity})
-    pairwise = validity.get("pairwise", {})
-    return {"valid": validity["valid"], **{c: validity[c]["auc"] for c in CRITERIA},
-            **({"pairwise_valid": pairwise["valid"], **{f"pairwise {c}": pairwise[c]["auc"] for c in CRITERIA}} if pairwise else {})}
+    return {"valid": validity["valid"], "readings": validity["readings"],
+            **{f"{c} by {r[c]['reading']}": r[c]["auc"] for r in (by_score, pairwise or {}) for c in CRITERIA if c in r}}

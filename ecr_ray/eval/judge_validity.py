@@ -8,8 +8,8 @@ emotional_*               the reply without its emotional sentences (the emotion
                           that have one; "You could watch <title>." where nothing else is left
 
 A turn whose reply cannot be changed that way (it names nothing; it has no emotional sentence) sits out that
-criterion. The judge is valid when every criterion's AUC reaches VALID_AUC. Asked pairwise (`pairwise_validity`,
-an in-process judge), the AUC is the share of turns whose real reply it prefers."""
+criterion. Asked pairwise (`pairwise_validity`, an in-process judge), the AUC is the share of turns whose real reply
+it prefers. The judge is valid when every criterion's AUC, in the reading `eval.readings` names, reaches VALID_AUC."""
 from __future__ import annotations
 
 import random
@@ -94,32 +94,65 @@ def judge_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dict |
             return {"auc": auc(pairs[pick, 0], pairs[pick, 1]) if len(pick) else None}
 
         spread = dialogue_intervals(aucs, dialogues, cfg.eval.intervals).get("auc")
-        out[criterion] = {"negative": kind, "turns": int(have.sum()), "auc": aucs(np.arange(len(sample)))["auc"], "interval": spread}
+        out[criterion] = {"negative": kind, "reading": "score", "turns": int(have.sum()), "auc": aucs(np.arange(len(sample)))["auc"], "interval": spread}
     out["valid"] = all((out[c]["auc"] or 0) >= VALID_AUC for c in CRITERIA)
     return out
 
 
-def pairwise_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dict | None]], judge) -> dict:
-    """Per criterion, the share of turns whose real reply an in-process judge prefers to its negative when shown
-    both (`LocalJudge.prefer` above 0.5, ties half), with its interval over dialogues: the same negatives, except
-    logic persuasiveness, against the real reply with the recommended title swapped for another turn's."""
-    negatives = {**NEGATIVES, "logic_persuasiveness": "title swapped"}
+def pairwise_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dict | None]], judge, criteria=CRITERIA) -> dict:
+    """Per criterion of `criteria`, the share of turns whose real reply an in-process judge prefers to its negative
+    when shown both (`LocalJudge.prefer` above 0.5, ties half), with its interval over dialogues: the same negatives,
+    except logic persuasiveness, against the real reply with the recommended title swapped for another turn's."""
+    negatives = {c: "title swapped" if c == "logic_persuasiveness" else NEGATIVES[c] for c in criteria}
+    prefs = {c: [] for c in criteria}
+    for i, real in enumerate(asked["real"]):
+        for kind in dict.fromkeys(negatives.values()):  # the criteria of one negative are asked together
+            asking = [c for c in criteria if negatives[c] == kind]
+            negative = _title_swapped(real, asked["other movie"][i]) if kind == "title swapped" else (asked[kind][i] or {}).get("response")
+            got = judge.prefer(real["context"], real["title"], real["response"], negative, asking) if negative else {}
+            for c in asking:
+                prefs[c].append(got.get(c, np.nan))
     out = {"turns": len(sample), "valid_auc": VALID_AUC, "negatives": negatives, "reading": "pairwise"}
     dialogues = [r["conversation_id"] for r in sample]
     for criterion, kind in negatives.items():
-        prefs = []
-        for i, real in enumerate(asked["real"]):
-            negative = _title_swapped(real, asked["other movie"][i]) if kind == "title swapped" else (asked[kind][i] or {}).get("response")
-            prefs.append(np.nan if negative is None else judge.prefer(real["context"], real["title"], real["response"], negative, criterion))
-        p = np.array(prefs, dtype=float)
-        print(f"[judge-check] pairwise {criterion}: {int((~np.isnan(p)).sum())} of {len(p)} turns asked", flush=True)
+        p = np.array(prefs[criterion], dtype=float)
+        out[criterion] = {"negative": kind, "reading": "pairwise", "turns": int((~np.isnan(p)).sum()),
+                          "auc": win_share(p, np.arange(len(p)))["share"],
+                          "interval": dialogue_intervals(lambda pick, p=p: win_share(p, pick), dialogues, cfg.eval.intervals).get("share")}
+    out["valid"] = all((out[c]["auc"] or 0) >= VALID_AUC for c in criteria)
+    return out
 
-        def share(pick, p=p) -> dict:
-            v = p[pick][~np.isnan(p[pick])]
-            return {"auc": float(np.mean((v > 0.5) + 0.5 * (v == 0.5))) if len(v) else None}
 
-        out[criterion] = {"negative": kind, "turns": int((~np.isnan(p)).sum()), "auc": share(np.arange(len(p)))["auc"],
-                          "interval": dialogue_intervals(share, dialogues, cfg.eval.intervals).get("auc")}
+def win_share(p: np.ndarray, pick: np.ndarray) -> dict:
+    """The share of the picked preferences above 0.5 (ties half; NaN: not asked)."""
+    v = p[pick][~np.isnan(p[pick])]
+    return {"share": float(np.mean((v > 0.5) + 0.5 * (v == 0.5))) if len(v) else None}
+
+
+def readings(cfg: Config) -> dict[str, str]:
+    """How each criterion is read: "score" (0-9 alone) unless `eval.readings` says "pairwise"."""
+    from ecr_ray.config import ConfigError
+
+    asked = cfg.eval.readings
+    if unknown := sorted(set(asked) - set(CRITERIA)):
+        raise ConfigError(f"eval.readings names {unknown[0]!r}, not a criterion (known: {', '.join(CRITERIA)})")
+    if bad := sorted(c for c, how in asked.items() if how not in ("score", "pairwise")):
+        raise ConfigError(f"eval.readings.{bad[0]} should be 'score' or 'pairwise', got {asked[bad[0]]!r}")
+    if "pairwise" in asked.values() and cfg.eval.scorer.base_url:
+        raise ConfigError("a pairwise reading (eval.readings) needs the judge in-process: set eval.scorer.base_url to null")
+    return {c: asked.get(c, "score") for c in CRITERIA}
+
+
+def in_use(cfg: Config, by_score: dict, pairwise: dict | None) -> dict:
+    """The validity of the readings `cfg` uses, criterion by criterion, beside both readings' full records; `valid`:
+    every criterion's reading in use reaches VALID_AUC."""
+    used = readings(cfg)
+    out = {k: v for k, v in by_score.items() if k not in CRITERIA} | {"readings": used, "score": by_score}
+    if pairwise:
+        out["pairwise"] = pairwise
+    for c, how in used.items():
+        out[c] = {"reading": how, **(pairwise if how == "pairwise" else by_score)[c]}
+    out.pop("negatives", None)  # each criterion's entry names its own
     out["valid"] = all((out[c]["auc"] or 0) >= VALID_AUC for c in CRITERIA)
     return out
 
@@ -133,16 +166,17 @@ def _title_swapped(real: dict, other: dict | None) -> str | None:
 
 
 def validity_table(validity: dict, scorer) -> str:
-    """The judge's validity as markdown, with the verdict a reader needs before trusting the scores."""
+    """The judge's validity as markdown, each criterion in the reading it is read in, with the verdict a reader
+    needs before trusting the scores."""
     where = f"{scorer.model}{' at ' + scorer.base_url if scorer.base_url else ', in-process'}"
-    rows = "".join(f"| {c} | {v['negative']} | {v['turns']} | " + ("n/a" if v["auc"] is None else f"{v['auc']:.3f}")
+    rows = "".join(f"| {c} | {v.get('reading', 'score')} | {v['negative']} | {v['turns']} | " + ("n/a" if v["auc"] is None else f"{v['auc']:.3f}")
                    + (f" [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]" if v["interval"] else "") + " |\n"
-                   for c in CRITERIA for v in [validity[c]])
-    verdict = (f"The judge scores every criterion's negative lower (AUC >= {validity['valid_auc']}); its scores can be read."
+                   for c in CRITERIA if c in validity for v in [validity[c]])
+    verdict = (f"The judge's reading of every criterion tells its negative apart (AUC >= {validity['valid_auc']}); its scores can be read."
                if validity["valid"] else
                f"NOT VALID: at least one criterion's AUC is below {validity['valid_auc']}, so the scores above do not show what "
                "they name; treat them as unvalidated.")
-    how = "asked which of the two is better, both orders" if validity.get("reading") == "pairwise" else "each scored alone"
     return (f"Judge validity ({where}; {validity['turns']} {validity.get('split', 'dev')} turns: the real reply against the same "
-            f"reply changed in the way each criterion punishes, {how})\n\n| criterion | negative | turns | AUC [95%] |\n|---|---|---:|---:|\n"
-            + rows + "\n" + verdict + "\n")
+            "reply changed in the way each criterion punishes; score: each scored alone, AUC; pairwise: asked which of the two is "
+            "better in both orders, the share preferring the real one)\n\n| criterion | reading | negative | turns | AUC [95%] |\n"
+            "|---|---|---|---:|---:|\n" + rows + "\n" + verdict + "\n")

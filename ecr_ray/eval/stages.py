@@ -20,28 +20,30 @@ from ecr_ray.rec.examples import feeling_stages
 from ecr_ray.eval.compare import compare
 from ecr_ray.eval.generation import evaluate_group
 from ecr_ray.eval.judge_check import JUDGE_CHECK, judge_check
+from ecr_ray.eval.judge_validity import readings
 from ecr_ray.eval.served import SERVED, evaluate_served
 from ecr_ray.llm.client import require_api_key
 from ecr_ray.rec.context import context_stage
 from ecr_ray.stage import Stage
 
-SCORING = ("eval.scorer", "eval.score_sample", "eval.score_seed", "gen.emotion_threshold")  # the generator and decoding: the needs
+SCORING = ("eval.scorer", "eval.readings", "eval.score_sample", "eval.score_seed", "gen.emotion_threshold")  # the generator and decoding: the needs
 ANSWERING = ("gen.decoding", "gen.context_turns", "gen.sample_size", "gen.sample_seed")  # the chat path's (gen-train covers the generator)
 
 
 def eval_stages(cfg: Config) -> list[Stage]:
     require_api_key(cfg.eval.scorer, "the generation scorer", "eval.scorer")
+    readings(cfg)  # a bad eval.readings fails at planning, not after the responses
     stages = [Stage(f"gen-eval-{g}", run=partial(evaluate_group, group=g), outputs=(report(f"gen-eval-{split_name(g)}"),),
-                    needs=(f"gen-respond-{g}",), config=SCORING, version=2)
+                    needs=(f"gen-respond-{g}",), config=SCORING, version=3)  # 3: eval.readings
               for g in [POOL, *sorted(cfg.data.split_files)]]
     stages += [Stage(f"gen-eval-{SERVED}-{g}", run=partial(evaluate_served, group=g), config=(*ANSWERING, *SCORING),
                      outputs=(responses(SERVED, g), report(f"gen-eval-{SERVED}-{split_name(g)}")),
                      needs=("gen-train", "rec-train", *feeling_stages(cfg, g), *context_stage(cfg, g)),
-                     version=3)  # 3: the report records the decoding the chat then uses
+                     version=4)  # 3: the report records the decoding the chat then uses; 4: eval.readings
                for g in [POOL, *sorted(cfg.data.split_files)]]
-    stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING, version=2,
+    stages.append(Stage("gen-compare", run=compare, needs=(f"gen-respond-{POOL}",), optional=True, config=SCORING, version=3,
                         outputs=(model(GENERATOR_NO_RETRIEVAL), *(responses(v, POOL) for v in ("base", "no-retrieval")), *GENERATION_REPORTS)))
     stages.append(Stage("judge-check", run=judge_check, needs=(f"prepare-{POOL}", "emotion-classifier"), optional=True,
-                        config=(*SCORING, "eval.check_turns", "gen.context_turns"), version=3,
+                        config=(*SCORING, "eval.check_turns", "gen.context_turns"), version=4,
                         outputs=(JUDGE_CHECK,)))
     return stages

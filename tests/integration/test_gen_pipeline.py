@@ -69,6 +69,12 @@ def test_responses_for_the_recommenders_items_and_their_metrics(gen_run):
         (validity[c]["auc"] or 0) >= validity["valid_auc"] for c in CRITERIA)
     assert all(validity[c]["turns"] <= validity["turns"] and (validity[c]["auc"] is None or 0 <= validity[c]["auc"] <= 1) for c in CRITERIA)
     assert validity["logic_persuasiveness"]["turns"] == validity["turns"]  # another turn's movie: every turn has that negative
+    # informativeness is read pairwise (the fixture's eval.readings): the reply against the logged one, validated that way
+    assert 0 <= report["llm_pairwise_informativeness"] <= 1 and "llm_pairwise_informativeness" in report["intervals"]
+    assert validity["informativeness"]["reading"] == "pairwise" and validity["informativeness"]["negative"] == "deinformed"
+    assert validity["informativeness"] == {"reading": "pairwise", **validity["pairwise"]["informativeness"]}
+    assert validity["lifelikeness"] == validity["score"]["lifelikeness"] and "informativeness" in validity["score"]
+    assert "llm_informativeness" not in summaries["gen-eval-pool"] and "llm_pairwise_informativeness" in summaries["gen-eval-pool"]
 
 
 def test_the_chat_path_is_evaluated_as_served(gen_run):
@@ -109,6 +115,8 @@ def test_judge_check_scores_training_turns_only(gen_run):
     check = run_dir.read_json("reports/judge-check.json")
     assert check["split"] == "train" and check["turns"] == cfg.eval.check_turns and check["scorer"]["model"] == cfg.eval.scorer.model
     assert check["valid"] == all((check[c]["auc"] or 0) >= check["valid_auc"] for c in CRITERIA) and check["lifelikeness"]["negative"] == "shuffled"
+    assert set(check["pairwise"]) >= set(CRITERIA) and set(check["score"]) >= set(CRITERIA)  # both readings of every criterion, to choose from
+    assert check["informativeness"]["reading"] == "pairwise" and check["lifelikeness"]["reading"] == "score"
 
 
 def test_scores_are_cached_and_the_comparison_is_written(gen_run):
@@ -119,7 +127,8 @@ def test_scores_are_cached_and_the_comparison_is_written(gen_run):
     first = run_dir.read_json("reports/gen-eval-dev.json")
     again = run_stages(cfg, run_dir, only=["gen-eval-pool"], force=True)["gen-eval-pool"]
     assert sorted(p.name for p in Path(run_dir.path("cache/scores")).iterdir()) == parts  # every score came from cache/scores
-    assert {k: again[k] for k in ("ok", "llm_informativeness")} == {k: first[k] for k in ("ok", "llm_informativeness")}
+    same = ("ok", "llm_lifelikeness", "llm_pairwise_informativeness")  # a pairwise reading is asked again, and reads the same
+    assert {k: again[k] for k in same} == {k: first[k] for k in same}
 
     run_stages(cfg, run_dir, only=["gen-compare"])
     results = run_dir.read_json("reports/generation.json")
@@ -127,7 +136,8 @@ def test_scores_are_cached_and_the_comparison_is_written(gen_run):
     validity = results.pop("judge_validity")
     assert all(m["responses"] == cfg.gen.sample_size and m["scored"] == cfg.eval.score_sample for m in results.values())
     table = run_dir.read_text("reports/generation.md")
-    assert all(f"| {name} |" in table for name in results) and "| lifelikeness | shuffled |" in table
+    assert all(f"| {name} |" in table for name in results) and "| lifelikeness | score | shuffled |" in table
+    assert "llm_pairwise_informativeness" in table and all(0 <= m["llm_pairwise_informativeness"] <= 1 for m in results.values())
     assert ("NOT VALID" in table) != validity["valid"]
     assert open(run_dir.path("reports/generation.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert run_dir.read_text("reports/generation-examples.md").count("### Example") == 3

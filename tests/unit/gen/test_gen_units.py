@@ -471,26 +471,6 @@ def test_the_judge_reads_a_probability_weighted_digit_with_the_shared_prefix_cac
     assert all(abs(reused[c] - fresh[c]) < 1e-3 for c in CRITERIA)
 
 
-def test_the_judge_asked_pairwise_reads_both_orders_and_each_criterion_meets_its_own_negative():
-    from ecr_ray.eval.judge import CRITERIA, LocalJudge
-    from ecr_ray.eval.judge_validity import pairwise_validity
-
-    judge = LocalJudge("smollm2-135m-instruct")
-    context, title = "User: I loved Inception, anything like it?", "Interstellar"
-    real, other = "Watch Interstellar: Nolan's space epic, I cried at the end.", "You could watch it."
-    p = judge.prefer(context, title, real, other, "informativeness")
-    assert 0.0 < p < 1.0 and abs(p + judge.prefer(context, title, other, real, "informativeness") - 1.0) < 1e-6  # both orders, averaged
-    sample = [{"conversation_id": c, "turn": 1} for c in (1, 2)]
-    ask = lambda response, t=title: {"context": context, "title": t, "response": response}  # noqa: E731
-    asked = {"real": [ask(real), ask("Sure, why not.")], "deinformed": [ask("Watch it: its space epic, I cried at the end."), None],
-             "other movie": [ask(real, "Titanic"), ask("Sure, why not.", "Titanic")], "shuffled": [ask("epic, Watch space Interstellar:"), None],
-             "unemotional": [ask("Watch Interstellar: Nolan's space epic."), None]}
-    found = pairwise_validity(load_config("tiny"), sample, asked, judge)
-    assert found["negatives"]["logic_persuasiveness"] == "title swapped" and found["reading"] == "pairwise"
-    # the second turn has no negative but "other movie", and its reply does not name the title: it sits every criterion out
-    assert all(found[c]["turns"] == 1 and found[c]["auc"] in (0.0, 0.5, 1.0) for c in CRITERIA)
-
-
 def test_dialogue_intervals_resample_whole_dialogues():
     from ecr_ray.config import IntervalConfig
     from ecr_ray.eval.intervals import dialogue_intervals
