@@ -1,4 +1,4 @@
-"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|audit|chat|results|config` — one parser shared by every subcommand."""
+"""`ecr-ray run|prepare|evaluate|ablations|compare|judge-check|simulate|audit|chat|results|config` — one parser shared by every subcommand."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ecr_ray.config import ConfigError, describe, describe_markdown, load_config
 
-OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare", "judge-check": "judge-check"}  # commands that run an optional stage
+OPTIONAL = {"ablations": "rec-ablations", "compare": "gen-compare", "judge-check": "judge-check", "simulate": "simulate"}  # commands that run an optional stage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the stages the comparison needs, then compare the base generator, fine-tuning without retrieval and ECR (reports/generation.md/.png)")
     sub.add_parser("judge-check", parents=[common],
                    help="the LLM judge's validity on training-split turns (reports/judge-check.json), to choose a judge without the dev turns")
+    sub.add_parser("simulate", parents=[common], help="LLM-simulated seekers talk to the served recommender and the systems it is "
+                   "compared with, iEvaLM's protocol offline (reports/simulation-<split>.md/.json/.png)")
     audit = sub.add_parser("audit", parents=[common], help="the hallucination audit of the chat path's replies: the blind sheet for an "
                            "auditor, then, with the verdicts, the agreement with the automatic rate (reports/hallucination-audit.md)")
     audit.add_argument("--labels", default="docs/hallucination-audit.jsonl", help="the verdicts, one JSON line per reply "

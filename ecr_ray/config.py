@@ -374,6 +374,22 @@ class ServeConfig:
 
 
 @dataclass
+class SimConfig:
+    split: str = _knob("dev", "the pool split whose dialogues the simulated seekers come from")
+    dialogues: int = _knob(30, "dialogues simulated (a seeded sample of those with a recommended KG movie)")
+    seed: int = _knob(0, "seed of the sample and of the simulator's sampling")
+    rounds: int = _knob(3, "rounds per dialogue: a seeker message, then the system's answer (iEvaLM: at most 5)")
+    modes: str = _knob("attribute,free", "comma-separated: attribute (each message states one KG attribute of the targets) "
+                                         "and/or free (free-form chit-chat), iEvaLM's two modes")
+    systems: str = _knob("ecr-ray,ecr-ray without emotion,co-occurrence + copy,always target,random",
+                         "comma-separated systems the same seekers talk to (the last two: the simulator's sanity checks)")
+    retries: int = _knob(3, "times a seeker message that names a target is written again before the turn fails")
+    max_words: int = _knob(30, "a seeker message is cut after this many words")
+    llm: LLMConfig = _section(LLMConfig, "the simulator: base_url None runs `model` in-process (a packaged name or folder)",
+                              max_tokens=48, temperature=0.7)
+
+
+@dataclass
 class Config:
     name: str = _knob("custom", "preset name, used for the default run directory", runtime=True)
     data: DataConfig = field(default_factory=DataConfig)
@@ -385,6 +401,7 @@ class Config:
     gen: GenConfig = field(default_factory=GenConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

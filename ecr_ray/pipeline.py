@@ -23,8 +23,9 @@ def stage_graph(cfg: Config) -> list[Stage]:
     from ecr_ray.eval.stages import eval_stages
     from ecr_ray.gen.stages import gen_stages
     from ecr_ray.rec.stages import rec_stages
+    from ecr_ray.sim.stages import sim_stages
 
-    return data_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg) + gen_stages(cfg) + eval_stages(cfg)
+    return data_stages(cfg) + emotion_stages(cfg) + rec_stages(cfg) + gen_stages(cfg) + eval_stages(cfg) + sim_stages(cfg)
 
 
 class StagesFailed(RuntimeError):

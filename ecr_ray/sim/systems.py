@@ -1,0 +1,101 @@
+"""The systems a simulated seeker talks to, each answering the conversation so far with its ranked items (the
+top `TOP` of them) and a reply naming its first.
+
+ecr-ray                   the chat API's parts as served (`serving.components.answer`, one decode)
+ecr-ray without emotion   the same, with every user message read as neutral and no stance (the recommender's
+                          emotion parts see nothing)
+co-occurrence + copy      the training-free baseline (`rec.baselines`) with a template reply
+always target / random    the simulator's sanity checks: the first target always first; a seeded random order
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import numpy as np
+
+TOP = 50  # the longest list a round's success is read from (success@1/10/50)
+KS = (1, 10, 50)
+TEMPLATE = "How about {title}? I think you would enjoy it."
+
+
+class Served:
+    """ecr-ray through the chat API's parts (in this process)."""
+
+    def __init__(self, parts, neutral: bool = False):
+        self.parts, self.neutral = parts, neutral
+
+    def answer(self, persona: dict, messages: list[dict]) -> dict:
+        from ecr_ray.serving.components import answer
+
+        parts = NeutralParts(self.parts) if self.neutral else self.parts
+        found, args = asyncio.run(answer(parts, messages, TOP))
+        reply = asyncio.run(parts.reply(*args))["text"]
+        return {"items": [i["item"] for i in found["items"]], "reply": reply}
+
+
+class NeutralParts:
+    """The parts, with every user message read as neutral and no stance towards any movie."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def __getattr__(self, name):
+        return getattr(self.parts, name)
+
+    async def detect(self, texts: list[str]) -> list[dict]:
+        from ecr_ray.emotion.labels import LABELS
+
+        return [{"labels": ["neutral"], "probs": [float(x == "neutral") for x in LABELS], "stances": []} for _ in texts]
+
+
+class CoOccurrence:
+    """The co-occurrence + copy baseline over the conversation's linked entities, with a template reply."""
+
+    def __init__(self, kg, items_table, popularity: np.ndarray, decay: float, copy_bonus: float):
+        from ecr_ray.data.linking import TextEntityLinker
+
+        self.kg, self.table, self.popularity, self.decay, self.copy_bonus = kg, items_table, popularity, decay, copy_bonus
+        self.linker, self.index = TextEntityLinker(kg, items=True), {int(e): i for i, e in enumerate(kg.item_ids)}
+
+    def answer(self, persona: dict, messages: list[dict]) -> dict:
+        from ecr_ray.gen.retrieval import item_title
+        from ecr_ray.rec.baselines import baseline_scores
+        from ecr_ray.serving.components import conversation_turn
+
+        turn = conversation_turn(messages, self.linker)
+        scores = baseline_scores("co-occurrence + copy", [turn], self.popularity, self.table, self.index, self.decay, self.copy_bonus)[0]
+        items = [int(self.kg.item_ids[i]) for i in np.argsort(-scores, kind="stable")[:TOP]]
+        return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
+
+
+class AlwaysTarget:
+    """Knows the seeker's targets: the first one first, then a seeded random order."""
+
+    def __init__(self, kg, seed: int):
+        self.kg, self.random = kg, Random(kg, seed)
+
+    def answer(self, persona: dict, messages: list[dict]) -> dict:
+        from ecr_ray.gen.retrieval import item_title
+
+        items = [persona["targets"][0], *(i for i in self.random.answer(persona, messages)["items"] if i != persona["targets"][0])][:TOP]
+        return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
+
+
+class Random:
+    """A seeded random order of every item, another each round."""
+
+    def __init__(self, kg, seed: int):
+        self.kg, self.rng = kg, random.Random(seed)
+
+    def answer(self, persona: dict, messages: list[dict]) -> dict:
+        from ecr_ray.gen.retrieval import item_title
+
+        items = [int(i) for i in self.rng.sample(list(self.kg.item_ids), TOP)]
+        return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
+
+
+def hits(items: list[int], targets: list[int]) -> dict[int, bool]:
+    """Per k of KS: does the top k of `items` hold a target (the round's success rule)."""
+    wanted = set(targets)
+    return {k: any(i in wanted for i in items[:k]) for k in KS}
