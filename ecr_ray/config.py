@@ -385,6 +385,7 @@ class SimConfig:
                          "comma-separated systems the same seekers talk to (the last two: the simulator's sanity checks)")
     retries: int = _knob(3, "times a seeker message that names a target is written again before the turn fails")
     max_words: int = _knob(30, "a seeker message is cut after this many words")
+    score_replies: bool = _knob(True, "the LLM judge (eval.scorer) scores every system reply in its conversation (0-9, by score)")
     llm: LLMConfig = _section(LLMConfig, "the simulator: base_url None runs `model` in-process (a packaged name or folder)",
                               max_tokens=48, temperature=0.7)
 

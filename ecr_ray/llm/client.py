@@ -134,6 +134,10 @@ class ValidatedChat:
         content = choice.logprobs.content if choice.logprobs else None
         return [{"token": t.token, "logprob": t.logprob} for t in content[0].top_logprobs] if content else None
 
+    def text(self, messages: list[dict], out: dict, **kwargs) -> str:
+        """One answer's text with these request arguments (transient errors retried, then raised)."""
+        return self._create(messages, out, **kwargs).choices[0].message.content or ""
+
     def _complete(self, messages: list[dict], out: dict, response_format: dict | None) -> str:
         response = self._create(messages, out, temperature=self.llm["temperature"], max_tokens=self.llm["max_tokens"],
                                 **({"response_format": response_format} if response_format else {}))

@@ -76,7 +76,8 @@ def clean(text: str, max_words: int) -> str:
 
 
 class LocalChat:
-    """An instruction-tuned causal LM in this process writing the seeker's messages (seeded sampling)."""
+    """An instruction-tuned causal LM in this process writing the seekers' messages, a round's together (left-padded,
+    one seeded sampling per batch): decoding dominates, and a batch of them costs little more than one."""
 
     def __init__(self, model: str, allow_download: bool = False, threads: int = 1):
         import torch
@@ -87,57 +88,62 @@ class LocalChat:
 
         torch.set_num_threads(threads)
         path, device = resolve_model(model, allow_download), torch_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(device)).eval().to(device)
 
-    def complete(self, messages: list[dict], max_tokens: int, temperature: float, seed: int) -> str:
+    def complete_many(self, chats: list[list[dict]], max_tokens: int, temperature: float, seed: int) -> list[str]:
         import torch
 
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        texts = [self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+        ids = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         torch.manual_seed(seed)
         with torch.inference_mode():
-            out = self.model.generate(**ids.to(self.model.device), max_new_tokens=max_tokens, do_sample=temperature > 0,
-                                      **({"temperature": temperature} if temperature > 0 else {}),
-                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(**ids, max_new_tokens=max_tokens, do_sample=temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
+                                      **({"temperature": temperature} if temperature > 0 else {}))
+        return self.tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
 class EndpointChat:
-    """The same, against an OpenAI-compatible endpoint (retries and a rate bound from `llm.client`)."""
+    """The same, against an OpenAI-compatible endpoint (its retries and rate bound: `llm.client.ValidatedChat`)."""
 
     def __init__(self, llm: dict):
         from ecr_ray.llm.client import ValidatedChat
 
         self.chat = ValidatedChat(llm, llm["qps"])
 
-    def complete(self, messages: list[dict], max_tokens: int, temperature: float, seed: int) -> str:
-        out = self.chat.record()
-        return self.chat.client.chat.completions.create(model=self.chat.llm["model"], messages=messages, max_tokens=max_tokens,
-                                                        temperature=temperature, seed=seed).choices[0].message.content or ""
+    def complete_many(self, chats: list[list[dict]], max_tokens: int, temperature: float, seed: int) -> list[str]:
+        return [self.chat.text(c, self.chat.record(), max_tokens=max_tokens, temperature=temperature, seed=seed) for c in chats]
 
 
 class Seeker:
-    """Writes a persona's message for a round, with the title filter: (message or None when every try named a
-    target, tries rejected)."""
+    """Writes the personas' messages of a round, with the title filter: per turn (message, or None when every try
+    named a target; tries rejected). A turn asked again (a dialogue's opening, for another system) is written once."""
 
     def __init__(self, chat, title_filter: TitleFilter, llm, retries: int, max_words: int, seed: int):
         self.chat, self.filter, self.llm, self.retries, self.max_words, self.seed = chat, title_filter, llm, retries, max_words, seed
-        self.written: dict[tuple, tuple[str | None, int]] = {}  # the same turn for another system (a dialogue's opening) is written once
+        self.written: dict[tuple, tuple[str | None, int]] = {}
 
-    def message(self, persona: dict, history: list[dict], mode: str, round_: int, last: dict | None) -> tuple[str | None, int]:
-        said = "\n".join(f"{'You' if m['role'] == 'user' else 'Recommender'}: {m['content']}" for m in history)
-        ask = (f"The conversation so far:\n{said}\n\n" if said else "You start the conversation.\n\n") + seeker_instruction(persona, mode, round_, last)
-        key = (persona["conversation_id"], mode, round_, ask)
-        if key not in self.written:
-            self.written[key] = self._write(persona, ask, mode, round_)
-        return self.written[key]
-
-    def _write(self, persona: dict, ask: str, mode: str, round_: int) -> tuple[str | None, int]:
-        messages = [{"role": "system", "content": persona_prompt(persona)}, {"role": "user", "content": ask}]
+    def messages(self, turns: list[tuple[dict, list[dict], str, int, dict | None]]) -> list[tuple[str | None, int]]:
+        """`turns`: (persona, history, mode, round, the system's last suggestion) each."""
+        keys, asks = [], {}
+        for persona, history, mode, round_, last in turns:
+            said = "\n".join(f"{'You' if m['role'] == 'user' else 'Recommender'}: {m['content']}" for m in history)
+            ask = (f"The conversation so far:\n{said}\n\n" if said else "You start the conversation.\n\n") + seeker_instruction(persona, mode, round_, last)
+            keys.append((persona["conversation_id"], mode, round_, ask))
+            if keys[-1] not in self.written:
+                asks[keys[-1]] = [{"role": "system", "content": persona_prompt(persona)}, {"role": "user", "content": ask}], persona
+        pending = list(asks)
         for attempt in range(self.retries + 1):
+            if not pending:
+                break
             temperature = self.llm.temperature if attempt == 0 else max(self.llm.temperature, 0.7)  # a retry must differ
-            text = clean(self.chat.complete(messages, self.llm.max_tokens, temperature,
-                                            seed=seed_of(self.seed, persona["conversation_id"], mode, round_, attempt)), self.max_words)
-            if text and not self.filter.leaks(text, persona):
-                return text, attempt
-        return None, self.retries + 1
+            texts = self.chat.complete_many([asks[k][0] for k in pending], self.llm.max_tokens, temperature,
+                                            seed_of(self.seed, *min(k[:3] for k in pending), attempt))
+            for key, text in zip(list(pending), texts, strict=True):
+                text = clean(text, self.max_words)
+                if text and not self.filter.leaks(text, asks[key][1]):
+                    self.written[key] = text, attempt
+                    pending.remove(key)
+        self.written.update({k: (None, self.retries + 1) for k in pending})
+        return [self.written[k] for k in keys]

@@ -12,6 +12,7 @@ import numpy as np
 from ecr_ray.artifacts import POOL, report
 from ecr_ray.config import Config, ConfigError
 from ecr_ray.eval.intervals import dialogue_intervals
+from ecr_ray.eval.judge_validity import readings
 from ecr_ray.rundir import RunDir
 from ecr_ray.sim.seeker import MODES
 from ecr_ray.sim.systems import KS, TOP, hits
@@ -31,31 +32,33 @@ def simulation_reports(cfg: Config) -> tuple[str, str, str]:
     return tuple(report(f"simulation-{cfg.sim.split}").replace(".json", ext) for ext in (".json", ".md", ".png"))
 
 
-def converse(persona: dict, system, seeker, mode: str, rounds: int, kg) -> dict:
-    """One simulated dialogue: per round the seeker's message (None: every try named a target, and the dialogue
-    ends), the system's items and reply; `success[k]`: the first round whose top k held a target (None: never). It
-    ends early once a target is the first item (the seeker has what it wants)."""
+def converse(people: list[dict], system, seeker, mode: str, rounds: int, kg) -> list[dict]:
+    """The simulated dialogues of `people` with one system, a round at a time (the seekers' messages of a round are
+    written together): per round the seeker's message (None: every try named a target, and the dialogue ends), the
+    system's items and reply; `success[k]`: the first round whose top k held a target (None: never). A dialogue ends
+    early once a target is the first item (the seeker has what it wants)."""
     from ecr_ray.gen.retrieval import item_title
 
-    history, last, success, log, rejected = [], None, dict.fromkeys(KS), [], 0
+    state = [{"conversation_id": p["conversation_id"], "success": dict.fromkeys(KS), "rounds": [], "rejected": 0, "failed": False,
+              "history": [], "last": None} for p in people]
     for r in range(1, rounds + 1):
-        message, tries = seeker.message(persona, history, mode, r, last)
-        rejected += tries
-        if message is None:
-            log.append({"round": r, "message": None})
-            break
-        history.append({"role": "user", "content": message})
-        answer = system.answer(persona, history)
-        for k, hit in hits(answer["items"], persona["targets"]).items():
-            success[k] = success[k] or (r if hit else None)
-        history.append({"role": "assistant", "content": answer["reply"]})
-        top = answer["items"][0]
-        last = {"title": item_title(kg, top), "target": top if top in persona["targets"] else None}
-        log.append({"round": r, "message": message, "reply": answer["reply"], "top": answer["items"][:10], "hits": hits(answer["items"], persona["targets"])})
-        if success[1]:
-            break
-    return {"conversation_id": persona["conversation_id"], "success": success, "rounds": log, "rejected": rejected,
-            "failed": any(x["message"] is None for x in log)}
+        active = [(p, d) for p, d in zip(people, state, strict=True) if not d["failed"] and not d["success"][1]]
+        written = seeker.messages([(p, d["history"], mode, r, d["last"]) for p, d in active])
+        for (p, d), (message, tries) in zip(active, written, strict=True):
+            d["rejected"] += tries
+            if message is None:
+                d["rounds"].append({"round": r, "message": None})
+                d["failed"] = True
+                continue
+            d["history"].append({"role": "user", "content": message})
+            answer = system.answer(p, d["history"])
+            found = hits(answer["items"], p["targets"])
+            d["success"] = {k: d["success"][k] or (r if found[k] else None) for k in KS}
+            d["history"].append({"role": "assistant", "content": answer["reply"]})
+            top = answer["items"][0]
+            d["last"] = {"title": item_title(kg, top), "target": top if top in p["targets"] else None}
+            d["rounds"].append({"round": r, "message": message, "reply": answer["reply"], "top": answer["items"][:10], "hits": found})
+    return [{k: v for k, v in d.items() if k not in ("history", "last")} for d in state]
 
 
 def success_table(dialogues: list[dict], rounds: int, intervals) -> dict:
@@ -145,14 +148,20 @@ def simulate(cfg: Config, run_dir: RunDir) -> dict:
         system, began = made[name](), time.time()
         results[name] = {}
         for mode in modes:
-            dialogues = [converse(p, system, seeker, mode, s.rounds, kg) for p in people]
+            dialogues = converse(people, system, seeker, mode, s.rounds, kg)
             results[name][mode] = {**success_table(dialogues, s.rounds, cfg.eval.intervals), "dialogues": dialogues,
                                    "messages": sum(x["message"] is not None for d in dialogues for x in d["rounds"]),
                                    "rejected": sum(d["rejected"] for d in dialogues), "failed": sum(d["failed"] for d in dialogues)}
             print(f"[simulate] {name}, {mode}: success@1/10/50 by round {s.rounds} "
                   + " / ".join(f"{results[name][mode][f'success@{k} round {s.rounds}']:.2f}" for k in KS), flush=True)
         timing[name] = time.time() - began
+    if s.score_replies:
+        judged = reply_scores(cfg, run_dir, results, kg)
+        for name, by_mode in results.items():
+            for mode in by_mode:
+                by_mode[mode]["llm"] = judged[f"{name} | {mode}"]
     out = {"split": s.split, "dialogues": len(people), "rounds": s.rounds, "modes": modes, "simulator": s.llm.model,
+           "judge": {"model": cfg.eval.scorer.model, "readings": readings(cfg)},
            "systems": results, "validity": validity(results, {p["conversation_id"]: p for p in people}, title_filter, s.rounds),
            "seconds": {**timing, "all": time.time() - start}}
     if parts is not None:
@@ -166,6 +175,29 @@ def simulate(cfg: Config, run_dir: RunDir) -> dict:
                                          for n in names for m in modes}, "leak_rate_after_filter": out["validity"]["leak_rate_after_filter"]}
 
 
+def reply_scores(cfg: Config, run_dir: RunDir, results: dict, kg) -> dict[str, dict]:
+    """The judge's five 0-9 scores of every system reply in its conversation so far, per "system | mode", with their
+    intervals over dialogues (`eval.generation.llm_scores`; cached like every judged response)."""
+    from ecr_ray.eval.generation import judge_rows, llm_scores
+    from ecr_ray.gen.retrieval import item_title
+    from ecr_ray.rec.features import context_text
+
+    samples = {}
+    for name, by_mode in results.items():
+        for mode, m in by_mode.items():
+            rows = samples[f"{name} | {mode}"] = []
+            for d in m["dialogues"]:
+                said = []
+                for x in (x for x in d["rounds"] if x["message"]):
+                    said.append(("seeker", x["message"]))
+                    recent = said[-cfg.gen.context_turns:]
+                    rows.append({"conversation_id": d["conversation_id"], "context": context_text([t for _, t in recent], [r for r, _ in recent]),
+                                 "title": item_title(kg, x["top"][0]), "response": x["reply"]})
+                    said.append(("recommender", x["reply"]))
+    flat = [r for rows in samples.values() for r in rows]
+    return llm_scores(cfg, samples, judge_rows(cfg, run_dir, flat) if flat else [])
+
+
 def simulation_page(out: dict) -> str:
     """The report as markdown: success@k at the last round per system and mode, the validity, three dialogues."""
     rounds, shown = out["rounds"], lambda v, iv: "n/a" if v is None else f"{v:.2f}" + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")  # noqa: E731
@@ -176,6 +208,16 @@ def simulation_page(out: dict) -> str:
         for mode, m in by_mode.items():
             lines.append(f"| {name} | {mode} | " + " | ".join(shown(m[f"success@{k} round {rounds}"], m["intervals"].get(f"success@{k} round {rounds}"))
                                                             for k in KS) + f" | {shown(m['rounds to success@10'], None)} |")
+    scored = [(n, mode, m["llm"]) for n, by_mode in out["systems"].items() for mode, m in by_mode.items() if "llm" in m]
+    if scored:
+        from ecr_ray.eval.judge import CRITERIA
+
+        unread = [c.replace("_", " ") for c, how in out["judge"]["readings"].items() if how != "score"]
+        lines += ["", f"The judge's scores (0-9, {out['judge']['model']}) of the systems' replies in their conversations"
+                  + (f"; {', '.join(unread)}: validated only pairwise (eval.readings), so unvalidated here" if unread else "") + ":", "",
+                  "| system | mode | replies | " + " | ".join(c.replace("_", " ") for c in CRITERIA) + " |", "|---|---|---:|" + "---:|" * len(CRITERIA),
+                  *(f"| {n} | {mode} | {llm['ok']} | " + " | ".join(shown(llm[f'llm_{c}'], llm['intervals'].get(f'llm_{c}')) for c in CRITERIA) + " |"
+                    for n, mode, llm in scored)]
     if "turn_by_turn" in out:
         t = out["turn_by_turn"]
         lines += ["", f"Reference, turn by turn on the same dialogues' logged turns ({t['examples']} examples): "

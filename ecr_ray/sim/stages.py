@@ -16,4 +16,4 @@ def sim_stages(cfg: Config) -> list[Stage]:
     listed(cfg.sim.modes, MODES, "sim.modes"), listed(cfg.sim.systems, SYSTEMS, "sim.systems")  # fail at planning
     return [Stage("simulate", run=simulate, optional=True, outputs=simulation_reports(cfg), version=1,
                   needs=(f"prepare-{POOL}", "rec-train", "gen-train", "gen-reviews", *feeling_stages(cfg, POOL)),
-                  config=("sim", "eval.intervals", "eval.baselines", "rec.recency_decay"))]
+                  config=("sim", "eval.intervals", "eval.baselines", "eval.scorer", "eval.readings", "rec.recency_decay", "gen.context_turns"))]

@@ -37,6 +37,10 @@ def test_simulated_seekers_talk_to_every_system_and_the_report_holds(gen_run):
         assert always[mode]["success@1 round 1"] == opened and chance[mode]["success@1 round 2"] == 0.0
     v = out["validity"]
     assert v["leak_rate_after_filter"] == 0.0 and 0 <= v["rejected_share"] <= 1 and summary["leak_rate_after_filter"] == 0.0
+    for name in ("ecr-ray", "co-occurrence + copy"):  # every reply judged in its conversation
+        llm = out["systems"][name]["free"]["llm"]
+        replies = sum(x["message"] is not None for d in out["systems"][name]["free"]["dialogues"] for x in d["rounds"])
+        assert llm["scored"] == replies == llm["ok"] and all(0 < llm[f"llm_{c}"] < 9 for c in ("lifelikeness", "informativeness"))
     assert out["turn_by_turn"]["examples"] > 0 and 0 <= out["turn_by_turn"]["recall@50"] <= 1
     page = run_dir.read_text("reports/simulation-dev.md")
     assert "| ecr-ray | free |" in page and "Simulator validity" in page and "### Dialogue" in page

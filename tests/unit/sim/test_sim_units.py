@@ -58,14 +58,14 @@ def test_a_real_small_model_plays_the_seeker_through_the_filter_and_the_sanity_s
     cfg = load_config("tiny")
     persona, f = _persona(kg), TitleFilter(kg)
     seeker = Seeker(LocalChat("smollm2-135m-instruct"), f, cfg.sim.llm, retries=2, max_words=30, seed=0)
-    always = converse(persona, AlwaysTarget(kg, 0), seeker, "free", 2, kg)
+    always = converse([persona], AlwaysTarget(kg, 0), seeker, "free", 2, kg)[0]
     if not always["failed"]:  # the first message passed the filter: the target is the first item at round 1
         assert always["success"] == dict.fromkeys(KS, 1) and len(always["rounds"]) == 1
-    chance = converse(persona, Random(kg, 0), seeker, "attribute", 2, kg)
+    chance = converse([persona], Random(kg, 0), seeker, "attribute", 2, kg)[0]
     assert all(x["message"] is None or not f.leaks(x["message"], persona) for d in (always, chance) for x in d["rounds"])
     for k in KS:  # success at k: the first round whose top k held a target
         first = next((x["round"] for x in chance["rounds"] if x["message"] and x["hits"][k]), None)
         assert chance["success"][k] == first
     assert chance["success"][1] is None  # two random lists of 6,281 items, two targets: about 1 in 1,600
     # the opening of a dialogue is written once for every system: the same first message
-    assert converse(persona, Random(kg, 1), seeker, "attribute", 1, kg)["rounds"][0]["message"] == chance["rounds"][0]["message"]
+    assert converse([persona], Random(kg, 1), seeker, "attribute", 1, kg)[0]["rounds"][0]["message"] == chance["rounds"][0]["message"]
