@@ -104,8 +104,10 @@ def pairwise_validity(cfg: Config, sample: list[dict], asked: dict[str, list[dic
     when shown both (`LocalJudge.prefer` above 0.5, ties half), with its interval over dialogues: the same negatives,
     except logic persuasiveness, against the real reply with the recommended title swapped for another turn's."""
     negatives = {c: "title swapped" if c == "logic_persuasiveness" else NEGATIVES[c] for c in criteria}
+    from tqdm import tqdm
+
     prefs = {c: [] for c in criteria}
-    for i, real in enumerate(asked["real"]):
+    for i, real in tqdm(enumerate(asked["real"]), total=len(asked["real"]), desc="judge, pairwise validity", mininterval=30):
         for kind in dict.fromkeys(negatives.values()):  # the criteria of one negative are asked together
             asking = [c for c in criteria if negatives[c] == kind]
             negative = _title_swapped(real, asked["other movie"][i]) if kind == "title swapped" else (asked[kind][i] or {}).get("response")

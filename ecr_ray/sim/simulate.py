@@ -18,6 +18,7 @@ from ecr_ray.sim.seeker import MODES
 from ecr_ray.sim.systems import KS, TOP, hits
 
 SYSTEMS = ("ecr-ray", "ecr-ray without emotion", "co-occurrence + copy", "always target", "random")
+SANITY = ("always target", "random")  # checks of the simulator, not systems: their replies are not judged
 
 
 def listed(value: str, known: tuple[str, ...], key: str) -> list[str]:
@@ -44,14 +45,18 @@ def converse(people: list[dict], system, seeker, mode: str, rounds: int, kg) -> 
     for r in range(1, rounds + 1):
         active = [(p, d) for p, d in zip(people, state, strict=True) if not d["failed"] and not d["success"][1]]
         written = seeker.messages([(p, d["history"], mode, r, d["last"]) for p, d in active])
+        talking = []
         for (p, d), (message, tries) in zip(active, written, strict=True):
             d["rejected"] += tries
             if message is None:
                 d["rounds"].append({"round": r, "message": None})
                 d["failed"] = True
-                continue
-            d["history"].append({"role": "user", "content": message})
-            answer = system.answer(p, d["history"])
+            else:
+                d["history"].append({"role": "user", "content": message})
+                talking.append((p, d))
+        answers = system.answer_many([(p, d["history"]) for p, d in talking])
+        for (p, d), answer in zip(talking, answers, strict=True):
+            message = d["history"][-1]["content"]
             found = hits(answer["items"], p["targets"])
             d["success"] = {k: d["success"][k] or (r if found[k] else None) for k in KS}
             d["history"].append({"role": "assistant", "content": answer["reply"]})
@@ -159,7 +164,8 @@ def simulate(cfg: Config, run_dir: RunDir) -> dict:
         judged = reply_scores(cfg, run_dir, results, kg)
         for name, by_mode in results.items():
             for mode in by_mode:
-                by_mode[mode]["llm"] = judged[f"{name} | {mode}"]
+                if f"{name} | {mode}" in judged:
+                    by_mode[mode]["llm"] = judged[f"{name} | {mode}"]
     out = {"split": s.split, "dialogues": len(people), "rounds": s.rounds, "modes": modes, "simulator": s.llm.model,
            "judge": {"model": cfg.eval.scorer.model, "readings": readings(cfg)},
            "systems": results, "validity": validity(results, {p["conversation_id"]: p for p in people}, title_filter, s.rounds),
@@ -183,7 +189,7 @@ def reply_scores(cfg: Config, run_dir: RunDir, results: dict, kg) -> dict[str, d
     from ecr_ray.rec.features import context_text
 
     samples = {}
-    for name, by_mode in results.items():
+    for name, by_mode in ((n, m) for n, m in results.items() if n not in SANITY):
         for mode, m in by_mode.items():
             rows = samples[f"{name} | {mode}"] = []
             for d in m["dialogues"]:

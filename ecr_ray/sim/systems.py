@@ -19,19 +19,36 @@ KS = (1, 10, 50)
 TEMPLATE = "How about {title}? I think you would enjoy it."
 
 
-class Served:
-    """ecr-ray through the chat API's parts (in this process)."""
-
-    def __init__(self, parts, neutral: bool = False):
-        self.parts, self.neutral = parts, neutral
+class System:
+    """`answer` one conversation; `answer_many` a round's conversations (one by one, unless a system batches)."""
 
     def answer(self, persona: dict, messages: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def answer_many(self, asked: list[tuple[dict, list[dict]]]) -> list[dict]:
+        return [self.answer(persona, messages) for persona, messages in asked]
+
+
+class Served(System):
+    """ecr-ray through the chat API's parts (in this process); a round's replies decoded together by the chat's
+    continuous batcher, as concurrent chat requests are."""
+
+    def __init__(self, parts, neutral: bool = False):
+        self.parts = NeutralParts(parts) if neutral else parts
+
+    def answer_many(self, asked: list[tuple[dict, list[dict]]]) -> list[dict]:
         from ecr_ray.serving.components import answer
 
-        parts = NeutralParts(self.parts) if self.neutral else self.parts
-        found, args = asyncio.run(answer(parts, messages, TOP))
-        reply = asyncio.run(parts.reply(*args))["text"]
-        return {"items": [i["item"] for i in found["items"]], "reply": reply}
+        found = [asyncio.run(answer(self.parts, messages, TOP)) for _, messages in asked]
+        batch, texts = self.parts.generator.chat_batch(), {}
+        keys = [batch.add(self.parts.generator.row(*args)) for _, args in found]
+        while batch.in_flight:
+            for key, (piece, _) in batch.step().items():
+                texts[key] = texts.get(key, "") + piece
+        return [{"items": [i["item"] for i in f["items"]], "reply": texts[k].strip()} for (f, _), k in zip(found, keys, strict=True)]
+
+    def answer(self, persona: dict, messages: list[dict]) -> dict:
+        return self.answer_many([(persona, messages)])[0]
 
 
 class NeutralParts:
@@ -49,7 +66,7 @@ class NeutralParts:
         return [{"labels": ["neutral"], "probs": [float(x == "neutral") for x in LABELS], "stances": []} for _ in texts]
 
 
-class CoOccurrence:
+class CoOccurrence(System):
     """The co-occurrence + copy baseline over the conversation's linked entities, with a template reply."""
 
     def __init__(self, kg, items_table, popularity: np.ndarray, decay: float, copy_bonus: float):
@@ -69,7 +86,7 @@ class CoOccurrence:
         return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
 
 
-class AlwaysTarget:
+class AlwaysTarget(System):
     """Knows the seeker's targets: the first one first, then a seeded random order."""
 
     def __init__(self, kg, seed: int):
@@ -82,7 +99,7 @@ class AlwaysTarget:
         return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
 
 
-class Random:
+class Random(System):
     """A seeded random order of every item, another each round."""
 
     def __init__(self, kg, seed: int):
