@@ -17,7 +17,7 @@ PAPER = {
 SPLITS = {  # where each stage's figures come from
     "prepare-pool": "ReDial train pool", "linking-report": "UniCRS valid dialogues",
     "emotion-teacher": "GoEmotions test", "emotion-classifier": "held-out annotations",
-    "rec-eval-pool": "dev split of the pool", "gen-train": "held-out reviews", "stance-train": "dev split of the pool (questionnaires)",
+    "rec-eval-pool": "pool dev", "gen-train": "held-out reviews", "stance-train": "pool dev (questionnaires)",
     "gen-eval-served-pool": "dev turns, chat path", "gen-eval-pool": "dev turns, batch path",  # the README says what each path is
 }
 RESPONSE_FIGURES = [("dist-1", "Dist-1"), ("dist-2", "Dist-2"), ("bleu-1", "BLEU-1"), ("bleu-2", "BLEU-2"), ("item_mention_rate", "item mentioned"),
@@ -108,6 +108,8 @@ def results_page(run_dir, name: str) -> tuple[str, str]:
     table = figures_table({stage: r["summary"] for stage, r in records.items()}, preset)
     machine = next((ln for ln in run_dir.read_text(RUN_REPORT).splitlines() if ln.startswith("Machine:")), "Machine: not recorded.") \
         if run_dir.exists(RUN_REPORT) else "Machine: not recorded."
+    verdict = validity_verdict(judge_validity_record(run_dir))
+    table += [*([""] + [verdict] if verdict else [])]
     page = [f"# Results: run `{name}` (preset `{preset}`)", "",
             f"Written by `ecr-ray results --run-dir {name}` from that run's stage records; do not edit. {machine} "
             "Intervals: 95%, bootstrap over whole dialogues."
@@ -142,6 +144,21 @@ def judge_validity_record(run_dir) -> dict:
                                                  "turns": v[c]["turns"]}
                                          for split, v in found.items() if v[c].get("reading", "score") == reading and v["model"] == judge}}
     return out
+
+
+def validity_verdict(record: dict) -> str:
+    """One sentence under the figures: can the LLM judge's rows be read (every criterion valid on both splits)?"""
+    from ecr_ray.eval.judge_validity import VALID_AUC
+
+    if not record:
+        return ""
+    failing = {c: [s for s in ("train", "dev") if (v.get(s) or {}).get("auc") is None or v[s]["auc"] < VALID_AUC] for c, v in record.items()}
+    failing = {c: f for c, f in failing.items() if f}
+    judge = next(iter(record.values()))["judge"]
+    if not failing:
+        return f"The LLM judge ({judge}) tells each criterion's negative apart on training and dev turns (AUC >= {VALID_AUC}): its rows can be read."
+    named = ", ".join(f"{c.replace('_', ' ')} ({'/'.join(f)})" for c, f in failing.items())
+    return f"The LLM judge ({judge}) is NOT valid for {named} (AUC < {VALID_AUC}; reports/results.md): those rows do not measure quality."
 
 
 def validity_lines(record: dict) -> list[str]:

@@ -75,5 +75,5 @@ def test_the_papers_figures_stand_in_a_table_of_their_own():
 
     lines = figures_table({"rec-eval-pool": {"recall@50": 0.41, "intervals": {"recall@50": [0.38, 0.44]}}}, "cpu")
     ours = lines[: lines.index("")]
-    assert ours[2] == "| recommender R@50 | dev split of the pool | 0.4100 [0.380, 0.440] |" and len(ours) == 3
+    assert ours[2] == "| recommender R@50 | pool dev | 0.4100 [0.380, 0.440] |" and len(ours) == 3
     assert "| recommender R@50 | 0.4280 |" in lines[len(ours):] and sum(ln.startswith("| recommender") for ln in lines) == 1 + sum(stage == "rec-eval-pool" for stage, _ in PAPER)

@@ -66,7 +66,7 @@ def test_the_validity_in_use_takes_each_criterion_from_its_reading():
 
 def test_the_judge_validity_record_holds_each_criterion_on_both_splits(tmp_path):
     from ecr_ray.rundir import RunDir
-    from ecr_ray.run_report import judge_validity_record, validity_lines
+    from ecr_ray.run_report import judge_validity_record, validity_lines, validity_verdict
 
     run_dir = RunDir(tmp_path)
     entry = lambda auc, how: {"negative": "x", "reading": how, "turns": 4, "auc": auc, "interval": [round(auc - 0.1, 2), round(auc + 0.05, 2)]}  # noqa: E731
@@ -84,3 +84,7 @@ def test_the_judge_validity_record_holds_each_criterion_on_both_splits(tmp_path)
     run_dir.write_json("reports/gen-eval-served-dev.json", served)
     assert "train" not in judge_validity_record(run_dir)["lifelikeness"]
     assert "| lifelikeness | pairwise | not checked | 0.70 [0.60, 0.75] (4) |" in validity_lines(judge_validity_record(run_dir))
+    # the line under the README's figures: which criteria fail, on which split (dev 0.7 < 0.75; lifelikeness unchecked on train)
+    verdict = validity_verdict(judge_validity_record(run_dir))
+    assert "NOT valid for emotional intensity (dev)," in verdict and "lifelikeness (train/dev)" in verdict and "informativeness" not in verdict
+    assert "can be read" in validity_verdict({c: {"judge": "j", "train": {"auc": 0.8}, "dev": {"auc": 0.9}} for c in CRITERIA})
