@@ -33,18 +33,23 @@ def simulation_reports(cfg: Config) -> tuple[str, str, str]:
     return tuple(report(f"simulation-{cfg.sim.split}").replace(".json", ext) for ext in (".json", ".md", ".png"))
 
 
-def converse(people: list[dict], system, seeker, mode: str, rounds: int, kg) -> list[dict]:
+def converse(people: list[dict], system, seeker, mode: str, rounds: int, kg, clock: dict | None = None) -> list[dict]:
     """The simulated dialogues of `people` with one system, a round at a time (the seekers' messages of a round are
     written together): per round the seeker's message (None: every try named a target, and the dialogue ends), the
     system's items and reply; `success[k]`: the first round whose top k held a target (None: never). A dialogue ends
-    early once a target is the first item (the seeker has what it wants)."""
+    early once a target is the first item (the seeker has what it wants). `clock` gathers the seconds spent writing
+    the seekers' messages and answering them."""
     from ecr_ray.gen.retrieval import item_title
+
+    clock = {"seeker": 0.0, "system": 0.0} if clock is None else clock
 
     state = [{"conversation_id": p["conversation_id"], "success": dict.fromkeys(KS), "rounds": [], "rejected": 0, "failed": False,
               "history": [], "last": None} for p in people]
     for r in range(1, rounds + 1):
         active = [(p, d) for p, d in zip(people, state, strict=True) if not d["failed"] and not d["success"][1]]
+        began = time.time()
         written = seeker.messages([(p, d["history"], mode, r, d["last"]) for p, d in active])
+        clock["seeker"] += time.time() - began
         talking = []
         for (p, d), (message, tries) in zip(active, written, strict=True):
             d["rejected"] += tries
@@ -54,7 +59,9 @@ def converse(people: list[dict], system, seeker, mode: str, rounds: int, kg) -> 
             else:
                 d["history"].append({"role": "user", "content": message})
                 talking.append((p, d))
+        began = time.time()
         answers = system.answer_many([(p, d["history"]) for p, d in talking])
+        clock["system"] += time.time() - began
         for (p, d), answer in zip(talking, answers, strict=True):
             message = d["history"][-1]["content"]
             found = hits(answer["items"], p["targets"])
@@ -150,18 +157,19 @@ def simulate(cfg: Config, run_dir: RunDir) -> dict:
     seeker = Seeker(chat, title_filter, s.llm, s.retries, s.max_words, s.seed)
     results, timing = {}, {}
     for name in names:
-        system, began = made[name](), time.time()
+        system, timing[name] = made[name](), {"seeker": 0.0, "system": 0.0}
         results[name] = {}
         for mode in modes:
-            dialogues = converse(people, system, seeker, mode, s.rounds, kg)
+            dialogues = converse(people, system, seeker, mode, s.rounds, kg, timing[name])
             results[name][mode] = {**success_table(dialogues, s.rounds, cfg.eval.intervals), "dialogues": dialogues,
                                    "messages": sum(x["message"] is not None for d in dialogues for x in d["rounds"]),
                                    "rejected": sum(d["rejected"] for d in dialogues), "failed": sum(d["failed"] for d in dialogues)}
             print(f"[simulate] {name}, {mode}: success@1/10/50 by round {s.rounds} "
                   + " / ".join(f"{results[name][mode][f'success@{k} round {s.rounds}']:.2f}" for k in KS), flush=True)
-        timing[name] = time.time() - began
     if s.score_replies:
+        began = time.time()
         judged = reply_scores(cfg, run_dir, results, kg)
+        timing["judge"] = time.time() - began
         for name, by_mode in results.items():
             for mode in by_mode:
                 if f"{name} | {mode}" in judged:
@@ -229,10 +237,15 @@ def simulation_page(out: dict) -> str:
         lines += ["", f"Reference, turn by turn on the same dialogues' logged turns ({t['examples']} examples): "
                   + ", ".join(f"recall@{k} {shown(t[f'recall@{k}'], t['intervals'].get(f'recall@{k}'))}" for k in KS)]
     v = out["validity"]
-    lines += ["", f"Simulator validity: {v['messages']} distinct messages; leak rate after the filter {v['leak_rate_after_filter']:.3f}; "
-              f"rejected for naming a target {v['rejected_share']:.3f} of the messages written; naming one of the targets' "
-              f"attributes {shown(v['attribute_match'], None)}; "
-              + "; ".join(f"{k} {', '.join(f'{m} {x:.2f}' for m, x in val.items())}" for k, val in v.items() if isinstance(val, dict)), ""]
+    checks = [f"{v['messages']} distinct messages", f"leak rate after the filter {v['leak_rate_after_filter']:.3f}",
+              f"rejected for naming a target {v['rejected_share']:.3f} of the messages written",
+              f"naming one of the targets' attributes {shown(v['attribute_match'], None)}",
+              *(f"{k} {', '.join(f'{m} {x:.2f}' for m, x in val.items())}" for k, val in v.items() if isinstance(val, dict))]
+    lines += ["", "Simulator validity: " + "; ".join(checks) + ".", ""]
+    t = out["seconds"]
+    lines += [f"Time: {t['all'] / 60:.1f} min in all; " + "; ".join(
+        f"{n}: seeker {v['seeker']:.0f} s, system {v['system']:.0f} s" for n, v in t.items() if isinstance(v, dict))
+        + (f"; the judge {t['judge']:.0f} s" if "judge" in t else "") + " (a seeker message written for one system is reused by the next).", ""]
     first = next(iter(out["systems"].values()))
     for mode, m in first.items():
         for d in m["dialogues"][:3 if mode == next(iter(first)) else 0]:
