@@ -80,17 +80,9 @@ class LocalJudge:
     `allow_download`, hub name) scoring responses on the five criteria."""
 
     def __init__(self, model: str, allow_download: bool = False, threads: int = 1):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ecr_ray.models import load_instruct_lm
 
-        from ecr_ray.models import resolve_model, torch_device
-        from ecr_ray.precision import inference_dtype
-
-        torch.set_num_threads(threads)
-        path, device = resolve_model(model, allow_download), torch_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        # the packaged judges are saved in bf16: emulated on an AVX2-only CPU (51.5 s a response against 7.1 s in fp32)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(device)).eval().to(device)
+        self.tokenizer, self.model = load_instruct_lm(model, allow_download, threads)
         self.digits = self._digit_tokens()
         self.letters = {x: self._single_tokens(x) for x in "AB"}  # `prefer`'s answers
         self.last: tuple[list[int], object] | None = None  # the last prefix's ids and its cache, for the next row's reuse

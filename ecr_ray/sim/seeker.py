@@ -80,17 +80,10 @@ class LocalChat:
     one seeded sampling per batch): decoding dominates, and a batch of them costs little more than one."""
 
     def __init__(self, model: str, allow_download: bool = False, threads: int = 1):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from ecr_ray.models import load_instruct_lm
 
-        from ecr_ray.models import resolve_model, torch_device
-        from ecr_ray.precision import inference_dtype
-
-        torch.set_num_threads(threads)
-        path, device = resolve_model(model, allow_download), torch_device()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        self.tokenizer, self.model = load_instruct_lm(model, allow_download, threads, padding_side="left")
         self.tokenizer.pad_token = self.tokenizer.pad_token or self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=inference_dtype(device)).eval().to(device)
 
     def complete_many(self, chats: list[list[dict]], max_tokens: int, temperature: float, seed: int) -> list[str]:
         import torch
