@@ -549,11 +549,12 @@ def describe_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _flatten(values: dict, prefix: str = "") -> dict:
-    out = {}
+def _flatten(values: dict, prefix: str = "", node=None) -> dict:
+    """A preset's values by dotted key: a mapping is a section where the config has one, else a dict-valued knob."""
+    node, out = Config() if node is None else node, {}
     for k, v in values.items():
-        if isinstance(v, dict) and k not in ("split_files", "readings"):  # the dict-valued knobs
-            out.update(_flatten(v, f"{prefix}{k}."))
+        if isinstance(v, dict) and dataclasses.is_dataclass(getattr(node, k, None)):
+            out.update(_flatten(v, f"{prefix}{k}.", getattr(node, k)))
         else:
             out[f"{prefix}{k}"] = v
     return out

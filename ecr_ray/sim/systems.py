@@ -76,14 +76,13 @@ class CoOccurrence(System):
         self.linker, self.index = TextEntityLinker(kg, items=True), {int(e): i for i, e in enumerate(kg.item_ids)}
 
     def answer(self, persona: dict, messages: list[dict]) -> dict:
-        from ecr_ray.gen.retrieval import item_title
         from ecr_ray.rec.baselines import baseline_scores
         from ecr_ray.serving.components import conversation_turn
 
         turn = conversation_turn(messages, self.linker)
         scores = baseline_scores("co-occurrence + copy", [turn], self.popularity, self.table, self.index, self.decay, self.copy_bonus)[0]
         items = [int(self.kg.item_ids[i]) for i in np.argsort(-scores, kind="stable")[:TOP]]
-        return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
+        return templated(self.kg, items)
 
 
 class AlwaysTarget(System):
@@ -93,10 +92,8 @@ class AlwaysTarget(System):
         self.kg, self.random = kg, Random(kg, seed)
 
     def answer(self, persona: dict, messages: list[dict]) -> dict:
-        from ecr_ray.gen.retrieval import item_title
-
         items = [persona["targets"][0], *(i for i in self.random.answer(persona, messages)["items"] if i != persona["targets"][0])][:TOP]
-        return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
+        return templated(self.kg, items)
 
 
 class Random(System):
@@ -106,13 +103,18 @@ class Random(System):
         self.kg, self.rng = kg, random.Random(seed)
 
     def answer(self, persona: dict, messages: list[dict]) -> dict:
-        from ecr_ray.gen.retrieval import item_title
-
         items = [int(i) for i in self.rng.sample(list(self.kg.item_ids), TOP)]
-        return {"items": items, "reply": TEMPLATE.format(title=item_title(self.kg, items[0]))}
+        return templated(self.kg, items)
 
 
 def hits(items: list[int], targets: list[int]) -> dict[int, bool]:
     """Per k of KS: does the top k of `items` hold a target (the round's success rule)."""
     wanted = set(targets)
     return {k: any(i in wanted for i in items[:k]) for k in KS}
+
+
+def templated(kg, items: list[int]) -> dict:
+    """A system's answer with the template reply naming its first item."""
+    from ecr_ray.gen.retrieval import item_title
+
+    return {"items": items, "reply": TEMPLATE.format(title=item_title(kg, items[0]))}
