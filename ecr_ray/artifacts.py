@@ -34,6 +34,7 @@ ABLATION_REPORTS = ("reports/ablations.json", "reports/ablations.md", "reports/a
 # generation (gen/) and its evaluation (eval/)
 SENTENCES, REVIEWS, RETRIEVAL = "gen/sentences", "gen/reviews", "gen/retrieval"
 SCORE_CACHE = "cache/scores"
+SIM_CACHE = "cache/simulation"  # each simulated dialogue by its key (sim/simulate.py `dialogue_keys`): a stopped run resumes
 GENERATION_REPORTS = ("reports/generation.json", "reports/generation.md", "reports/generation.png", "reports/generation-examples.md")
 
 # models: each folder holds its weights, its own metadata and the run's config it was trained with

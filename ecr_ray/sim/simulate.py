@@ -4,73 +4,78 @@ to success, the title filter's rejections, the simulator's validity, and the tur
 dialogues as the reference -> reports/simulation-<split>.{json,md,png}."""
 from __future__ import annotations
 
-import dataclasses
+import hashlib
+import json
+import pickle
 import time
 
 import numpy as np
 
-from ecr_ray.artifacts import POOL, report
-from ecr_ray.config import Config, ConfigError
+from ecr_ray.artifacts import POOL, SIM_CACHE, report
+from ecr_ray.config import Config
 from ecr_ray.eval.intervals import dialogue_intervals
 from ecr_ray.eval.judge_validity import readings
 from ecr_ray.rundir import RunDir
 from ecr_ray.sim.seeker import MODES
-from ecr_ray.sim.systems import KS, TOP, hits
+from ecr_ray.sim.systems import KS, SANITY, SYSTEMS, listed
 
-SYSTEMS = ("ecr-ray", "ecr-ray without emotion", "co-occurrence + copy", "always target", "random")
-SANITY = ("always target", "random")  # checks of the simulator, not systems: their replies are not judged
-
-
-def listed(value: str, known: tuple[str, ...], key: str) -> list[str]:
-    """A comma-separated knob's entries, each checked against `known`."""
-    entries = [x.strip() for x in value.split(",") if x.strip()]
-    if not entries or (bad := [x for x in entries if x not in known]):
-        raise ConfigError(f"{key} should list some of {', '.join(known)}, got {value!r}")
-    return entries
+SIM_VERSION = 2  # bump when a change alters the simulated dialogues (their cache keys hold it)
 
 
 def simulation_reports(cfg: Config) -> tuple[str, str, str]:
     return tuple(report(f"simulation-{cfg.sim.split}").replace(".json", ext) for ext in (".json", ".md", ".png"))
 
 
-def converse(people: list[dict], system, seeker, mode: str, rounds: int, kg, clock: dict | None = None) -> list[dict]:
-    """The simulated dialogues of `people` with one system, a round at a time (the seekers' messages of a round are
-    written together): per round the seeker's message (None: every try named a target, and the dialogue ends), the
-    system's items and reply; `success[k]`: the first round whose top k held a target (None: never). A dialogue ends
-    early once a target is the first item (the seeker has what it wants). `clock` gathers the seconds spent writing
-    the seekers' messages and answering them."""
-    from ecr_ray.gen.retrieval import item_title
+def needed_stages(cfg: Config) -> tuple[str, ...]:
+    """The stages whose outputs decide a simulated dialogue (the stage needs them; a dialogue's cache key holds their hashes)."""
+    from ecr_ray.rec.examples import feeling_stages
 
-    clock = {"seeker": 0.0, "system": 0.0} if clock is None else clock
+    return (f"prepare-{POOL}", "rec-train", "gen-train", "gen-reviews", *feeling_stages(cfg, POOL))
 
-    state = [{"conversation_id": p["conversation_id"], "success": dict.fromkeys(KS), "rounds": [], "rejected": 0, "failed": False,
-              "history": [], "last": None} for p in people]
-    for r in range(1, rounds + 1):
-        active = [(p, d) for p, d in zip(people, state, strict=True) if not d["failed"] and not d["success"][1]]
-        began = time.time()
-        written = seeker.messages([(p, d["history"], mode, r, d["last"]) for p, d in active])
-        clock["seeker"] += time.time() - began
-        talking = []
-        for (p, d), (message, tries) in zip(active, written, strict=True):
-            d["rejected"] += tries
-            if message is None:
-                d["rounds"].append({"round": r, "message": None})
-                d["failed"] = True
-            else:
-                d["history"].append({"role": "user", "content": message})
-                talking.append((p, d))
-        began = time.time()
-        answers = system.answer_many([(p, d["history"]) for p, d in talking])
-        clock["system"] += time.time() - began
-        for (p, d), answer in zip(talking, answers, strict=True):
-            message = d["history"][-1]["content"]
-            found = hits(answer["items"], p["targets"])
-            d["success"] = {k: d["success"][k] or (r if found[k] else None) for k in KS}
-            d["history"].append({"role": "assistant", "content": answer["reply"]})
-            top = answer["items"][0]
-            d["last"] = {"title": item_title(kg, top), "target": top if top in p["targets"] else None}
-            d["rounds"].append({"round": r, "message": message, "reply": answer["reply"], "top": answer["items"][:10], "hits": found})
-    return [{k: v for k, v in d.items() if k not in ("history", "last")} for d in state]
+
+def dialogue_keys(cfg: Config, run_dir: RunDir, people: list[dict]) -> list[str]:
+    """Each persona's cache key: its dialogue, the simulation's knobs (not the judge's: it scores afterwards) and the
+    hashes of the stages that trained what it talks to, so a re-run reuses only dialogues that would come out the same."""
+    from ecr_ray.artifacts import manifest
+    from ecr_ray.config import output_values
+
+    knobs = {k: v for k, v in output_values(cfg, "sim").items() if k not in ("score_replies",)}
+    decided = {"sim": knobs, "baselines": output_values(cfg, "eval.baselines"), "decay": cfg.rec.recency_decay,
+               "context_turns": cfg.gen.context_turns, "version": SIM_VERSION,
+               "stages": {n: run_dir.read_json(manifest(n))["hash"] for n in needed_stages(cfg) if run_dir.exists(manifest(n))}}
+    base = hashlib.sha256(json.dumps(decided, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return [f"{base}:{p['conversation_id']}" for p in people]
+
+
+def simulated(cfg: Config, run_dir: RunDir, people: list[dict]) -> tuple[list[dict], int]:
+    """Every persona's simulated dialogues (`conversations.Simulator.run`), from the cache where a run before (or one
+    stopped mid-way) left them, the rest on a Ray Data actor pool (`sim.pool`, a batch of dialogues per call).
+    Returns the results in `people`'s order and how many came from the cache."""
+    import uuid
+
+    import ray
+
+    from ecr_ray.llm.cache import read_cache
+    from ecr_ray.raytools import blocks_for, connect, map_actors
+    from ecr_ray.sim.conversations import RESULT_SCHEMA, SimulatedDialogues
+
+    keys, pool = dialogue_keys(cfg, run_dir, people), cfg.sim.pool
+    cached = {r["key"] for r in read_cache(run_dir, SIM_CACHE, RESULT_SCHEMA)}
+    pending = [{"key": k, "persona": pickle.dumps(p)} for k, p in zip(keys, people, strict=True) if k not in cached]
+    if pending:
+        print(f"[simulate] {len(pending)} dialogues to simulate ({len(people) - len(pending)} cached), "
+              f"{pool.batch_size} a batch on {pool.actors} actor(s)", flush=True)
+        connect(cfg.ray)
+        run_dir.fs.create_dir(run_dir.path(SIM_CACHE), recursive=True)
+        ds = ray.data.from_items(pending, override_num_blocks=blocks_for(len(pending), pool.batch_size))
+        kwargs = {"config": cfg.to_dict(), "run_dir": run_dir.uri, "run": uuid.uuid4().hex, "cache": run_dir.location(SIM_CACHE),
+                  "threads": pool.threads}
+        map_actors(ds, SimulatedDialogues, kwargs, pool).materialize()
+    results = {r["key"]: pickle.loads(r["result"]) for r in read_cache(run_dir, SIM_CACHE, RESULT_SCHEMA)}
+    missing = [p["conversation_id"] for k, p in zip(keys, people, strict=True) if k not in results]
+    if missing:
+        raise RuntimeError(f"{len(missing)} simulated dialogues have no result, e.g. {missing[:3]}")
+    return [results[k] for k in keys], len(people) - len(pending)
 
 
 def success_table(dialogues: list[dict], rounds: int, intervals) -> dict:
@@ -88,26 +93,13 @@ def success_table(dialogues: list[dict], rounds: int, intervals) -> dict:
     return out
 
 
-def turn_by_turn(parts, personas: list[dict], intervals) -> dict:
+def turn_by_turn(done: list[dict], intervals) -> dict:
     """The reference: recall@k of the served recommender on the same dialogues' logged recommender turns (one
-    example per turn and target, as rec-eval counts), with intervals over dialogues."""
-    import asyncio
-
-    from ecr_ray.serving.components import recommend, turn_messages
-
-    found, ids = [], []
-    for p in personas:
-        for t in p["turns"]:
-            messages = turn_messages(t["context"], t["context_roles"])
-            if not any(m["role"] == "user" for m in messages):
-                continue
-            items = [i["item"] for i in asyncio.run(recommend(parts, messages, TOP))["items"]]
-            for target in (i for i in t["target_items"] if i >= 0):
-                found.append([target in items[:k] for k in KS])
-                ids.append(p["conversation_id"])
-    hit = np.array(found, dtype=float).reshape(-1, len(KS))
+    example per turn and target, as rec-eval counts; `conversations.turn_hits`), with intervals over dialogues."""
+    rows = [(d["conversation_id"], hit) for d in done for hit in d["turns"]]
+    hit = np.array([h for _, h in rows], dtype=float).reshape(-1, len(KS))
     recall = lambda pick: {f"recall@{k}": float(hit[pick, j].mean()) for j, k in enumerate(KS)} if len(pick) else {}  # noqa: E731
-    return {**recall(np.arange(len(hit))), "examples": len(hit), "intervals": dialogue_intervals(recall, ids, intervals)}
+    return {**recall(np.arange(len(hit))), "examples": len(hit), "intervals": dialogue_intervals(recall, [c for c, _ in rows], intervals)}
 
 
 def validity(results: dict, personas: dict[int, dict], title_filter, rounds: int) -> dict:
@@ -132,40 +124,25 @@ def validity(results: dict, personas: dict[int, dict], title_filter, rounds: int
 
 def simulate(cfg: Config, run_dir: RunDir) -> dict:
     """The simulate stage."""
-    from ecr_ray.artifacts import read_rows, read_tables
     from ecr_ray.data.kg import load_kg
-    from ecr_ray.rec.baselines import item_popularity
-    from ecr_ray.rec.features import item_index
-    from ecr_ray.serving.components import LocalParts
     from ecr_ray.sim.persona import personas as make_personas
-    from ecr_ray.sim.seeker import EndpointChat, LocalChat, Seeker, TitleFilter
-    from ecr_ray.sim.systems import AlwaysTarget, CoOccurrence, Random, Served
+    from ecr_ray.sim.seeker import TitleFilter
 
     s, start = cfg.sim, time.time()
     modes, names = listed(s.modes, MODES, "sim.modes"), listed(s.systems, SYSTEMS, "sim.systems")
     kg, people = load_kg(cfg.data.path(cfg.data.kg_dir)), make_personas(cfg, run_dir)
-    parts = LocalParts(run_dir, threads=cfg.serve.threads) if {"ecr-ray", "ecr-ray without emotion"} & set(names) else None
-    index = item_index(kg)
-    train = [{"item": index[i]} for t in read_rows(run_dir, POOL, "rec_turns") if t["split"] == "train" for i in t["target_items"] if i >= 0]
-    made = {"ecr-ray": lambda: Served(parts), "ecr-ray without emotion": lambda: Served(parts, neutral=True),
-            "co-occurrence + copy": lambda: CoOccurrence(kg, read_tables(run_dir)["items"], item_popularity(train, len(index)),
-                                                         cfg.rec.recency_decay, cfg.eval.baselines.copy_bonus),
-            "always target": lambda: AlwaysTarget(kg, s.seed), "random": lambda: Random(kg, s.seed)}
-    chat = (EndpointChat(dataclasses.asdict(s.llm)) if s.llm.base_url
-            else LocalChat(s.llm.model, cfg.models.allow_download, threads=cfg.serve.threads))
-    title_filter = TitleFilter(kg)
-    seeker = Seeker(chat, title_filter, s.llm, s.retries, s.max_words, s.seed)
-    results, timing = {}, {}
+    done, reused = simulated(cfg, run_dir, people)
+    results, timing = {}, {n: {k: sum(d["seconds"][n][k] for d in done) for k in ("seeker", "system")} for n in names}
     for name in names:
-        system, timing[name] = made[name](), {"seeker": 0.0, "system": 0.0}
         results[name] = {}
         for mode in modes:
-            dialogues = converse(people, system, seeker, mode, s.rounds, kg, timing[name])
+            dialogues = [d["systems"][name][mode] for d in done]
             results[name][mode] = {**success_table(dialogues, s.rounds, cfg.eval.intervals), "dialogues": dialogues,
                                    "messages": sum(x["message"] is not None for d in dialogues for x in d["rounds"]),
                                    "rejected": sum(d["rejected"] for d in dialogues), "failed": sum(d["failed"] for d in dialogues)}
             print(f"[simulate] {name}, {mode}: success@1/10/50 by round {s.rounds} "
                   + " / ".join(f"{results[name][mode][f'success@{k} round {s.rounds}']:.2f}" for k in KS), flush=True)
+    timing["dialogues"] = time.time() - start
     if s.score_replies:
         began = time.time()
         judged = reply_scores(cfg, run_dir, results, kg)
@@ -175,18 +152,18 @@ def simulate(cfg: Config, run_dir: RunDir) -> dict:
                 if f"{name} | {mode}" in judged:
                     by_mode[mode]["llm"] = judged[f"{name} | {mode}"]
     out = {"split": s.split, "dialogues": len(people), "rounds": s.rounds, "modes": modes, "simulator": s.llm.model,
+           "system_url": s.system_url, "reused_from_cache": reused,
            "judge": {"model": cfg.eval.scorer.model, "readings": readings(cfg)},
-           "systems": results, "validity": validity(results, {p["conversation_id"]: p for p in people}, title_filter, s.rounds),
-           "seconds": {**timing, "all": time.time() - start}}
-    if parts is not None:
-        out["turn_by_turn"] = turn_by_turn(parts, people, cfg.eval.intervals)
+           "systems": results, "validity": validity(results, {p["conversation_id"]: p for p in people}, TitleFilter(kg), s.rounds),
+           "turn_by_turn": turn_by_turn(done, cfg.eval.intervals), "seconds": {**timing, "all": time.time() - start}}
     json_path, md_path, png_path = simulation_reports(cfg)
     run_dir.write_json(json_path, out)
     run_dir.write_text(md_path, simulation_page(out))
     run_dir.write_bytes(png_path, simulation_chart(out))
     print(simulation_page(out), flush=True)
-    return {"dialogues": len(people), **{f"{n} {m}: success@10 round {s.rounds}": results[n][m][f"success@10 round {s.rounds}"]
-                                         for n in names for m in modes}, "leak_rate_after_filter": out["validity"]["leak_rate_after_filter"]}
+    return {"dialogues": len(people), "reused_from_cache": reused,
+            **{f"{n} {m}: success@10 round {s.rounds}": results[n][m][f"success@10 round {s.rounds}"] for n in names for m in modes},
+            "leak_rate_after_filter": out["validity"]["leak_rate_after_filter"]}
 
 
 def reply_scores(cfg: Config, run_dir: RunDir, results: dict, kg) -> dict[str, dict]:
@@ -243,7 +220,9 @@ def simulation_page(out: dict) -> str:
               *(f"{k} {', '.join(f'{m} {x:.2f}' for m, x in val.items())}" for k, val in v.items() if isinstance(val, dict))]
     lines += ["", "Simulator validity: " + "; ".join(checks) + ".", ""]
     t = out["seconds"]
-    lines += [f"Time: {t['all'] / 60:.1f} min in all; " + "; ".join(
+    lines += [f"Time: {t['all'] / 60:.1f} min in all, the dialogues {t['dialogues'] / 60:.1f} min"
+              + (f" ({out['reused_from_cache']} of them from the cache, with the time they took then)" if out["reused_from_cache"] else "")
+              + "; " + "; ".join(
         f"{n}: seeker {v['seeker']:.0f} s, system {v['system']:.0f} s" for n, v in t.items() if isinstance(v, dict))
         + (f"; the judge {t['judge']:.0f} s" if "judge" in t else "") + " (a seeker message written for one system is reused by the next).", ""]
     first = next(iter(out["systems"].values()))

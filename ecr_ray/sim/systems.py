@@ -1,7 +1,8 @@
 """The systems a simulated seeker talks to, each answering the conversation so far with its ranked items (the
 top `TOP` of them) and a reply naming its first.
 
-ecr-ray                   the chat API's parts as served (`serving.components.answer`, one decode)
+ecr-ray                   the chat API's parts as served (`serving.components.answer`, one decode), or a running
+                          `serve run` asked over HTTP by the openai client (`sim.system_url`)
 ecr-ray without emotion   the same, with every user message read as neutral and no stance (the recommender's
                           emotion parts see nothing)
 co-occurrence + copy      the training-free baseline (`rec.baselines`) with a template reply
@@ -17,6 +18,18 @@ import numpy as np
 TOP = 50  # the longest list a round's success is read from (success@1/10/50)
 KS = (1, 10, 50)
 TEMPLATE = "How about {title}? I think you would enjoy it."
+SYSTEMS = ("ecr-ray", "ecr-ray without emotion", "co-occurrence + copy", "always target", "random")
+SANITY = ("always target", "random")  # checks of the simulator, not systems: their replies are not judged
+
+
+def listed(value: str, known: tuple[str, ...], key: str) -> list[str]:
+    """A comma-separated knob's entries, each checked against `known`."""
+    from ecr_ray.config import ConfigError
+
+    entries = [x.strip() for x in value.split(",") if x.strip()]
+    if not entries or [x for x in entries if x not in known]:
+        raise ConfigError(f"{key} should list some of {', '.join(known)}, got {value!r}")
+    return entries
 
 
 class System:
@@ -49,6 +62,32 @@ class Served(System):
 
     def answer(self, persona: dict, messages: list[dict]) -> dict:
         return self.answer_many([(persona, messages)])[0]
+
+
+class Remote(System):
+    """ecr-ray behind a running `serve run`, asked as any chat client asks it: the openai client's chat completion
+    with the `top_k` extension, the items read from the answer's `ecr` field. A round's conversations are sent
+    at once (the deployment batches concurrent requests). The bearer token, if any, from `token_env`."""
+
+    def __init__(self, base_url: str, model: str, token_env: str):
+        import os
+
+        import openai
+
+        self.client, self.model = openai.OpenAI(base_url=base_url, api_key=os.environ.get(token_env) or "none", max_retries=3), model
+
+    def answer(self, persona: dict, messages: list[dict]) -> dict:
+        from ecr_ray.sim.seeker import seed_of
+
+        done = self.client.chat.completions.create(model=self.model, messages=messages, seed=seed_of(persona["conversation_id"], len(messages)) % 2**31,
+                                                   extra_body={"top_k": TOP})
+        return {"items": [i["item"] for i in done.model_extra["ecr"]["items"]], "reply": (done.choices[0].message.content or "").strip()}
+
+    def answer_many(self, asked: list[tuple[dict, list[dict]]]) -> list[dict]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(1, min(16, len(asked)))) as pool:
+            return list(pool.map(lambda a: self.answer(*a), asked))
 
 
 class NeutralParts:

@@ -433,3 +433,19 @@ def test_serve_run_with_the_config_file(gen_run, tmp_path):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_simulator_asks_a_running_serve_by_url(served, local_parts, monkeypatch):
+    """`sim.system_url`: the simulated seeker's ecr-ray is the served app, asked by the openai client; its 50 items are
+    the in-process parts' for the same conversation."""
+    from ecr_ray.serving.components import answer
+    from ecr_ray.sim.systems import TOP, Remote
+
+    base, run_dir = served
+    cfg = load_run(run_dir.root)[0]
+    monkeypatch.setenv(cfg.serve.token_env, TOKEN)
+    remote = Remote(f"{base}/v1", cfg.serve.model_name, cfg.serve.token_env)
+    got = remote.answer_many([({"conversation_id": 1}, TALK), ({"conversation_id": 2}, TALK)])
+    found, _ = asyncio.run(answer(local_parts, TALK, TOP))
+    assert [g["items"] for g in got] == [[i["item"] for i in found["items"]]] * 2 and len(got[0]["items"]) == TOP
+    assert all(g["reply"] for g in got)

@@ -1,6 +1,9 @@
 """`ecr-ray simulate` on the tiny run: a real small model plays the seekers of three dev dialogues for two rounds
 against the served parts, the baseline and the sanity systems."""
+import os
+
 import numpy as np
+import pyarrow as pa
 
 from ecr_ray.sim.systems import KS
 
@@ -45,3 +48,35 @@ def test_simulated_seekers_talk_to_every_system_and_the_report_holds(gen_run):
     page = run_dir.read_text("reports/simulation-dev.md")
     assert "| ecr-ray | free |" in page and "Simulator validity" in page and "### Dialogue" in page
     assert open(run_dir.path("reports/simulation-dev.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_stopped_simulation_resumes_with_the_dialogues_not_yet_done(gen_run):
+    """Each dialogue is cached as its batch ends: a re-run reuses them all; with one lost (a run stopped before its
+    batch ended), only that one is simulated again."""
+    import pyarrow.parquet as pq
+
+    from ecr_ray.artifacts import SIM_CACHE
+    from ecr_ray.pipeline import run_stages
+
+    cfg, run_dir, _ = gen_run
+    if not run_dir.exists("reports/simulation-dev.json"):
+        run_stages(cfg, run_dir, only=["simulate"])
+    before = run_dir.read_json("reports/simulation-dev.json")
+    again = run_stages(cfg, run_dir, only=["simulate"], force=True)["simulate"]
+    after = run_dir.read_json("reports/simulation-dev.json")
+    assert again["reused_from_cache"] == cfg.sim.dialogues and after["systems"] == before["systems"]
+    assert after["turn_by_turn"] == before["turn_by_turn"]
+
+    parts = sorted(os.listdir(run_dir.path(SIM_CACHE)))
+    table = pa.concat_tables([pq.read_table(run_dir.path(f"{SIM_CACHE}/{p}")) for p in parts])
+    for p in parts:
+        os.remove(run_dir.path(f"{SIM_CACHE}/{p}"))
+    lost = before["systems"]["ecr-ray"]["free"]["dialogues"][-1]["conversation_id"]
+    pq.write_table(table.slice(0, table.num_rows - 1), run_dir.path(f"{SIM_CACHE}/part-kept.parquet"))
+    assert table.column("key")[-1].as_py().endswith(f":{lost}")
+    resumed = run_stages(cfg, run_dir, only=["simulate"], force=True)["simulate"]
+    out = run_dir.read_json("reports/simulation-dev.json")
+    assert resumed["reused_from_cache"] == cfg.sim.dialogues - 1 and out["dialogues"] == cfg.sim.dialogues
+    assert [d["conversation_id"] for d in out["systems"]["random"]["attribute"]["dialogues"]] == \
+        [d["conversation_id"] for d in before["systems"]["random"]["attribute"]["dialogues"]]
+    assert out["systems"]["ecr-ray"]["attribute"]["dialogues"][:-1] == before["systems"]["ecr-ray"]["attribute"]["dialogues"][:-1]

@@ -53,7 +53,7 @@ def test_the_prompt_hides_nothing_it_needs_and_reacts_as_the_logged_seeker(kg):
 
 def test_a_real_small_model_plays_the_seeker_through_the_filter_and_the_sanity_systems_behave(kg):
     from ecr_ray.sim.seeker import LocalChat
-    from ecr_ray.sim.simulate import converse
+    from ecr_ray.sim.conversations import converse
 
     cfg = load_config("tiny")
     persona, f = _persona(kg), TitleFilter(kg)
