@@ -7,11 +7,12 @@ Needs a run directory where emotion inference ran (the personas read the classif
 
 Two batches of first-round seeker prompts (free and attribute mode: other prompts, other lengths), greedy, decoded by
   eager            the shipped engine
-  eager fp32       the same in float32 (where the shipped dtype is bf16)
+  eager fp32       the same in float32 (only where the shipped dtype is bf16)
   static           transformers' static KV cache, eager
   static+compile   the static cache with `generate`'s torch.compile (inductor; its first batch compiles)
+  ctranslate2      the model converted to CTranslate2 (float32), if the package is installed
 Printed per engine: seconds of each batch, new tokens per second on the second batch, its ratio to eager, and
-whether its text equals eager's.
+whether its text equals eager's; for eager, the share of the second batch spent reading the prompts.
 """
 import argparse
 import os
@@ -47,6 +48,18 @@ def decode(tokenizer, model, chats, tokens: int, **generate) -> tuple[float, int
     return seconds, int((new != tokenizer.pad_token_id).sum()), tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
+def ct2_decode(tokenizer, generator, chats, tokens: int) -> tuple[float, int, list[str]]:
+    """The same greedy decoding through a CTranslate2 generator (its own batching and KV cache)."""
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    prompts = [tokenizer.convert_ids_to_tokens(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    began = time.perf_counter()
+    out = generator.generate_batch(prompts, max_length=tokens, sampling_topk=1, include_prompt_in_result=False,
+                                   end_token=[tokenizer.eos_token, "<|im_end|>"])
+    seconds = time.perf_counter() - began
+    ids = [r.sequences_ids[0] for r in out]
+    return seconds, sum(len(i) for i in ids), tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True)
@@ -68,8 +81,8 @@ def main():
     shipped = model.dtype
     compiled = CompileConfig(mode="default", dynamic=False)
     compiled._compile_all_devices = True  # transformers compiles on GPUs only unless told
-    engines = {"eager": {}, "eager fp32": {"dtype": torch.float32}, "static": {"cache_implementation": "static"},
-               "static+compile": {"cache_implementation": "static", "compile_config": compiled}}
+    engines = {"eager": {}, **({"eager fp32": {"dtype": torch.float32}} if shipped != torch.float32 else {}),
+               "static": {"cache_implementation": "static"}, "static+compile": {"cache_implementation": "static", "compile_config": compiled}}
     print(f"{cfg.sim.llm.model} ({shipped}), {args.batch} prompts a batch, {args.tokens} new tokens, greedy, {args.threads} threads; "
           f"{machine_line()}", flush=True)
     base = None
@@ -82,6 +95,30 @@ def main():
         same = sum(a == b for a, b in zip(texts, base[1]))
         print(f"{name:>15}: batch 1 {first:6.1f} s, batch 2 {second:6.1f} s, {rate:6.1f} new tokens/s, "
               f"x{rate / base[0]:.2f} of eager; text as eager's in {same}/{len(texts)}", flush=True)
+        if name == "eager":  # how much of a batch is reading the prompts (what a cached prompt prefix would save)
+            prefill = decode(tokenizer, model, batches[1], 1, **engine)[0]
+            print(f"{'':>15}  of batch 2, the prompts' prefill (one new token) {prefill:.1f} s ({prefill / second:.0%})", flush=True)
+
+
+    try:
+        import ctranslate2
+    except ImportError:
+        print("ctranslate2 is not installed: its engine is not measured", flush=True)
+        return
+    import tempfile
+
+    from ecr_ray.models import resolve_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        began = time.perf_counter()
+        ctranslate2.converters.TransformersConverter(str(resolve_model(cfg.sim.llm.model))).convert(folder, quantization="float32", force=True)
+        converted = time.perf_counter() - began
+        generator = ctranslate2.Generator(folder, device="cpu", intra_threads=args.threads)
+        (first, _, _), (second, tokens, texts) = [ct2_decode(tokenizer, generator, chats, args.tokens) for chats in batches]
+        rate = tokens / second
+        same = sum(a == b for a, b in zip(texts, base[1]))
+        print(f"{'ctranslate2':>15}: batch 1 {first:6.1f} s, batch 2 {second:6.1f} s, {rate:6.1f} new tokens/s, x{rate / base[0]:.2f} of eager; "
+              f"text as eager's in {same}/{len(texts)} (float32; converting the model took {converted:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

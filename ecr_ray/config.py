@@ -236,10 +236,6 @@ class RecConfig:
     max_emotions: int = _knob(3, "n_f: at most this many labels per utterance, the most likely; two mentions are emotion-related when their labels overlap (the paper: 3)")
     stop_fraction: float = _knob(0.1, "share of the training dialogues held out to select the epoch (never the reported split)")
     channel_fit_examples: int = _knob(6000, "hybrid: training examples (a seeded sample) the channel weights are fitted for ranking on")
-    residual_epochs: int = _knob(0, "hybrid: epochs that then fine-tune the trained network on what its channels leave (the learned score's "
-                                    "weight and the channels fitted first, then frozen: the loss is the hybrid's), each a candidate beside the "
-                                    "network before them on the held-out dialogues; the learned part alone (the paper variant) stays as it was")
-    residual_lr: float = _knob(1e-4, "hybrid: the learning rate of those epochs (constant; the item bias' is rec.bias_lr)")
     bias_lr: float = _knob(1e-2, "learning rate of the item bias and of the neighbours' weight in the user vector: they need larger steps "
                                  "than the embeddings (follows the same schedule)")
     warmup: float = _knob(0.1, "share of the training steps over which the learning rate rises linearly; it then decays along a cosine to 0")

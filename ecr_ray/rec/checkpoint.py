@@ -1,6 +1,6 @@
 """Building, saving and loading the recommender, with the config it was trained with beside it.
 
-A saved model is `model.safetensors` (+ `paper.safetensors`: a hybrid's network before its residual epochs) + `tables.npz` (the co-occurrence tables its channels read) +
+A saved model is `model.safetensors` + `tables.npz` (the co-occurrence tables its channels read) +
 `recommender.json` (the resolved rec config, the KG and context sizes, metrics). Loading with a config whose architecture differs is refused, naming
 every mismatching key.
 """
@@ -38,14 +38,13 @@ def build_recommender(cfg: RecConfig, meta: dict, allow_download: bool = False):
                           allow_download)
 
 
-def save_recommender(model, meta: dict, folder: str | Path, metrics: dict, paper: dict | None = None) -> None:
-    """`paper`: a hybrid's network before its residual epochs (its learned part alone, the paper variant), if they changed it."""
+def save_recommender(model, meta: dict, folder: str | Path, metrics: dict) -> None:
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name, state in (("model", model.state_dict()), *((("paper", paper),) if paper else ())):
-        save_file({k: v.contiguous() for k, v in state.items() if not _frozen(model, k)}, folder / f"{name}.safetensors")
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not _frozen(model, k)}
+    save_file(state, folder / "model.safetensors")
     (folder / TABLES_FILE).write_bytes(tables_bytes(model.tables))
     info = {"rec": dataclasses.asdict(model.cfg), "kg_dir": meta["kg_dir"], "context_dim": meta["context_dim"],
             "num_entities": int(model.kg.nodes.shape[0]), "num_items": int(model.item_ids.shape[0]), "metrics": metrics}
@@ -87,6 +86,4 @@ def load_recommender(folder: str | Path, cfg: RecConfig | None = None, allow_dow
     missing = [k for k in missing if not _frozen(model, k)]
     if missing or unexpected:
         raise ValueError(f"{folder}/model.safetensors does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    if (folder / "paper.safetensors").exists():  # read by rec.evaluate.variant_ranks for the learned part alone
-        model.paper_state = load_file(folder / "paper.safetensors")
     return model.eval(), info

@@ -74,12 +74,9 @@ def variant_ranks(recommender, rows: list[dict], rcfg: RecConfig, info: dict) ->
 
     out = {rcfg.variant: rank_rows(recommender, rows, rcfg)}
     if recommender.has_channels:
-        alone, learned = copy.deepcopy(recommender), recommender
+        alone = copy.deepcopy(recommender)
         apply_channels(alone, info["metrics"]["channel_fit"]["weights"])
-        if getattr(recommender, "paper_state", None) is not None:  # the network before the residual epochs
-            learned = copy.deepcopy(recommender)
-            learned.load_state_dict(recommender.paper_state, strict=False)
-        out.update({"paper": rank_rows(learned, rows, rcfg, "learned"), "channels alone": rank_rows(alone, rows, rcfg, "channels")})
+        out.update({"paper": rank_rows(recommender, rows, rcfg, "learned"), "channels alone": rank_rows(alone, rows, rcfg, "channels")})
     return out
 
 

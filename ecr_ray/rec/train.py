@@ -117,49 +117,6 @@ def _cpu_state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def fit_residual(model, train: list[dict], stop: list[dict], own: dict, rcfg: RecConfig) -> dict:
-    """The hybrid's residual epochs (`rec.residual_epochs`): the trained network fine-tuned on the hybrid's own loss,
-    its fitted channels and learned score's weight frozen, so it learns what the counts miss instead of what they
-    already rank. Each epoch is a candidate beside the network before them, on the held-out dialogues
-    (`rec.early_stop_metric` of the whole hybrid). Plain PyTorch in this process, in place; returns the curve and
-    the epoch kept (0: none beat the network before them)."""
-    import torch
-
-    from ecr_ray.rec.channels import fitted_parameters
-    from ecr_ray.rec.evaluate import evaluate
-    from ecr_ray.rec.features import row_batches
-    from ecr_ray.rec.metrics import selection_metric
-    from ecr_ray.rec.model import rec_loss
-
-    def held_out() -> float:
-        return selection_metric(evaluate(model, row_batches(stop, rcfg.eval_batch_size), rcfg.auc_batch_size, own=own), rcfg.early_stop_metric)
-
-    for attr in fitted_parameters(model):
-        getattr(model, attr).requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=rcfg.residual_lr, weight_decay=rcfg.train.weight_decay)
-    weights, order = rcfg.feedback_weights if rcfg.reweight else None, np.random.default_rng(rcfg.train.seed)
-    best, kept, state = held_out(), 0, _cpu_state(model)
-    curve = [{"epoch": 0, "train_loss": None, "held_out": best, "seconds": None}]
-    for epoch in range(1, rcfg.residual_epochs + 1):
-        began, losses = time.perf_counter(), []
-        model.train()
-        for batch in row_batches([train[i] for i in order.permutation(len(train))], rcfg.train.batch_size):
-            loss = rec_loss(model(model.inputs(batch, own)), torch.as_tensor(batch["item"]), torch.as_tensor(batch["feedback"]), weights)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        model.eval()
-        value = held_out()
-        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "held_out": value, "seconds": time.perf_counter() - began})
-        print(f"[rec-train] residual epoch {epoch}: train loss {curve[-1]['train_loss']:.4f}, held-out {rcfg.early_stop_metric} "
-              f"{value:.4f} (before them {curve[0]['held_out']:.4f})", flush=True)
-        if value > best:
-            best, kept, state = value, epoch, _cpu_state(model)
-    model.load_state_dict(state)
-    return {"kept": kept, "metric": rcfg.early_stop_metric, "curve": curve}
-
-
 def stopping_split(rows: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
     """(rows to train on, rows of the held-out dialogues that select the epoch): whole dialogues, seeded."""
     ids = sorted({r["conversation_id"] for r in rows})
@@ -214,21 +171,15 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
         print(f"[rec-train] WARNING: no epoch beat the network before training on the held-out dialogues: the saved {rcfg.variant} "
               "model is the untrained one" + (" plus its fitted channels" if rcfg.variant == "hybrid" else ""), flush=True)
     mix = fit_mix(recommender, stop, inputs.own, rcfg) if rcfg.variant == "hybrid" else None
-    seconds["mix fit"], began = time.perf_counter() - began, time.perf_counter()
+    seconds["mix fit"] = time.perf_counter() - began
     if mix:
         print(f"[rec-train] the learned score's weight beside the channels, fitted on the held-out dialogues: {mix['weight']}"
               + (" -- WARNING: the learned part adds nothing to the channels" if mix["weight"] == 0 else ""), flush=True)
-    residual, paper = None, None
-    if mix and mix["weight"] > 0 and rcfg.residual_epochs:
-        paper = _cpu_state(recommender)  # the learned part alone stays the paper variant's network
-        residual = fit_residual(recommender, train, stop, inputs.own, rcfg)
-        paper = paper if residual["kept"] else None
-        seconds["residual"] = time.perf_counter() - began
-    metrics.update(seconds=seconds, mix=mix, residual=residual, curve=state.get("curve", []), epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
+    metrics.update(seconds=seconds, mix=mix, curve=state.get("curve", []), epochs_run=state["epoch"] + 1, best_epoch=state.get("best_epoch", -1), best_stop_metric=state["best_metric"],
                    resumed_at=state.get("resumed_at", []), train_examples=len(train), stop_examples=len(stop),
                    pretrain_examples=len(datasets.get("pretrain", [])), channel_fit=fitted)
     with tempfile.TemporaryDirectory() as local:
-        save_recommender(recommender, inputs.meta, local, metrics, paper)
+        save_recommender(recommender, inputs.meta, local, metrics)
         write_model_config(local, dataclasses.replace(cfg, rec=rcfg))
         run_dir.upload(local, model(name))
     return metrics
@@ -247,13 +198,8 @@ def train_recommender(cfg: Config, run_dir: RunDir) -> dict:
         f"({metrics['mix']['metric']} by weight): " + ", ".join(f"{w}: {v:.4f}" for w, v in metrics["mix"]["curve"].items())
         + f"; chosen {metrics['mix']['weight']}, the channel weights refitted beside it: {metrics['mix']['channels']} "
         f"(fitted alone: {metrics['channel_fit']['weights']}).")
-    residual = metrics["residual"] and "\n\nResidual epochs (the network fine-tuned on the hybrid's loss, its channels and weight frozen), " + (
-        f"held-out {metrics['residual']['metric']} of the whole hybrid: " + ", ".join(
-            f"{p['epoch']}: {p['held_out']:.4f}" + ("" if p["train_loss"] is None else f" (train loss {p['train_loss']:.4f}, {p['seconds']:.0f} s)")
-            for p in metrics["residual"]["curve"]) + f"; kept {metrics['residual']['kept']} (0: the network before them).")
     run_dir.write_text(RECOMMENDER_CURVE, f"# Recommender ({cfg.rec.variant}): learning curve\n\nHeld out: {metrics['stop_examples']} "
-                       f"examples of training dialogues never trained on (they select the epoch); the learned score alone.\n\n{curve}{mix or ''}"
-                       f"{residual or ''}\n")
+                       f"examples of training dialogues never trained on (they select the epoch); the learned score alone.\n\n{curve}{mix or ''}\n")
     print(curve, flush=True)
     return {"train_examples": metrics["train_examples"], "stop_examples": metrics["stop_examples"], "epochs_run": metrics["epochs_run"],
             "best_epoch": metrics.get("best_epoch"), f"stop_{cfg.rec.early_stop_metric}": metrics.get("best_stop_metric")}

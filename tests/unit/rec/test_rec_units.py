@@ -332,38 +332,6 @@ def test_the_hybrid_learns_what_counts_cannot_see_and_its_weight_is_fitted_on_he
     assert np.array_equal(variant_ranks(model, held, model.cfg, alone)["channels alone"][0], channels_alone[0])
 
 
-def test_residual_epochs_teach_the_network_what_the_frozen_channels_miss_and_the_paper_part_stays(kg, data_root, tmp_path):
-    """The same signal the counts cannot see, learned on the hybrid's own loss (`fit_residual`): the channels stay as
-    fitted, an epoch is kept only where the held-out hybrid improves, and the network before the residual epochs is
-    saved beside the model as its learned part alone (the paper variant)."""
-    from ecr_ray.rec.evaluate import rank_rows, variant_ranks
-    from ecr_ray.rec.train import fit_residual
-
-    model, meta = _model(kg, data_root, early_stop_metric="mean_recall", residual_epochs=12, residual_lr=3e-2)
-    model.cfg = dataclasses.replace(model.cfg, train=dataclasses.replace(model.cfg.train, batch_size=16))
-    targets = (10, 11, 12, 13)
-
-    def rows(first_id):
-        return [{"conversation_id": first_id + n, "entities": [5], "entity_emotions": [[0.0] * 9], "entity_by_seeker": [1],
-                 "context_vec": np.eye(8, dtype=np.float32)[k] * 3, "item": targets[k], "feedback": 1, "new": 1}
-                for n, k in enumerate(np.random.default_rng(first_id).integers(0, len(targets), 64))]
-
-    train, held = rows(100), rows(1000)
-    channels = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("cooccurrence_weights", "copy_weights", "copy_gate"))}
-    before = rank_rows(model, held, model.cfg, "learned")[0]
-    paper = {k: v.clone() for k, v in model.state_dict().items()}
-    residual = fit_residual(model, train, held, {}, model.cfg)
-    curve = [p["held_out"] for p in residual["curve"]]
-    assert residual["kept"] >= 1 and curve[residual["kept"]] == max(curve) > curve[0]
-    assert (rank_rows(model, held, model.cfg)[0] < 10).mean() == 1.0
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in channels.items())  # frozen
-    model.eval()
-    save_recommender(model, meta, tmp_path / "rec", {"channel_fit": {"weights": {}}}, paper)
-    loaded, info = load_recommender(tmp_path / "rec", model.cfg)
-    ranks = variant_ranks(loaded, held, loaded.cfg, info)
-    assert np.array_equal(ranks["paper"][0], before) and np.array_equal(ranks["hybrid"][0], rank_rows(model, held, model.cfg)[0])
-
-
 def test_checkpoint_round_trip_and_a_mismatching_config_is_refused(kg, data_root, tmp_path):
     model, meta = _model(kg, data_root)
     save_recommender(model, meta, tmp_path / "rec", {"recall@50": 0.1})
