@@ -11,8 +11,9 @@ Two batches of first-round seeker prompts (free and attribute mode: other prompt
   static           transformers' static KV cache, eager
   static+compile   the static cache with `generate`'s torch.compile (inductor; its first batch compiles)
   ctranslate2      the model converted to CTranslate2 (float32), if the package is installed
-Printed per engine: seconds of each batch, new tokens per second on the second batch, its ratio to eager, and
-whether its text equals eager's; for eager, the share of the second batch spent reading the prompts.
+Printed per engine: seconds of each batch, new tokens per second on the second batch, eager's seconds over its
+seconds on that batch (the engines count a stop token differently, so the ratio is of time), and whether its text
+equals eager's; for eager, the share of the second batch spent reading the prompts.
 """
 import argparse
 import os
@@ -90,11 +91,10 @@ def main():
         model.to(engine.pop("dtype", shipped))
         runs = [decode(tokenizer, model, chats, args.tokens, **engine) for chats in batches]
         (first, _, _), (second, tokens, texts) = runs
-        rate = tokens / second
-        base = base or (rate, texts)
+        base = base or (second, texts)
         same = sum(a == b for a, b in zip(texts, base[1]))
-        print(f"{name:>15}: batch 1 {first:6.1f} s, batch 2 {second:6.1f} s, {rate:6.1f} new tokens/s, "
-              f"x{rate / base[0]:.2f} of eager; text as eager's in {same}/{len(texts)}", flush=True)
+        print(f"{name:>15}: batch 1 {first:6.1f} s, batch 2 {second:6.1f} s, {tokens / second:6.1f} new tokens/s, "
+              f"x{base[0] / second:.2f} eager's speed; text as eager's in {same}/{len(texts)}", flush=True)
         if name == "eager":  # how much of a batch is reading the prompts (what a cached prompt prefix would save)
             prefill = decode(tokenizer, model, batches[1], 1, **engine)[0]
             print(f"{'':>15}  of batch 2, the prompts' prefill (one new token) {prefill:.1f} s ({prefill / second:.0%})", flush=True)
@@ -115,9 +115,8 @@ def main():
         converted = time.perf_counter() - began
         generator = ctranslate2.Generator(folder, device="cpu", intra_threads=args.threads)
         (first, _, _), (second, tokens, texts) = [ct2_decode(tokenizer, generator, chats, args.tokens) for chats in batches]
-        rate = tokens / second
         same = sum(a == b for a, b in zip(texts, base[1]))
-        print(f"{'ctranslate2':>15}: batch 1 {first:6.1f} s, batch 2 {second:6.1f} s, {rate:6.1f} new tokens/s, x{rate / base[0]:.2f} of eager; "
+        print(f"{'ctranslate2':>15}: batch 1 {first:6.1f} s, batch 2 {second:6.1f} s, {tokens / second:6.1f} new tokens/s, x{base[0] / second:.2f} eager's speed; "
               f"text as eager's in {same}/{len(texts)} (float32; converting the model took {converted:.0f} s)", flush=True)
 
 
