@@ -79,7 +79,7 @@ class Simulator:
     """What a process needs to simulate dialogues: the seeker (with its title filter) and the systems of `sim.systems`,
     each built once. `run` simulates a batch of personas with every system in every mode."""
 
-    def __init__(self, cfg: Config, run_dir: RunDir, threads: int):
+    def __init__(self, cfg: Config, run_dir: RunDir, threads: int, actors: int = 1):
         from ecr_ray.artifacts import POOL, read_rows, read_tables
         from ecr_ray.data.kg import load_kg
         from ecr_ray.rec.baselines import item_popularity
@@ -100,7 +100,7 @@ class Simulator:
                                                              cfg.rec.recency_decay, cfg.eval.baselines.copy_bonus),
                 "always target": lambda: AlwaysTarget(self.kg, s.seed), "random": lambda: Random(self.kg, s.seed)}
         self.systems = {name: made[name]() for name in self.names}
-        chat = (EndpointChat(dataclasses.asdict(s.llm)) if s.llm.base_url
+        chat = (EndpointChat(dataclasses.asdict(s.llm), actors) if s.llm.base_url
                 else LocalChat(s.llm.model, cfg.models.allow_download, threads=threads))
         self.seeker = Seeker(chat, TitleFilter(self.kg), s.llm, s.retries, s.max_words, s.seed)
 
@@ -124,12 +124,13 @@ class SimulatedDialogues:
     """Ray Data UDF over batches {key, persona (pickled)}: the batch's dialogues simulated together (a round's seeker
     messages and replies are batched), each result written to the cache as this batch's part before it returns."""
 
-    def __init__(self, config: dict, run_dir: str, run: str, cache: str, threads: int):
+    def __init__(self, llm: dict, actors: int, run: str, cache: str, config: dict, run_uri: str, threads: int):
         import pyarrow.fs as pafs
 
         from ecr_ray.config import from_dict
 
-        self.simulator = Simulator(from_dict(Config, config), RunDir(run_dir), threads)
+        del llm  # the pool contract's (`llm.cache.ask_pending`): config's sim.llm, whose endpoint it has probed
+        self.simulator = Simulator(from_dict(Config, config), RunDir(run_uri), threads, actors)
         self.run = run
         self.fs, self.cache = pafs.FileSystem.from_uri(cache)
 

@@ -98,12 +98,13 @@ class LocalChat:
 
 
 class EndpointChat:
-    """The same, against an OpenAI-compatible endpoint (its retries and rate bound: `llm.client.ValidatedChat`)."""
+    """The same, against an OpenAI-compatible endpoint (its retries and rate bound: `llm.client.ValidatedChat`; each of
+    `actors` simulating actors keeps to its share of `llm.qps`)."""
 
-    def __init__(self, llm: dict):
+    def __init__(self, llm: dict, actors: int = 1):
         from ecr_ray.llm.client import ValidatedChat
 
-        self.chat = ValidatedChat(llm, llm["qps"])
+        self.chat = ValidatedChat(llm, llm["qps"] / actors)
 
     def complete_many(self, chats: list[list[dict]], max_tokens: int, temperature: float, seed: int) -> list[str]:
         return [self.chat.text(c, self.chat.record(), max_tokens=max_tokens, temperature=temperature, seed=seed) for c in chats]

@@ -51,12 +51,7 @@ def simulated(cfg: Config, run_dir: RunDir, people: list[dict]) -> tuple[list[di
     """Every persona's simulated dialogues (`conversations.Simulator.run`), from the cache where a run before (or one
     stopped mid-way) left them, the rest on a Ray Data actor pool (`sim.pool`, a batch of dialogues per call).
     Returns the results in `people`'s order and how many came from the cache."""
-    import uuid
-
-    import ray
-
-    from ecr_ray.llm.cache import read_cache
-    from ecr_ray.raytools import blocks_for, connect, map_actors
+    from ecr_ray.llm.cache import ask_pending, read_cache
     from ecr_ray.sim.conversations import RESULT_SCHEMA, SimulatedDialogues
 
     keys, pool = dialogue_keys(cfg, run_dir, people), cfg.sim.pool
@@ -65,12 +60,8 @@ def simulated(cfg: Config, run_dir: RunDir, people: list[dict]) -> tuple[list[di
     if pending:
         print(f"[simulate] {len(pending)} dialogues to simulate ({len(people) - len(pending)} cached), "
               f"{pool.batch_size} a batch on {pool.actors} actor(s)", flush=True)
-        connect(cfg.ray)
-        run_dir.fs.create_dir(run_dir.path(SIM_CACHE), recursive=True)
-        ds = ray.data.from_items(pending, override_num_blocks=blocks_for(len(pending), pool.batch_size))
-        kwargs = {"config": cfg.to_dict(), "run_dir": run_dir.uri, "run": uuid.uuid4().hex, "cache": run_dir.location(SIM_CACHE),
-                  "threads": pool.threads}
-        map_actors(ds, SimulatedDialogues, kwargs, pool).materialize()
+        ask_pending(cfg, run_dir, SIM_CACHE, SimulatedDialogues, pending, cfg.sim.llm, pool, local_server=False,
+                    config=cfg.to_dict(), run_uri=run_dir.uri, threads=pool.threads)
     results = {r["key"]: pickle.loads(r["result"]) for r in read_cache(run_dir, SIM_CACHE, RESULT_SCHEMA)}
     missing = [p["conversation_id"] for k, p in zip(keys, people, strict=True) if k not in results]
     if missing:

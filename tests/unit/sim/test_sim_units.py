@@ -69,3 +69,13 @@ def test_a_real_small_model_plays_the_seeker_through_the_filter_and_the_sanity_s
     assert chance["success"][1] is None  # two random lists of 6,281 items, two targets: about 1 in 1,600
     # the opening of a dialogue is written once for every system: the same first message
     assert converse([persona], Random(kg, 1), seeker, "attribute", 1, kg)[0]["rounds"][0]["message"] == chance["rounds"][0]["message"]
+
+
+def test_each_simulating_actor_keeps_to_its_share_of_the_endpoints_rate():
+    import dataclasses
+
+    from ecr_ray.sim.seeker import EndpointChat
+
+    llm = {**dataclasses.asdict(load_config("tiny").sim.llm), "base_url": "http://127.0.0.1:9/v1", "qps": 8.0}
+    assert EndpointChat(llm).chat.limiter._interval == pytest.approx(1 / 8)
+    assert EndpointChat(llm, actors=4).chat.limiter._interval == pytest.approx(1 / 2)  # 4 actors together: still 8 a second
