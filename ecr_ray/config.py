@@ -49,6 +49,8 @@ class ActorPool:
                         runtime=True)
     gpus: float = _knob(0.0, "GPUs per actor (the model moves to its GPU; a fraction shares one); 0: CPU only", runtime=True)
     batch_size: int = _knob(64, "rows per batch", runtime=True)
+    stall_s: float = _knob(6 * 3600.0, "seconds without a finished batch before Ray Data fails the pool (-1: never; Ray's own 30 min "
+                                       "is shorter than a 1.5B seeker's batch on 2 AVX2 cores)", runtime=True)
 
     @property
     def threads(self) -> int:

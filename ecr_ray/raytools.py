@@ -39,11 +39,14 @@ def connect(cfg: RayConfig) -> None:
 
 
 def map_actors(ds, udf: type, kwargs: dict, pool: ActorPool):
-    """`ds` through `udf(**kwargs)` on `pool.actors` actors, pyarrow batches of `pool.batch_size` rows."""
+    """`ds` through `udf(**kwargs)` on `pool.actors` actors, pyarrow batches of `pool.batch_size` rows; the dataset fails
+    when no batch finishes for `pool.stall_s` seconds."""
     import ray
 
-    return ds.map_batches(udf, fn_constructor_kwargs=kwargs, batch_format="pyarrow", batch_size=pool.batch_size,
-                          compute=ray.data.ActorPoolStrategy(size=pool.actors), num_cpus=pool.cpus, num_gpus=pool.gpus)
+    out = ds.map_batches(udf, fn_constructor_kwargs=kwargs, batch_format="pyarrow", batch_size=pool.batch_size,
+                         compute=ray.data.ActorPoolStrategy(size=pool.actors), num_cpus=pool.cpus, num_gpus=pool.gpus)
+    out.context.execution_no_progress_timeout_s = pool.stall_s
+    return out
 
 
 def blocks_for(rows: int, batch_size: int) -> int:

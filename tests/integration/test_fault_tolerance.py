@@ -1,5 +1,6 @@
 """Failures injected for real: a Ray Train worker killed mid-training, a Ray Data inference actor killed
-mid-stage. The runs finish with the same epochs and with every row once."""
+mid-stage. The runs finish with the same epochs and with every row once. And a pool whose batches are slow
+is failed only after its own `stall_s`, not Ray Data's 30 minutes."""
 import os
 import shutil
 import signal
@@ -84,3 +85,32 @@ def test_a_killed_inference_actor_loses_and_duplicates_no_row(labelled_run, ray_
     got = run_dir.read_table(f"emotion/utterances/{POOL}", columns=["utterance_id", "probs"]).to_pydict()
     assert len(got["utterance_id"]) == len(set(got["utterance_id"])) == len(expected)  # nothing duplicated
     assert set(got["utterance_id"]) == set(expected) and all(len(p) == 9 for p in got["probs"])  # nothing lost
+
+
+class _Slow:
+    """A Ray Data UDF whose batch takes `seconds` (as a 1.5B seeker's batch takes over 30 min on 2 AVX2 cores)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, batch):
+        time.sleep(self.seconds)
+        return batch
+
+
+def test_a_pool_fails_only_after_its_own_stall_time(ray_local):
+    import pytest
+    from ray.data.context import DataContext
+
+    from ecr_ray.config import ActorPool
+    from ecr_ray.raytools import map_actors
+
+    def run(stall_s: float) -> list[dict]:
+        ds = ray_local.data.from_items([{"x": i} for i in range(2)], override_num_blocks=1)
+        return map_actors(ds, _Slow, {"seconds": 6}, ActorPool(actors=1, cpus=0.5, batch_size=2, stall_s=stall_s)).take_all()
+
+    default = DataContext.get_current().execution_no_progress_timeout_s
+    with pytest.raises(Exception, match="made no progress"):  # a batch longer than the pool's stall time fails it
+        run(2.0)
+    assert sorted(r["x"] for r in run(-1)) == [0, 1]  # -1: a batch may take as long as it takes
+    assert DataContext.get_current().execution_no_progress_timeout_s == default  # the pool's own, not the process's
