@@ -250,6 +250,8 @@ class RecConfig:
                                           "needs the stance model), compared with ECR's reading on all examples and on those naming a disliked movie")
     cv_emotion_ablations: bool = _knob(True, "`ecr-ray ablations` trains the four ablated variants too; false: full ECR alone (the hybrid, "
                                              "its paper variant and channels against the baselines) in a fifth of the time")
+    cv_also: dict[str, dict] = _knob({}, "`ecr-ray ablations` also trains full ECR with other rec knobs on the same folds, paired against it: "
+                                         "label -> changes, e.g. {\"hidden 256\": {hidden: 256}} or {\"lr 1e-3\": {train: {lr: 1.0e-3}}}")
     train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on held-out training dialogues)", epochs=10, lr=1e-3,
                                  weight_decay=0.01, batch_size=64)
     prompt: PromptConfig = _section(PromptConfig, "the prompt context path (rec.context_encoder=prompt)")
@@ -511,7 +513,8 @@ def _check(value, hint, key: str):
         hint = next(h for h in options if h is not type(None))
         origin = typing.get_origin(hint)
     if origin is dict:
-        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        key_type, value_type = typing.get_args(hint)
+        if isinstance(value, dict) and all(isinstance(k, key_type) and isinstance(v, value_type) for k, v in value.items()):
             return dict(value)
     elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -519,7 +522,7 @@ def _check(value, hint, key: str):
         return float(value)
     elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
-    raise ConfigError(f"config key {key} should be {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise ConfigError(f"config key {key} should be {hint if typing.get_origin(hint) else getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def describe(node=None, prefix: str = "", section: str = "") -> list[tuple[str, str, str]]:

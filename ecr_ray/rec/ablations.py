@@ -5,7 +5,8 @@ scored once by each system. A hybrid model is scored whole, as its learned part 
 variant: the ablations are read there) and, for full ECR, as its channels alone (what the learned part
 adds; `rec.cv_emotion_ablations: false` trains full ECR alone). The variants read each entity's emotions
 ECR's way; with `rec.cv_entity_stance`, full ECR is trained again reading each named movie's own stance
-(stance-infer-pool), compared on all examples and on those whose context names a disliked movie. Metrics
+(stance-infer-pool), compared on all examples and on those whose context names a disliked movie; each of `rec.cv_also`
+trains full ECR again with other knobs (a width, a rate), paired against it on the same folds. Metrics
 with 95% intervals over dialogues, and paired differences (same resamples): reports/ablations.{json,md,png}."""
 from __future__ import annotations
 
@@ -31,6 +32,24 @@ COMPARED = (("full ECR", "channels alone"), ("full ECR" + PAPER, "co-occurrence"
             *(("full ECR" + PAPER, name + PAPER) for name in VARIANTS if name != "full ECR"),
             (STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER))
 DISLIKED_CONTEXT = " (contexts naming a movie the seeker disliked)"  # the stance comparison again on those examples
+ALSO = "full ECR, {}"  # `rec.cv_also`: full ECR with other knobs, on the same folds
+
+
+def also_trained(rec) -> dict[str, object]:
+    """`rec.cv_also` as {system name: its RecConfig}: full ECR (ECR's emotion reading) with each label's changes merged in."""
+    from ecr_ray.config import RecConfig, from_dict
+
+    def merged(base: dict, changes: dict) -> dict:
+        return {k: merged(base[k], changes[k]) if isinstance(base.get(k), dict) and isinstance(changes.get(k), dict) else changes.get(k, base.get(k))
+                for k in {**base, **changes}}
+
+    base = {**dataclasses.asdict(rec), "cv_also": {}, **VARIANTS["full ECR"], "entity_stance": False}
+    out = {}
+    for label, changes in rec.cv_also.items():
+        if not isinstance(changes, dict) or not changes or "entity_stance" in changes or "cv_also" in changes:
+            raise ValueError(f"rec.cv_also[{label!r}] must map rec knobs other than entity_stance and cv_also to new values, got {changes!r}")
+        out[ALSO.format(label)] = from_dict(RecConfig, merged(base, changes))
+    return out
 
 
 def folds(dialogue_ids, k: int) -> list[set[int]]:
@@ -50,31 +69,36 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
     from ecr_ray.rec.train import fit_recommender
     from ecr_ray.report import comparison_chart, comparison_table
 
-    # the variants read each entity's emotions ECR's way (the utterance's); the stance variant, each named movie's own stance
-    readings = {flag: dataclasses.replace(cfg, rec=dataclasses.replace(cfg.rec, entity_stance=flag))
-                for flag in (False, *((True,) if cfg.rec.cv_entity_stance else ()))}
-    rows = {flag: load_examples(c, run_dir, POOL)[0] for flag, c in readings.items()}
+    # each trained system: its config and the examples it reads. The variants read each entity's emotions ECR's way (the
+    # utterance's, reading False); the stance variant each named movie's own stance (True); a `rec.cv_also` system its own
+    # (its knobs may shape the examples). Every reading must give the same examples: they differ in what they carry.
+    trained = {name: (dataclasses.replace(cfg.rec, **flags, entity_stance=False), False) for name, flags in VARIANTS.items()
+               if cfg.rec.cv_emotion_ablations or name == "full ECR"}
+    if cfg.rec.cv_entity_stance:
+        trained[STANCE] = (dataclasses.replace(cfg.rec, **VARIANTS["full ECR"], entity_stance=True), True)
+    trained.update({name: (rcfg, name) for name, rcfg in also_trained(cfg.rec).items()})
+    readings = {False: dataclasses.replace(cfg, rec=dataclasses.replace(cfg.rec, entity_stance=False)),
+                **{r: dataclasses.replace(cfg, rec=rcfg) for rcfg, r in trained.values() if r is not False}}
+    rows = {r: load_examples(c, run_dir, POOL)[0] for r, c in readings.items()}
     key = lambda r: (r["conversation_id"], r["turn"], r["item"])  # noqa: E731
-    if any(list(map(key, rows[flag])) != list(map(key, rows[False])) for flag in rows):
-        raise RuntimeError("the stance reading changed which examples there are: they must differ in their emotions only")
+    for r in rows:
+        if list(map(key, rows[r])) != list(map(key, rows[False])):
+            raise RuntimeError(f"the {'stance' if r is True else repr(r)} reading changed which examples there are: every "
+                               "system must rank the same examples")
     dialogues = read_rows(run_dir, POOL, "dialogues")
-    feelings = {flag: user_feelings(c, run_dir, POOL) for flag, c in readings.items()}
+    feelings = {r: user_feelings(c, run_dir, POOL) for r, c in readings.items()}
     probs = feelings[False]
     kg = load_kg(cfg.data.path(cfg.data.kg_dir))
     everyone = {d["conversation_id"] for d in dialogues}
     held_rows, ranked, effects = [], {}, []
-    trained = {name: {**flags, "entity_stance": False} for name, flags in VARIANTS.items()
-               if cfg.rec.cv_emotion_ablations or name == "full ECR"}
-    if cfg.rec.cv_entity_stance:
-        trained[STANCE] = {**VARIANTS["full ECR"], "entity_stance": True}
     for f, held in enumerate(folds(everyone, cfg.rec.cv_folds)):
-        inputs = {flag: training_inputs(cfg, rows[flag], dialogues, feelings[flag], everyone - held) for flag in readings}
+        inputs = {r: training_inputs(c, rows[r], dialogues, feelings[r], everyone - held) for r, c in readings.items()}
         held_rows += inputs[False].held_out
         for kind, result in baseline_ranks(inputs[False].train, inputs[False].meta["tables"]["items"], inputs[False].held_out, kg, cfg.rec,
                                            cfg.eval).items():
             ranked.setdefault(kind, []).append(result)
-        for name, flags in trained.items():
-            rcfg, given = dataclasses.replace(cfg.rec, **flags), inputs[flags["entity_stance"]]
+        for name, (rcfg, reading) in trained.items():
+            given = inputs[reading]
             folder = f"{ABLATIONS}/fold-{f}/{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}"
             print(f"[rec-ablations] fold {f + 1}/{cfg.rec.cv_folds}: training {name!r}", flush=True)
             fit_recommender(cfg, rcfg, folder, given, run_dir)
@@ -87,8 +111,9 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
                     ranked.setdefault(labels[part], []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
+    also = [(a + part, "full ECR" + part) for a in also_trained(cfg.rec) for part in ("", PAPER)]
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
-                   for a, b in COMPARED if a in joined and b in joined}
+                   for a, b in (*COMPARED, *also) if a in joined and b in joined}
     if STANCE in joined:  # where it matters most: the context names a movie the seeker said (questionnaire) they disliked
         hated = disliked_context(held_rows, dialogues)
         subset = lambda ranks: tuple(part[hated] for part in ranks)  # noqa: E731

@@ -143,14 +143,19 @@ def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
 
     # full ECR again, reading each named movie's own stance (the stance model and its inference run first), on the same examples
     from ecr_ray.artifacts import read_rows
-    from ecr_ray.rec.ablations import DISLIKED_CONTEXT, STANCE, disliked_context
+    from ecr_ray.rec.ablations import ALSO, DISLIKED_CONTEXT, STANCE, disliked_context
     from ecr_ray.rec.examples import load_examples
 
-    assert _cli("ablations", run_dir, "--set", "rec.cv_entity_stance=true", "--set", "rec.cv_emotion_ablations=false") == 0
+    # and full ECR at another width (`rec.cv_also`), paired against it on the same folds
+    assert _cli("ablations", run_dir, "--set", "rec.cv_entity_stance=true", "--set", "rec.cv_emotion_ablations=false",
+                "--set", 'rec.cv_also={"hidden 16": {hidden: 16}}') == 0
     assert run_dir.exists("models/stance") and run_dir.exists("emotion/stances/pool")
     report = run_dir.read_json("reports/ablations.json")
-    assert {STANCE, STANCE + PAPER} <= set(report["systems"]) and report["systems"][STANCE]["examples"] == pool_examples
-    for first, second in ((STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER)):
+    narrow = ALSO.format("hidden 16")
+    assert {STANCE, STANCE + PAPER, narrow, narrow + PAPER} <= set(report["systems"])
+    assert report["systems"][STANCE]["examples"] == report["systems"][narrow]["examples"] == pool_examples
+    assert [run_dir.read_json(f"models/ablations/fold-{f}/full-ecr-hidden-16/ecr_config.json")["rec"]["hidden"] for f in (0, 1)] == [16, 16]
+    for first, second in ((STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER), (narrow, "full ECR"), (narrow + PAPER, "full ECR" + PAPER)):
         diff = report["differences"][f"{first} − {second}"]["recall@50"]
         assert diff == pytest.approx(report["systems"][first]["recall@50"] - report["systems"][second]["recall@50"])
     rows, _ = load_examples(cfg, run_dir, "pool")

@@ -394,6 +394,22 @@ def test_schedule_warm_up_then_cosine_and_the_stopping_split_holds_whole_dialogu
         folds(range(10), 1)
 
 
+def test_cv_also_trains_full_ecr_again_with_only_the_named_knobs_changed():
+    from ecr_ray.rec.ablations import also_trained
+
+    rec = dataclasses.replace(load_config("cpu").rec, local_emotion=False,
+                              cv_also={"hidden 256": {"hidden": 256}, "lr 1e-3": {"train": {"lr": 1e-3}}})
+    systems = also_trained(rec)
+    assert list(systems) == ["full ECR, hidden 256", "full ECR, lr 1e-3"]
+    wide, fast = systems.values()
+    assert wide.hidden == 256 and wide.train == rec.train and wide.cv_also == {}
+    assert fast.train.lr == 1e-3 and fast.train.batch_size == rec.train.batch_size and fast.hidden == rec.hidden  # the rest of train kept
+    assert wide.local_emotion and wide.global_emotion and wide.reweight and not wide.entity_stance  # full ECR, read ECR's way
+    for bad in ({}, {"entity_stance": True}, {"hiden": 256}):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            also_trained(dataclasses.replace(rec, cv_also={"x": bad}))
+
+
 def test_entity_evidence_splits_each_channels_score_between_the_mentioned_entities(kg, data_root):
     model, _ = _model(kg, data_root, copy_channel=False)
     with torch.no_grad():
