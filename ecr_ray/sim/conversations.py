@@ -113,6 +113,8 @@ class Simulator:
             for mode in self.modes:
                 for o, d in zip(out, converse(people, system, self.seeker, mode, self.sim.rounds, self.kg, clock), strict=True):
                     o["systems"][name][mode] = d
+                print(f"[simulate] a batch of {len(people)} dialogues: {name}, {mode} mode done (so far {clock['seeker']:.0f} s writing "
+                      f"the seekers' messages, {clock['system']:.0f} s answering them)", flush=True)  # a batch can take an hour on a CPU
             for o in out:
                 o["seconds"][name] = {k: v / len(people) for k, v in clock.items()}
         for o, p in zip(out, people, strict=True):
