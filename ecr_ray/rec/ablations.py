@@ -76,7 +76,8 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
                if cfg.rec.cv_emotion_ablations or name == "full ECR"}
     if cfg.rec.cv_entity_stance:
         trained[STANCE] = (dataclasses.replace(cfg.rec, **VARIANTS["full ECR"], entity_stance=True), True)
-    trained.update({name: (rcfg, name) for name, rcfg in also_trained(cfg.rec).items()})
+    also = also_trained(cfg.rec)
+    trained.update({name: (rcfg, name) for name, rcfg in also.items()})
     readings = {False: dataclasses.replace(cfg, rec=dataclasses.replace(cfg.rec, entity_stance=False)),
                 **{r: dataclasses.replace(cfg, rec=rcfg) for rcfg, r in trained.values() if r is not False}}
     rows = {r: load_examples(c, run_dir, POOL)[0] for r, c in readings.items()}
@@ -111,9 +112,9 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
                     ranked.setdefault(labels[part], []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
-    also = [(a + part, "full ECR" + part) for a in also_trained(cfg.rec) for part in ("", PAPER)]
+    paired = (*COMPARED, *((name + part, "full ECR" + part) for name in also for part in ("", PAPER)))
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
-                   for a, b in (*COMPARED, *also) if a in joined and b in joined}
+                   for a, b in paired if a in joined and b in joined}
     if STANCE in joined:  # where it matters most: the context names a movie the seeker said (questionnaire) they disliked
         hated = disliked_context(held_rows, dialogues)
         subset = lambda ranks: tuple(part[hated] for part in ranks)  # noqa: E731
