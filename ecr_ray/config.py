@@ -436,6 +436,12 @@ def from_dict(cls, values: dict):
     return _build(cls, values, "")
 
 
+def with_changes(section, changes: dict, prefix: str):
+    """A copy of config `section` with the nested `changes` applied, each checked as a preset's key would be (`prefix`:
+    the section's path, for the errors)."""
+    return _build(type(section), changes, prefix, section)
+
+
 RETIRED = {  # removed knobs: a config a model was saved with may still hold them (ignored there), a preset may not
     "rec.channel_fit": "the hybrid's channel weights are always fitted for ranking, and the model trains without them (2026-12-03)",
     "rec.channel_lr": "the item bias' rate is rec.bias_lr; no channel weight trains any more (2026-12-03)",

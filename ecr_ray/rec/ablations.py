@@ -37,18 +37,14 @@ ALSO = "full ECR, {}"  # `rec.cv_also`: full ECR with other knobs, on the same f
 
 def also_trained(rec) -> dict[str, object]:
     """`rec.cv_also` as {system name: its RecConfig}: full ECR (ECR's emotion reading) with each label's changes merged in."""
-    from ecr_ray.config import RecConfig, from_dict
+    from ecr_ray.config import with_changes
 
-    def merged(base: dict, changes: dict) -> dict:
-        return {k: merged(base[k], changes[k]) if isinstance(base.get(k), dict) and isinstance(changes.get(k), dict) else changes.get(k, base.get(k))
-                for k in {**base, **changes}}
-
-    base = {**dataclasses.asdict(rec), "cv_also": {}, **VARIANTS["full ECR"], "entity_stance": False}
+    base = dataclasses.replace(rec, cv_also={}, **VARIANTS["full ECR"], entity_stance=False)
     out = {}
     for label, changes in rec.cv_also.items():
         if not isinstance(changes, dict) or not changes or "entity_stance" in changes or "cv_also" in changes:
             raise ValueError(f"rec.cv_also[{label!r}] must map rec knobs other than entity_stance and cv_also to new values, got {changes!r}")
-        out[ALSO.format(label)] = from_dict(RecConfig, merged(base, changes))
+        out[ALSO.format(label)] = with_changes(base, changes, "rec.")
     return out
 
 
