@@ -27,10 +27,11 @@ class ConfigError(ValueError):
     """A preset or override that does not fit the typed config."""
 
 
-def _knob(default, doc: str, runtime: bool = False):
+def _knob(default, doc: str, runtime: bool = False, cv: bool = False):
     """A config value with its description; `runtime` knobs change speed or resources, never outputs,
-    so stage hashes leave them out (see `output_values`)."""
-    meta = {"doc": doc, "runtime": runtime}
+    so stage hashes leave them out (see `output_values`); `cv` knobs decide only the cross-validation
+    (`ecr-ray ablations`), so only a stage naming them hashes them: a new one retrains no shipped model."""
+    meta = {"doc": doc, "runtime": runtime, "cv": cv}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -245,13 +246,13 @@ class RecConfig:
     early_stop_metric: Literal[(MEAN_RECALL, MEAN_RECALL_AUC, *REC_METRICS)] = _knob(MEAN_RECALL, "metric that selects the best epoch and fits the hybrid's weights (the channels' on training examples, the learned score's on the held-out training dialogues) (mean_recall: the mean of recall@1, @10 and @50, the paper's cut-offs: without R@1 the copy weights move freely in a direction that costs only R@1; mean_recall_auc: of those and the AUC, which sits at chance, 0.50-0.52, on the held-out dialogues in every epoch: noise in the selection)")
     eval_batch_size: int = _knob(256, "examples per evaluation batch", runtime=True)
     auc_batch_size: int = _knob(32, "examples per batch of the per-batch AUC (the paper's code averages AUC over evaluation batches of 32)")
-    cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)")
+    cv_folds: int = _knob(5, "folds of the cross-validation behind `ecr-ray ablations` (over the pool's dialogues)", cv=True)
     cv_entity_stance: bool = _knob(False, "`ecr-ray ablations` also trains full ECR reading each named movie's own stance (rec.entity_stance; "
-                                          "needs the stance model), compared with ECR's reading on all examples and on those naming a disliked movie")
+                                          "needs the stance model), compared with ECR's reading on all examples and on those naming a disliked movie", cv=True)
     cv_emotion_ablations: bool = _knob(True, "`ecr-ray ablations` trains the four ablated variants too; false: full ECR alone (the hybrid, "
-                                             "its paper variant and channels against the baselines) in a fifth of the time")
+                                             "its paper variant and channels against the baselines) in a fifth of the time", cv=True)
     cv_also: dict[str, dict] = _knob({}, "`ecr-ray ablations` also trains full ECR with other rec knobs on the same folds, paired against it: "
-                                         "label -> changes, e.g. {\"hidden 256\": {hidden: 256}} or {\"lr 1e-3\": {train: {lr: 1.0e-3}}}")
+                                         "label -> changes, e.g. {\"hidden 256\": {hidden: 256}} or {\"lr 1e-3\": {train: {lr: 1.0e-3}}}", cv=True)
     train: TrainKnobs = _section(TrainKnobs, "Ray Train run (epochs: at most, early stopping on held-out training dialogues)", epochs=10, lr=1e-3,
                                  weight_decay=0.01, batch_size=64)
     prompt: PromptConfig = _section(PromptConfig, "the prompt context path (rec.context_encoder=prompt)")
@@ -418,7 +419,8 @@ class Config:
 
 
 def output_values(cfg, path: str):
-    """The value at a dotted config path with its runtime knobs left out: what a stage hash covers."""
+    """The value at a dotted config path with its runtime and cv knobs left out: what a stage hash covers
+    (a path naming a knob itself gives its value)."""
     node = cfg
     for part in path.split("."):
         node = getattr(node, part)
@@ -428,7 +430,13 @@ def output_values(cfg, path: str):
 def _outputs_only(node):
     if not dataclasses.is_dataclass(node):
         return copy.deepcopy(node)
-    return {f.name: _outputs_only(getattr(node, f.name)) for f in dataclasses.fields(node) if not f.metadata.get("runtime")}
+    return {f.name: _outputs_only(getattr(node, f.name)) for f in dataclasses.fields(node)
+            if not (f.metadata.get("runtime") or f.metadata.get("cv"))}
+
+
+def cv_knobs(section_cls, prefix: str) -> tuple[str, ...]:
+    """The dotted paths of a section's `cv` knobs (what the cross-validation stage hashes besides the section)."""
+    return tuple(f"{prefix}.{f.name}" for f in dataclasses.fields(section_cls) if f.metadata.get("cv"))
 
 
 def from_dict(cls, values: dict):

@@ -17,7 +17,7 @@ from functools import partial
 
 from ecr_ray.artifacts import (ABLATION_REPORTS, ABLATIONS, POOL, RECOMMENDER, RECOMMENDER_CURVE, TABLES, context_vectors_of, model, read_rows,
                                report, split_name, write_tables)
-from ecr_ray.config import Config
+from ecr_ray.config import Config, RecConfig, cv_knobs
 from ecr_ray.rec.ablations import run_ablations
 from ecr_ray.rec.context import context_stage, embed_contexts
 from ecr_ray.rec.evaluate import evaluate_group
@@ -45,7 +45,7 @@ def rec_stages(cfg: Config) -> list[Stage]:
                             config=("rec.auc_batch_size", "eval.intervals", "eval.baselines", "rec.recency_decay"), version=4))
     stance = ("stance-infer-pool",) if cfg.rec.cv_entity_stance and not cfg.rec.entity_stance else ()
     stages.append(Stage("rec-ablations", run=run_ablations, needs=(*feeling_stages(cfg, POOL), *stance, *context_stage(cfg, POOL)),
-                        config=(*TRAINING, "eval.intervals", "eval.baselines"), version=6,
+                        config=(*TRAINING, *cv_knobs(RecConfig, "rec"), "eval.intervals", "eval.baselines"), version=6,
                         optional=True,
                         outputs=(model(ABLATIONS), *ABLATION_REPORTS)))
     return stages

@@ -95,6 +95,8 @@ def test_stage_keys_leave_out_runtime_knobs():
     assert hashes(faster) == hashes(base)
     changed = {name for name, h in hashes(other).items() if h != hashes(base)[name]}
     assert changed == {"rec-train", "rec-ablations"}  # later stages follow through `needs`
+    cv = load_config("tiny", ["rec.cv_folds=3", 'rec.cv_also={"wide": {hidden: 64}}'])
+    assert {name for name, h in hashes(cv).items() if h != hashes(base)[name]} == {"rec-ablations"}  # the shipped model stays
 
 
 def test_a_saved_model_config_this_version_cannot_read_names_its_file(tmp_path):
