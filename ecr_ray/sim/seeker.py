@@ -64,6 +64,17 @@ class TitleFilter:
                 if self.index.get(i) in positions or (len(text_key(t)) > 3 and f" {text_key(t)} " in key)]
 
 
+# a small seeker often answers as the assistant it was tuned to be: offers help, refuses, recommends (a phrase list,
+# read as a validity figure, not a filter: on the cpu run's 1.5B seeker it caught 66 of 461 messages)
+ASSISTANT_VOICE = re.compile(r"\b(?:(?:I can|I'd be happy to|I would be happy to|happy to) help|I(?:'m| am) sorry, but I (?:can't|cannot)"
+                             r"|I (?:can't|cannot) (?:help|assist)|as an AI|how can I (?:help|assist)|I(?: would|'d)? (?:recommend|suggest))\b", re.I)
+
+
+def speaks_as_assistant(message: str) -> bool:
+    """Does a seeker's message speak as the recommender or an assistant (`ASSISTANT_VOICE`)?"""
+    return bool(ASSISTANT_VOICE.search(message))
+
+
 def seed_of(*parts) -> int:
     """A sampling seed from the turn (the same for every system, so the same seekers open the same way)."""
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)

@@ -95,8 +95,10 @@ def turn_by_turn(done: list[dict], intervals) -> dict:
 
 def validity(results: dict, personas: dict[int, dict], title_filter, rounds: int) -> dict:
     """The simulator's own checks: no accepted message names a target; how often a message names one of the
-    targets' attributes; the always-target system wins at round 1 and the random one almost never."""
+    targets' attributes, and how often it speaks as the assistant instead of the seeker; the always-target system
+    wins at round 1 and the random one almost never."""
     from ecr_ray.data.linking import text_key
+    from ecr_ray.sim.seeker import speaks_as_assistant
 
     messages = [(d["conversation_id"], x["message"]) for by_mode in results.values() for ds in by_mode.values() for d in ds["dialogues"]
                 for x in d["rounds"] if x["message"]]
@@ -106,7 +108,8 @@ def validity(results: dict, personas: dict[int, dict], title_filter, rounds: int
     written = sum(ds["messages"] for by_mode in results.values() for ds in by_mode.values())
     rejected = sum(ds["rejected"] for by_mode in results.values() for ds in by_mode.values())
     out = {"messages": len(unique), "leak_rate_after_filter": leaks / max(len(unique), 1),
-           "rejected_share": rejected / max(written + rejected, 1), "attribute_match": float(np.mean(said)) if said else None}
+           "rejected_share": rejected / max(written + rejected, 1), "attribute_match": float(np.mean(said)) if said else None,
+           "assistant_voice": float(np.mean([speaks_as_assistant(m) for _, m in unique])) if unique else None}
     for name, key in (("always target", "success@1 round 1"), ("random", f"success@50 round {rounds}")):
         if name in results:
             out[f"{name}: {key}"] = {mode: ds[key] for mode, ds in results[name].items()}
@@ -208,14 +211,18 @@ def simulation_page(out: dict) -> str:
     checks = [f"{v['messages']} distinct messages", f"leak rate after the filter {v['leak_rate_after_filter']:.3f}",
               f"rejected for naming a target {v['rejected_share']:.3f} of the messages written",
               f"naming one of the targets' attributes {shown(v['attribute_match'], None)}",
+              *([f"speaking as the assistant (offering help, refusing, recommending) {shown(v['assistant_voice'], None)}"]
+                if "assistant_voice" in v else []),
               *(f"{k} {', '.join(f'{m} {x:.2f}' for m, x in val.items())}" for k, val in v.items() if isinstance(val, dict))]
     lines += ["", "Simulator validity: " + "; ".join(checks) + ".", ""]
     t = out["seconds"]
-    lines += [f"Time: {t['all'] / 60:.1f} min in all, the dialogues {t['dialogues'] / 60:.1f} min"
-              + (f" ({out['reused_from_cache']} of them from the cache, with the time they took then)" if out["reused_from_cache"] else "")
-              + "; " + "; ".join(
+    fresh = out["dialogues"] - out["reused_from_cache"]
+    lines += [f"Time of this run: {t['all'] / 60:.1f} min, of which simulating {fresh} dialogues {t['dialogues'] / 60:.1f} min"
+              + (f" ({out['reused_from_cache']} read from the cache)" if out["reused_from_cache"] else "")
+              + (f" and the judge {t['judge'] / 60:.1f} min" if "judge" in t else "")
+              + f". Per system, summed over all {out['dialogues']} dialogues (a cached one with the time it took then): " + "; ".join(
         f"{n}: seeker {v['seeker']:.0f} s, system {v['system']:.0f} s" for n, v in t.items() if isinstance(v, dict))
-        + (f"; the judge {t['judge']:.0f} s" if "judge" in t else "") + " (a seeker message written for one system is reused by the next).", ""]
+        + " (a seeker message written for one system is reused by the next).", ""]
     first = next(iter(out["systems"].values()))
     for mode, m in first.items():
         for d in m["dialogues"][:3 if mode == next(iter(first)) else 0]:

@@ -40,6 +40,7 @@ def test_simulated_seekers_talk_to_every_system_and_the_report_holds(gen_run):
         assert always[mode]["success@1 round 1"] == opened and chance[mode]["success@1 round 2"] == 0.0
     v = out["validity"]
     assert v["leak_rate_after_filter"] == 0.0 and 0 <= v["rejected_share"] <= 1 and summary["leak_rate_after_filter"] == 0.0
+    assert 0 <= v["assistant_voice"] <= 1
     for name in ("ecr-ray", "co-occurrence + copy"):  # every reply judged in its conversation
         llm = out["systems"][name]["free"]["llm"]
         replies = sum(x["message"] is not None for d in out["systems"][name]["free"]["dialogues"] for x in d["rounds"])

@@ -5,7 +5,7 @@ import pytest
 from ecr_ray.config import load_config
 from ecr_ray.data.kg import load_kg
 from ecr_ray.gen.retrieval import item_title
-from ecr_ray.sim.seeker import Seeker, TitleFilter, clean, persona_prompt, seeker_instruction
+from ecr_ray.sim.seeker import Seeker, TitleFilter, clean, persona_prompt, seeker_instruction, speaks_as_assistant
 from ecr_ray.sim.systems import KS, AlwaysTarget, Random, hits
 
 
@@ -30,6 +30,15 @@ def test_the_title_filter_catches_a_target_however_it_is_written(kg):
     assert f.leaks("Maybe The Notebook (2004)?", persona) == ["The Notebook"]
     assert f.leaks("A romance with Kate Winslet, please", persona) == []  # an attribute may be said
     assert f.leaks("I loved Inception", persona) == []  # another movie is not a target
+
+
+def test_a_seeker_speaking_as_the_assistant_is_caught_and_one_in_role_is_not():
+    """Messages the cpu run's 1.5B seeker wrote: offering help, refusing and recommending are the assistant's voice."""
+    assistant = ["Sure, I'd be happy to help you find a movie that fits your criteria.", "I'm sorry, but I can't assist with that.",
+                 "I recommend you watch a comedy with Will Ferrell.", "Sorry, but I cannot help with that request."]
+    seeker = ["I'm sorry, but I don't like movies with famous actors.", "Could you help me find a comedy with Will Ferrell?",
+              "Not what I want: something darker, maybe a thriller.", "I liked that one! Anything else by the same director?"]
+    assert [speaks_as_assistant(m) for m in assistant + seeker] == [True] * 4 + [False] * 4
 
 
 def test_a_round_succeeds_when_its_top_k_holds_a_target():
