@@ -217,6 +217,8 @@ class RecConfig:
     num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")
     max_entities: int = _knob(32, "most recently mentioned entities kept per context")
     node_init: Literal["random", "ppmi-svd"] = _knob("ppmi-svd", "initial entity table: random | ppmi-svd (an SVD of the positive PMI of entity co-occurrence in the training dialogues, never the held-out ones that select the epoch)")
+    node_anchor: float = _knob(0.0, "node_init ppmi-svd: weight of the entity table's squared distance from its PPMI-SVD start, added to the "
+                                    "loss (an L2 pull of each row towards its start), so the co-occurrence signal it starts with stays while the rest learns; 0: off")
     pretrain_epochs: int = _knob(1, "epochs of entity-prediction pre-training before the recommendation epochs: every entity of every training utterance (both speakers) predicted among all entities from those before it (UniCRS/ECR)")
     dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
