@@ -80,9 +80,11 @@ def train_loop(config: dict) -> None:
             targets = torch.as_tensor(batch["item"], device=device)  # an item position; an entity id when pre-training
             logits = ddp(inputs, all_entities=pretraining, channels=False)
             loss = rec_loss(logits, targets, torch.as_tensor(batch["feedback"], device=device), None if pretraining else weights)
-            if cfg.node_anchor:
-                loss = loss + cfg.node_anchor * model.kg.drift()
-            losses.append(step(optimizer, loss))
+            if cfg.node_anchor:  # the curve keeps the recommendation loss alone, comparable across anchors
+                step(optimizer, loss + cfg.node_anchor * model.kg.drift())
+                losses.append(loss.item())
+            else:
+                losses.append(step(optimizer, loss))
         metrics = {"epoch": epoch, "phase": "pretrain" if pretraining else "train",
                    "train_loss": float(np.mean(losses)) if losses else float("nan")}
         held = None if pretraining else held_out_metrics()
