@@ -217,8 +217,6 @@ class RecConfig:
     num_bases: int = _knob(8, "RGCN basis matrices (the paper: 8)")
     max_entities: int = _knob(32, "most recently mentioned entities kept per context")
     node_init: Literal["random", "ppmi-svd"] = _knob("ppmi-svd", "initial entity table: random | ppmi-svd (an SVD of the positive PMI of entity co-occurrence in the training dialogues, never the held-out ones that select the epoch)")
-    node_anchor: float = _knob(0.0, "node_init ppmi-svd: weight of the entity table's squared distance from its PPMI-SVD start, added to the "
-                                    "loss (an L2 pull of each row towards its start), so the co-occurrence signal it starts with stays while the rest learns; 0: off")
     pretrain_epochs: int = _knob(1, "epochs of entity-prediction pre-training before the recommendation epochs: every entity of every training utterance (both speakers) predicted among all entities from those before it (UniCRS/ECR)")
     dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
@@ -455,6 +453,7 @@ def with_changes(section, changes: dict, prefix: str):
 RETIRED = {  # removed knobs: a config a model was saved with may still hold them (ignored there), a preset may not
     "rec.channel_fit": "the hybrid's channel weights are always fitted for ranking, and the model trains without them (2026-12-03)",
     "rec.channel_lr": "the item bias' rate is rec.bias_lr; no channel weight trains any more (2026-12-03)",
+    "rec.node_anchor": "an L2 pull of the entity table towards its PPMI-SVD start changed no cross-validated figure beyond noise (2026-12-06)",
 }
 
 

@@ -48,18 +48,12 @@ class KGEncoder(nn.Module):
         super().__init__()
         table = torch.randn(num_entities, hidden) * hidden**-0.5 if init is None else torch.as_tensor(init, dtype=torch.float32)
         self.nodes = nn.Parameter(table)
-        if init is not None:  # what `drift` measures against (rebuilt with the table, never saved)
-            self.register_buffer("start", table.clone(), persistent=False)
         self.rgcn = RGCNConv(hidden, hidden, num_relations, num_bases=num_bases)
         self.proj1 = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden))
         self.proj2 = nn.Linear(hidden, hidden)
         # the graph is rebuilt from the KG files, not saved with the weights
         self.register_buffer("edge_index", edges[0], persistent=False)
         self.register_buffer("edge_type", edges[1], persistent=False)
-
-    def drift(self) -> torch.Tensor:
-        """The entity table's squared distance from its PPMI-SVD start (`rec.node_anchor`): an L2 pull of every row towards its start."""
-        return (self.nodes - self.start).pow(2).sum()
 
     def forward(self) -> torch.Tensor:
         x = self.rgcn(self.nodes, self.edge_index, self.edge_type) + self.nodes

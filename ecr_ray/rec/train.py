@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from ecr_ray.artifacts import RECOMMENDER, RECOMMENDER_CURVE, model, report, write_model_config
-from ecr_ray.config import Config, ConfigError, RecConfig, from_dict
+from ecr_ray.config import Config, RecConfig, from_dict
 from ecr_ray.rundir import RunDir
 
 
@@ -80,11 +80,7 @@ def train_loop(config: dict) -> None:
             targets = torch.as_tensor(batch["item"], device=device)  # an item position; an entity id when pre-training
             logits = ddp(inputs, all_entities=pretraining, channels=False)
             loss = rec_loss(logits, targets, torch.as_tensor(batch["feedback"], device=device), None if pretraining else weights)
-            if cfg.node_anchor:  # the curve keeps the recommendation loss alone, comparable across anchors
-                step(optimizer, loss + cfg.node_anchor * model.kg.drift())
-                losses.append(loss.item())
-            else:
-                losses.append(step(optimizer, loss))
+            losses.append(step(optimizer, loss))
         metrics = {"epoch": epoch, "phase": "pretrain" if pretraining else "train",
                    "train_loss": float(np.mean(losses)) if losses else float("nan")}
         held = None if pretraining else held_out_metrics()
@@ -149,9 +145,6 @@ def fit_recommender(cfg: Config, rcfg: RecConfig, name: str, inputs, run_dir: Ru
     from ecr_ray.rec.channels import fit_channels, fit_mix
     from ecr_ray.rec.checkpoint import build_recommender, save_recommender
 
-    if rcfg.node_anchor and rcfg.node_init != "ppmi-svd":
-        raise ConfigError(f"rec.node_anchor is {rcfg.node_anchor}: it pulls the entity table towards its PPMI-SVD start, "
-                          f"so it needs rec.node_init=ppmi-svd, not {rcfg.node_init!r}")
     train, stop = stopping_split(inputs.train, rcfg.stop_fraction)
     if not train or not stop:
         raise RuntimeError(f"{len(train)} training and {len(stop)} held-out examples: the recommender needs both "

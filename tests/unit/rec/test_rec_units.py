@@ -546,21 +546,3 @@ def test_with_the_stance_a_disliked_movies_neighbours_rank_lower_than_without_it
         assert (fitted in DISLIKED_GRID) == stance
         without, named = score(model, [5], [liked]), score(model, [5, i0], [liked, emotion])
         assert (named < without) if stance else (named > without), (stance, named, without)
-
-
-def test_node_anchor_pulls_the_entity_table_towards_its_start(kg, data_root):
-    """rec.node_anchor: the same steps move the table less from its PPMI-SVD start; the start is never saved."""
-    def drift_after(anchor: float) -> float:
-        model, meta = _model(kg, data_root, node_init="ppmi-svd", node_anchor=anchor)
-        torch.manual_seed(0)
-        init = (np.random.default_rng(0).normal(size=(kg.num_entities, 16)) / 4).astype(np.float32)
-        model = build_recommender(model.cfg, {**meta, "tables": {**meta["tables"], "init": init}})
-        assert "kg.start" not in model.state_dict() and model.kg.drift().item() == 0.0
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        for _ in range(5):
-            loss = rec_loss(model(model.inputs(_batch(kg))), torch.tensor([0, 1]), torch.tensor([1, 0]), None)
-            optimizer.zero_grad(), (loss + anchor * model.kg.drift()).backward(), optimizer.step()
-        return model.kg.drift().item()
-
-    free, anchored = drift_after(0.0), drift_after(0.5)
-    assert free > 0 and anchored < 0.5 * free
