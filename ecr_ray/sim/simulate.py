@@ -211,8 +211,7 @@ def simulation_page(out: dict) -> str:
     checks = [f"{v['messages']} distinct messages", f"leak rate after the filter {v['leak_rate_after_filter']:.3f}",
               f"rejected for naming a target {v['rejected_share']:.3f} of the messages written",
               f"naming one of the targets' attributes {shown(v['attribute_match'], None)}",
-              *([f"speaking as the assistant (offering help, refusing, recommending) {shown(v['assistant_voice'], None)}"]
-                if "assistant_voice" in v else []),
+              f"speaking as the assistant (offering help, refusing, recommending) {shown(v['assistant_voice'], None)}",
               *(f"{k} {', '.join(f'{m} {x:.2f}' for m, x in val.items())}" for k, val in v.items() if isinstance(val, dict))]
     lines += ["", "Simulator validity: " + "; ".join(checks) + ".", ""]
     t = out["seconds"]
