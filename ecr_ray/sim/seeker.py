@@ -66,7 +66,7 @@ class TitleFilter:
 
 # a small seeker often answers as the assistant it was tuned to be: offers help, refuses, recommends (a phrase list,
 # read as a validity figure, not a filter: on the cpu run's 1.5B seeker it caught 66 of 461 messages)
-ASSISTANT_VOICE = re.compile(r"\b(?:(?:I can|I'd be happy to|I would be happy to|happy to) help|I(?:'m| am) sorry, but I (?:can't|cannot)"
+ASSISTANT_VOICE = re.compile(r"\b(?:(?:I can|happy to) help|I(?:'m| am) sorry, but I (?:can't|cannot)"
                              r"|I (?:can't|cannot) (?:help|assist)|as an AI|how can I (?:help|assist)|I(?: would|'d)? (?:recommend|suggest))\b", re.I)
 
 
