@@ -219,6 +219,9 @@ class RecConfig:
     node_init: Literal["random", "ppmi-svd"] = _knob("ppmi-svd", "initial entity table: random | ppmi-svd (an SVD of the positive PMI of entity co-occurrence in the training dialogues, never the held-out ones that select the epoch)")
     pretrain_epochs: int = _knob(1, "epochs of entity-prediction pre-training before the recommendation epochs: every entity of every training utterance (both speakers) predicted among all entities from those before it (UniCRS/ECR)")
     dropout: float = _knob(0.1, "dropout on the entity states and the user vector while training")
+    user_mixture: bool = _knob(False, "score items by a mixture of softmaxes: ECR's user vector and one per mentioned entity (its state read "
+                                      "with the context), weighted by a learned gate; a sum over the entities' neighbourhoods, as counts are, "
+                                      "where one vector's dot product must please every entity at once")
     recency_decay: float = _knob(0.8, "weight of a context entity per step back from the latest mention (the co-occurrence and global channels, and the co-occurrence baselines)")
     variant: Literal["paper", "hybrid"] = _knob("hybrid", "paper: ECR's recommender alone (RGCN entities, emotion-aware local entities "
                                                 "and global emotion-related neighbours in the user vector, the context encoder, the "

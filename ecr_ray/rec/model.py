@@ -101,6 +101,8 @@ class ECRRecommender(nn.Module):
         self.attn = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1, bias=False))
         self.context = CONTEXT_ENCODERS[cfg.context_encoder](cfg, context_dim, allow_download)
         self.user = nn.Linear(2 * h, h)
+        if cfg.user_mixture:
+            self.mixer = nn.Linear(h, 1)
         if hybrid:  # fitted after training (rec/channels.py `fit_mix`), never trained
             self.register_buffer("learned_weight", torch.ones(()))
         self.item_bias = nn.Parameter(torch.zeros(len(item_ids)))
@@ -152,14 +154,22 @@ class ECRRecommender(nn.Module):
         weights = torch.softmax(scores, -1) * mask  # a context with no entity pools to zeros
         return (weights.unsqueeze(-1) * states).sum(1)
 
-    def user_vector(self, inputs: dict, entity_embeds: torch.Tensor) -> torch.Tensor:
+    def user_vector(self, inputs: dict, entity_embeds: torch.Tensor, components: bool = False):
+        """The user vector [B, h]; with `components` (rec.user_mixture) every component [B, 1 + L, h] (ECR's vector, then
+        one per mentioned entity) and their log mixture weights [B, 1 + L]."""
         entities, mask = inputs["entities"], inputs["entities"] >= 0
         states = self.dropout(self.entity_states(entity_embeds, entities, inputs["emotions"]))
         pooled = self.pooled(states, mask)
         if self.cfg.global_emotion:
             pooled = pooled + self.neighbour_weight * torch.sparse.mm(inputs["neighbours"], entity_embeds)
         context = self.context(inputs, states, mask)
-        return self.dropout(self.user(torch.cat([pooled, context], -1)))
+        user = self.dropout(self.user(torch.cat([pooled, context], -1)))
+        if not components:
+            return user
+        each = self.dropout(self.user(torch.cat([states, context.unsqueeze(1).expand_as(states)], -1)))
+        users = torch.cat([user.unsqueeze(1), each], 1)
+        present = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
+        return users, torch.log_softmax(self.mixer(users).squeeze(-1).masked_fill(~present, -1e9), -1)
 
     def channels(self, inputs: dict) -> torch.Tensor | float:
         """The item scores beside user . item: co-occurrence, copy and global."""
@@ -187,10 +197,14 @@ class ECRRecommender(nn.Module):
         """Logits over the items: the learned score, plus the channels unless `channels` is False (what
         training fits, and the hybrid's ECR model alone); over every entity with `all_entities` (pre-training)."""
         entity_embeds = self.kg() if entity_embeds is None else entity_embeds
-        user = self.user_vector(inputs, entity_embeds)
         if all_entities:
-            return user @ entity_embeds.T
-        learned = user @ entity_embeds[self.item_ids].T + self.item_bias
+            return self.user_vector(inputs, entity_embeds) @ entity_embeds.T
+        if self.cfg.user_mixture:  # log of the mixture's probabilities: what a softmax of them gives back
+            users, log_weights = self.user_vector(inputs, entity_embeds, components=True)
+            each = torch.log_softmax(users @ entity_embeds[self.item_ids].T + self.item_bias, -1)
+            learned = torch.logsumexp(log_weights.unsqueeze(-1) + each, 1)
+        else:
+            learned = self.user_vector(inputs, entity_embeds) @ entity_embeds[self.item_ids].T + self.item_bias
         return self.learned_weight * learned + self.channels(inputs) if channels and self.has_channels else learned
 
     def entity_evidence(self, batch: dict, items: torch.Tensor) -> dict[str, torch.Tensor]:

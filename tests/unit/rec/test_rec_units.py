@@ -147,11 +147,14 @@ def _batch(kg, emotions_on=True):
             "feedback": [1, 0]}
 
 
-def test_model_scores_every_item_and_handles_a_context_without_entities(kg, data_root):
-    model, _ = _model(kg, data_root)
+@pytest.mark.parametrize("mixture", [False, True])
+def test_model_scores_every_item_and_handles_a_context_without_entities(kg, data_root, mixture):
+    model, _ = _model(kg, data_root, user_mixture=mixture)
     inputs = model.inputs(_batch(kg))
     logits = model(inputs)
     assert logits.shape == (2, len(kg.item_ids)) == (2, 6281)
+    if mixture:  # the learned part is a distribution's log: it sums to 1 over the items
+        assert torch.allclose(torch.logsumexp(model(inputs, channels=False), -1), torch.zeros(2), atol=1e-5)
     # no entities: no co-occurrence, no copy, no neighbours; the item bias (popularity) and the user vector alone
     assert inputs["cooccurrence"][1].abs().sum() == 0 and inputs["neighbour_items"][1].abs().sum() == 0
     assert (inputs["mentioned_items"][1] < 0).all()
