@@ -163,11 +163,10 @@ class ECRRecommender(nn.Module):
         if self.cfg.global_emotion:
             pooled = pooled + self.neighbour_weight * torch.sparse.mm(inputs["neighbours"], entity_embeds)
         context = self.context(inputs, states, mask)
-        user = self.dropout(self.user(torch.cat([pooled, context], -1)))
         if not components:
-            return user
-        each = self.dropout(self.user(torch.cat([states, context.unsqueeze(1).expand_as(states)], -1)))
-        users = torch.cat([user.unsqueeze(1), each], 1)
+            return self.dropout(self.user(torch.cat([pooled, context], -1)))
+        parts = torch.cat([pooled.unsqueeze(1), states], 1)  # ECR's pooled entities, then each entity, all read with the context
+        users = self.dropout(self.user(torch.cat([parts, context.unsqueeze(1).expand_as(parts)], -1)))
         present = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
         return users, torch.log_softmax(self.mixer(users).squeeze(-1).masked_fill(~present, -1e9), -1)
 
