@@ -5,9 +5,10 @@ scored once by each system. A hybrid model is scored whole, as its learned part 
 variant: the ablations are read there) and, for full ECR, as its channels alone (what the learned part
 adds; `rec.cv_emotion_ablations: false` trains full ECR alone). The variants read each entity's emotions
 ECR's way; with `rec.cv_entity_stance`, full ECR is trained again reading each named movie's own stance
-(stance-infer-pool), compared on all examples and on those whose context names a disliked movie; each of `rec.cv_also`
-trains full ECR again with other knobs (a width, a rate), paired against it on the same folds. Metrics
-with 95% intervals over dialogues, and paired differences (same resamples): reports/ablations.{json,md,png}."""
+(stance-infer-pool), compared on all examples and on those whose context names a disliked movie; each of
+`rec.cv_also` trains full ECR again with other knobs (a width, a rate), paired against it, the channels alone
+and co-occurrence on the same folds. Metrics with 95% intervals over dialogues, and paired differences
+(same resamples): reports/ablations.{json,md,png}."""
 from __future__ import annotations
 
 import dataclasses
@@ -108,7 +109,8 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
                     ranked.setdefault(labels[part], []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
-    paired = (*COMPARED, *((name + part, "full ECR" + part) for name in also for part in ("", PAPER)))
+    paired = (*COMPARED, *((name + part, "full ECR" + part) for name in also for part in ("", PAPER)),
+              *(pair for name in also for pair in ((name, "channels alone"), (name + PAPER, "co-occurrence"))))  # the issue's targets
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
                    for a, b in paired if a in joined and b in joined}
     if STANCE in joined:  # where it matters most: the context names a movie the seeker said (questionnaire) they disliked

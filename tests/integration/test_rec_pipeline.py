@@ -155,7 +155,8 @@ def test_ablations_cross_validate_every_system_on_every_pool_example(trained):
     assert {STANCE, STANCE + PAPER, narrow, narrow + PAPER} <= set(report["systems"])
     assert report["systems"][STANCE]["examples"] == report["systems"][narrow]["examples"] == pool_examples
     assert [run_dir.read_json(f"models/ablations/fold-{f}/full-ecr-hidden-16/ecr_config.json")["rec"]["hidden"] for f in (0, 1)] == [16, 16]
-    for first, second in ((STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER), (narrow, "full ECR"), (narrow + PAPER, "full ECR" + PAPER)):
+    for first, second in ((STANCE, "full ECR"), (STANCE + PAPER, "full ECR" + PAPER), (narrow, "full ECR"), (narrow + PAPER, "full ECR" + PAPER),
+                          (narrow, "channels alone"), (narrow + PAPER, "co-occurrence")):
         diff = report["differences"][f"{first} − {second}"]["recall@50"]
         assert diff == pytest.approx(report["systems"][first]["recall@50"] - report["systems"][second]["recall@50"])
     rows, _ = load_examples(cfg, run_dir, "pool")
