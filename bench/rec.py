@@ -2,7 +2,8 @@
 
 Needs a run directory whose recommender inputs exist (`ecr-ray run --config cpu --run-dir DIR`):
 
-    python bench/rec.py kg --run-dir DIR [--config cpu]      RGCN over the full KG: forward, forward+backward (ratio)
+    python bench/rec.py kg --run-dir DIR [--config cpu]      the RGCN layer over the full KG, rec/rgcn.py against
+                                                            torch-geometric's RGCNConv: forward, forward+backward (ratios)
     python bench/rec.py channels --run-dir DIR [--n 20]     one training step (collate + forward + backward) with
                                                             each channel added in turn, against the plain model (ratios)
     python bench/rec.py train --run-dir DIR [--n 4096]      training samples/s, 2 Ray Train workers vs 1 (ratio)
@@ -31,17 +32,25 @@ def _timed(fn, repeat: int) -> float:
 def bench_kg(cfg, run_dir, n):
     import torch
 
+    from ecr_ray.data.kg import load_kg
     from ecr_ray.rec.checkpoint import build_recommender
     from ecr_ray.rec.examples import model_inputs
 
     model = build_recommender(cfg.rec, model_inputs(cfg, run_dir)[0].meta)
-    edges = model.kg.edge_index.shape[1]
-    with torch.no_grad():
-        forward = _timed(model.kg, n)
-    both = _timed(lambda: model.kg().sum().backward(), n)
-    print(f"RGCN on the full KG ({model.kg.nodes.shape[0]} entities, {edges} edges, {cfg.rec.hidden} dims, "
-          f"{torch.get_num_threads()} threads): forward {forward * 1000:.0f} ms, forward+backward {both * 1000:.0f} ms, "
-          f"ratio {both / forward:.2f}")
+    edge_index, edge_type = load_kg(cfg.data.path(cfg.data.kg_dir)).edges()
+    kg, nodes = model.kg, model.kg.nodes
+    ways = {"torch-geometric's RGCNConv": lambda: kg.rgcn(nodes, edge_index, edge_type), "grouped by relation": lambda: kg.graph(kg.rgcn, nodes)}
+    times = {}
+    for name, conv in ways.items():
+        with torch.no_grad():
+            forward = _timed(conv, n)
+        times[name] = forward, _timed(lambda conv=conv: conv().sum().backward(), n)
+    print(f"the RGCN layer on the full KG ({nodes.shape[0]} entities, {edge_index.shape[1]} edges, {cfg.rec.hidden} dims, "
+          f"{torch.get_num_threads()} threads):")
+    base = times[next(iter(ways))]
+    for name, (forward, both) in times.items():
+        print(f"  {name:28s} forward {forward * 1000:5.0f} ms, forward+backward {both * 1000:5.0f} ms; "
+              f"speed-up {base[0] / forward:.2f}x / {base[1] / both:.2f}x")
 
 
 CHANNELS = {  # each row adds one part to the one above

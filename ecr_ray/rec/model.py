@@ -1,6 +1,6 @@
 """The emotion-aware recommender (plain PyTorch; knows nothing of Ray or devices).
 
-KG encoder: an entity table (random, or from the PPMI-SVD of the training dialogues) -> RGCN ->
+KG encoder: an entity table (random, or from the PPMI-SVD of the training dialogues) -> RGCN (rec/rgcn.py) ->
 residual projections, as in UniCRS/ECR. User: attention over the mentioned entities (with
 `local_emotion` each fused with the user's emotion towards it by a zero-initialised fusion, so an
 untrained fusion leaves them as they are), plus, with `global_emotion`, the emotion-related
@@ -31,6 +31,7 @@ from torch import nn
 from ecr_ray.config import FeedbackWeights, RecConfig
 from ecr_ray.data.redial import FEEDBACK_DISLIKE, FEEDBACK_LIKE, FEEDBACK_NOT_SAID
 from ecr_ray.emotion.labels import LABELS
+from ecr_ray.rec.rgcn import RelationGroups
 
 LIKED, NEGATIVE = LABELS.index("like"), LABELS.index("negative")  # the emotions that weigh an entity's evidence
 
@@ -51,12 +52,10 @@ class KGEncoder(nn.Module):
         self.rgcn = RGCNConv(hidden, hidden, num_relations, num_bases=num_bases)
         self.proj1 = nn.Sequential(nn.Linear(hidden, hidden // 2), nn.ReLU(), nn.Linear(hidden // 2, hidden))
         self.proj2 = nn.Linear(hidden, hidden)
-        # the graph is rebuilt from the KG files, not saved with the weights
-        self.register_buffer("edge_index", edges[0], persistent=False)
-        self.register_buffer("edge_type", edges[1], persistent=False)
+        self.graph = RelationGroups(*edges, num_entities, num_relations)  # runs self.rgcn, about 8x fewer multiplications
 
     def forward(self) -> torch.Tensor:
-        x = self.rgcn(self.nodes, self.edge_index, self.edge_type) + self.nodes
+        x = self.graph(self.rgcn, self.nodes) + self.nodes
         x = self.proj1(x) + x
         return self.proj2(x)
 
