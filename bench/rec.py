@@ -2,7 +2,7 @@
 
 Needs a run directory whose recommender inputs exist (`ecr-ray run --config cpu --run-dir DIR`):
 
-    python bench/rec.py kg --run-dir DIR [--config cpu]      the RGCN layer over the full KG, rec/rgcn.py against
+    python bench/rec.py kg --run-dir DIR [--set rec.hidden=256] the RGCN layer over the full KG, rec/rgcn.py against
                                                             torch-geometric's RGCNConv: forward, forward+backward (ratios)
     python bench/rec.py channels --run-dir DIR [--n 20]     one training step (collate + forward + backward) with
                                                             each channel added in turn, against the plain model (ratios)
@@ -131,13 +131,14 @@ def main():
     parser.add_argument("--run-dir", required=True, help="a run directory holding the recommender's inputs")
     parser.add_argument("--config", default="cpu")
     parser.add_argument("--n", type=int)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE, e.g. rec.hidden=256")
     args = parser.parse_args()
     import ray
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     run = {"kg": (bench_kg, 5), "channels": (bench_channels, 20), "train": (bench_train, 4096), "eval": (bench_eval, 1024)}[args.what]
-    run[0](load_config(args.config), RunDir(args.run_dir), args.n or run[1])
+    run[0](load_config(args.config, args.overrides), RunDir(args.run_dir), args.n or run[1])
     ray.shutdown()
 
 
