@@ -154,8 +154,8 @@ class ECRRecommender(nn.Module):
         return (weights.unsqueeze(-1) * states).sum(1)
 
     def user_vector(self, inputs: dict, entity_embeds: torch.Tensor, components: bool = False):
-        """The user vector [B, h]; with `components` (rec.user_mixture) every component [B, 1 + L, h] (ECR's vector, then
-        one per mentioned entity) and their log mixture weights [B, 1 + L]."""
+        """The user vector [B, h]; with `components` (rec.user_mixture) the components [C, h] (per example ECR's vector,
+        then one per mentioned entity), their log mixture weights [C] and the example each belongs to [C]."""
         entities, mask = inputs["entities"], inputs["entities"] >= 0
         states = self.dropout(self.entity_states(entity_embeds, entities, inputs["emotions"]))
         pooled = self.pooled(states, mask)
@@ -167,7 +167,8 @@ class ECRRecommender(nn.Module):
         parts = torch.cat([pooled.unsqueeze(1), states], 1)  # ECR's pooled entities, then each entity, all read with the context
         users = self.dropout(self.user(torch.cat([parts, context.unsqueeze(1).expand_as(parts)], -1)))
         present = torch.cat([torch.ones_like(mask[:, :1]), mask], 1)
-        return users, torch.log_softmax(self.mixer(users).squeeze(-1).masked_fill(~present, -1e9), -1)
+        log_weights = torch.log_softmax(self.mixer(users).squeeze(-1).masked_fill(~present, -1e9), -1)
+        return users[present], log_weights[present], present.nonzero()[:, 0]  # padding dropped: it would cost item scores
 
     def channels(self, inputs: dict) -> torch.Tensor | float:
         """The item scores beside user . item: co-occurrence, copy and global."""
@@ -198,9 +199,9 @@ class ECRRecommender(nn.Module):
         if all_entities:
             return self.user_vector(inputs, entity_embeds) @ entity_embeds.T
         if self.cfg.user_mixture:  # log of the mixture's probabilities: what a softmax of them gives back
-            users, log_weights = self.user_vector(inputs, entity_embeds, components=True)
-            each = torch.log_softmax(users @ entity_embeds[self.item_ids].T + self.item_bias, -1)
-            learned = torch.logsumexp(log_weights.unsqueeze(-1) + each, 1)
+            users, log_weights, example = self.user_vector(inputs, entity_embeds, components=True)
+            each = log_weights[:, None] + torch.log_softmax(users @ entity_embeds[self.item_ids].T + self.item_bias, -1)
+            learned = grouped_logsumexp(each, example, len(inputs["entities"]))
         else:
             learned = self.user_vector(inputs, entity_embeds) @ entity_embeds[self.item_ids].T + self.item_bias
         return self.learned_weight * learned + self.channels(inputs) if channels and self.has_channels else learned
@@ -302,6 +303,13 @@ class ECRRecommender(nn.Module):
         dist = torch.sparse_coo_tensor(dist.indices(), values, dist.shape, is_coalesced=True, check_invariants=False)
         items = dist.index_select(1, self.item_entities).to_dense()
         return {"neighbours": dist, "neighbour_items": torch.log1p(len(self.item_entities) * items)}
+
+
+def grouped_logsumexp(x: torch.Tensor, group: torch.Tensor, groups: int) -> torch.Tensor:
+    """logsumexp over the rows of `x` [R, N] that share a group (`group` [R]; every group has a row) -> [groups, N]."""
+    with torch.no_grad():  # the shift that keeps exp finite; the result does not depend on it
+        top = torch.full((groups, x.shape[1]), float("-inf"), dtype=x.dtype, device=x.device).index_reduce_(0, group, x, "amax")
+    return top + torch.zeros_like(top).index_add(0, group, torch.exp(x - top[group])).log()
 
 
 def feedback_weights(feedback: torch.Tensor, weights: FeedbackWeights) -> torch.Tensor:

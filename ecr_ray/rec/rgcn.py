@@ -19,7 +19,8 @@ class RelationGroups(nn.Module):
         src, dst = edge_index
         groups, group_of_edge, size = torch.unique(edge_type * num_entities + dst, return_inverse=True, return_counts=True)
         # sorted by relation, so each relation's groups are one slice; rebuilt from the KG, never saved
-        self.ends = torch.searchsorted(groups, torch.arange(1, num_relations + 1) * num_entities).tolist()
+        ends = torch.searchsorted(groups, torch.arange(1, num_relations + 1) * num_entities).tolist()
+        self.sizes = [e - s for s, e in zip([0, *ends[:-1]], ends, strict=True)]
         for name, value in (("src", src), ("group_of_edge", group_of_edge), ("share", (1.0 / size.float())[group_of_edge]),
                             ("target", groups % num_entities)):
             self.register_buffer(name, value, persistent=False)
@@ -31,6 +32,6 @@ class RelationGroups(nn.Module):
         means = torch.zeros(len(self.target), x.shape[1], device=x.device, dtype=x.dtype)
         means = means.index_add(0, self.group_of_edge, x[self.src] * self.share[:, None])  # each group's mean neighbour
         weight = conv.weight if conv.num_bases is None else (conv.comp @ conv.weight.flatten(1)).view(-1, *conv.weight.shape[1:])
-        starts = [0, *self.ends[:-1]]
-        transformed = torch.cat([means[s:e] @ weight[r] for r, (s, e) in enumerate(zip(starts, self.ends, strict=True))])
+        # split, not slices: a slice's backward fills a zero tensor the size of `means`, once per relation
+        transformed = torch.cat([part @ weight[r] for r, part in enumerate(means.split(self.sizes))])
         return (x @ conv.root + conv.bias).index_add(0, self.target, transformed)

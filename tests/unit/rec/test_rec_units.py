@@ -154,7 +154,14 @@ def test_model_scores_every_item_and_handles_a_context_without_entities(kg, data
     logits = model(inputs)
     assert logits.shape == (2, len(kg.item_ids)) == (2, 6281)
     if mixture:  # the learned part is a distribution's log: it sums to 1 over the items
-        assert torch.allclose(torch.logsumexp(model(inputs, channels=False), -1), torch.zeros(2), atol=1e-5)
+        learned = model(inputs, channels=False)
+        assert torch.allclose(torch.logsumexp(learned, -1), torch.zeros(2), atol=1e-5)
+        # the mixture of example 0's three components (ECR's vector, its two entities), example 1's one, by hand
+        model.eval()
+        users, log_weights, example = model.user_vector(inputs, model.kg(), components=True)
+        assert example.tolist() == [0, 0, 0, 1]
+        each = torch.softmax(users @ model.kg()[model.item_ids].T + model.item_bias, -1) * log_weights.exp()[:, None]
+        assert torch.allclose(model(inputs, channels=False).exp(), torch.stack([each[:3].sum(0), each[3]]), atol=1e-6)
     # no entities: no co-occurrence, no copy, no neighbours; the item bias (popularity) and the user vector alone
     assert inputs["cooccurrence"][1].abs().sum() == 0 and inputs["neighbour_items"][1].abs().sum() == 0
     assert (inputs["mentioned_items"][1] < 0).all()
