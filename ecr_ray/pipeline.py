@@ -11,7 +11,7 @@ import traceback
 from typing import Sequence
 
 from ecr_ray.artifacts import GENERATOR, RECOMMENDER, RUN_REPORT, SUMMARY, NotTrained, is_trained, manifest
-from ecr_ray.config import Config, ConfigError
+from ecr_ray.config import Config, ConfigError, load_config
 from ecr_ray.rundir import RunDir
 from ecr_ray.stage import Stage
 
@@ -137,6 +137,27 @@ def with_needs(cfg: Config, name: str) -> list[str]:
             wanted.add(stage.name)
             todo.extend(stage.needs)
     return [n for n in by_name if n in wanted]
+
+
+def stale_stages(run_dir: RunDir, names: Sequence[str]) -> set[str]:
+    """Which of `names` hold a record that no longer matches what it read: its hash, recomputed from the config it
+    ran with and the hashes its needed stages' records hold now, differs (one of them ran again since, or the
+    code's version moved), or a stage it needs is stale or unrecorded. Their figures describe an earlier state."""
+    verdicts: dict[str, bool] = {}
+
+    def stale(name: str) -> bool:
+        if name not in verdicts:
+            if not run_dir.exists(manifest(name)):
+                verdicts[name] = True
+            else:
+                record = run_dir.read_json(manifest(name))
+                cfg = load_config(base=record["config"])
+                stage = next(s for s in stage_graph(cfg) if s.name == name)
+                verdicts[name] = any(stale(n) for n in stage.needs) or stage.digest(
+                    cfg, {n: run_dir.read_json(manifest(n))["hash"] for n in stage.needs}) != record["hash"]
+        return verdicts[name]
+
+    return {name for name in names if stale(name)}
 
 
 def _matches(selector: str, name: str) -> bool:
