@@ -108,11 +108,14 @@ def run_ablations(cfg: Config, run_dir: RunDir) -> dict:
                 if labels[part]:  # the channels alone once: full ECR's
                     ranked.setdefault(labels[part], []).append(ranks)
     joined = {name: tuple(np.concatenate(part) for part in zip(*parts, strict=True)) for name, parts in ranked.items()}
+    paired = [(a, b) for a, b in (*COMPARED, *((name + part, "full ECR" + part) for name in also for part in ("", PAPER)),
+                                  *(pair for name in also for pair in ((name, "channels alone"), (name + PAPER, "co-occurrence"))))
+              if a in joined and b in joined]  # the targets
+    print(f"[rec-ablations] scoring {len(joined)} systems and {len(paired)} paired differences on {len(held_rows)} examples, "
+          f"{cfg.eval.intervals.samples} resamples each", flush=True)
     results = {name: reported_metrics(*joined[name], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals) for name in joined}
-    paired = (*COMPARED, *((name + part, "full ECR" + part) for name in also for part in ("", PAPER)),
-              *(pair for name in also for pair in ((name, "channels alone"), (name + PAPER, "co-occurrence"))))  # the targets
     differences = {f"{a} − {b}": reported_metrics(*joined[a], held_rows, cfg.rec.auc_batch_size, cfg.eval.intervals, minus=joined[b])
-                   for a, b in paired if a in joined and b in joined}
+                   for a, b in paired}
     if STANCE in joined:  # where it matters most: the context names a movie the seeker said (questionnaire) they disliked
         hated = disliked_context(held_rows, dialogues)
         subset = lambda ranks: tuple(part[hated] for part in ranks)  # noqa: E731
