@@ -97,20 +97,21 @@ def figures_table(summaries: dict[str, dict], preset: str) -> list[str]:
 
 def results_page(run_dir, name: str, stale: set[str] = frozenset()) -> tuple[str, str]:
     """(reports/results.md, the table for the README) from a trained run's stage manifests: the figures its
-    stages last wrote, whichever invocation ran them, except the `stale` stages' (`pipeline.stale_stages`: they
-    describe an earlier state of the run), which are named instead."""
+    stages last wrote, whichever invocation ran them. A stage with no record, or `stale` (`pipeline.stale_stages`:
+    its figures describe an earlier state of the run), is named under the table instead."""
     from ecr_ray.artifacts import RUN_REPORT, manifest
 
-    recorded = [stage for stage in dict.fromkeys(s for s, _, _ in FIGURES) if run_dir.exists(manifest(stage))]
+    stages = list(dict.fromkeys(s for s, _, _ in FIGURES))
+    recorded = [stage for stage in stages if run_dir.exists(manifest(stage))]
     if not recorded:
         raise FileNotFoundError(f"{run_dir.uri} holds no finished stage: run `ecr-ray run` into it first")
     records = {stage: run_dir.read_json(manifest(stage)) for stage in recorded if stage not in stale}
     preset = run_dir.read_json(manifest(recorded[0]))["config"]["name"]
     table = figures_table({stage: r["summary"] for stage, r in records.items()}, preset)
-    left_out = [stage for stage in recorded if stage in stale]
-    if left_out:
-        table += ["", f"Left out: the figures of {', '.join(left_out)}, whose records predate a stage they read "
-                      f"(it ran again since); `ecr-ray run --config {preset} --run-dir {name}` brings them up to date."]
+    absent = [f"{stage} ({'older than a stage it reads' if stage in recorded else 'no record'})" for stage in stages if stage not in records]
+    if absent:
+        table += ["", f"Not shown: the figures of {', '.join(absent)}; `ecr-ray run --config {preset} --run-dir {name}` "
+                      "brings them up to date."]
     machine = next((ln for ln in run_dir.read_text(RUN_REPORT).splitlines() if ln.startswith("Machine:")), "Machine: not recorded.") \
         if run_dir.exists(RUN_REPORT) else "Machine: not recorded."
     verdict = validity_verdict(judge_validity_record(run_dir))
@@ -120,8 +121,7 @@ def results_page(run_dir, name: str, stale: set[str] = frozenset()) -> tuple[str
             "Intervals: 95%, bootstrap over whole dialogues."
             + (" Chat replies are what a chat user gets (one decode, as served); batch responses are the preset's batch decoding "
                "of the same turns (its candidates, if any), both before any filter."
-               if "gen-eval-served-pool" in records or "gen-eval-pool" in records else
-               "" if left_out else " This run has no response figures (its generation stages did not run)."),
+               if "gen-eval-served-pool" in records or "gen-eval-pool" in records else ""),
             "", *table, *audit_lines(run_dir), *validity_lines(judge_validity_record(run_dir))]
     return "\n".join(page) + "\n", "\n".join(table)
 

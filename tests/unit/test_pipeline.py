@@ -66,4 +66,5 @@ def test_results_leave_out_the_figures_of_stages_whose_inputs_ran_again(monkeypa
     assert cli.main(["results", "--run-dir", str(tmp_path / "run"), "--out", str(page), "--readme", str(tmp_path / "none.md")]) == 0
     text = page.read_text()
     assert "| recommender R@50 | pool dev | 0.5000 |" in text and "| generator validation loss | held-out reviews | 3.5000 |" in text
-    assert "batch response: Dist-1" not in text and "Left out: the figures of gen-eval-pool" in text
+    assert "batch response: Dist-1" not in text
+    assert "Not shown: the figures of prepare-pool (no record), " in text and "gen-eval-pool (older than a stage it reads)" in text
