@@ -162,10 +162,10 @@ def _audit(cfg, run_dir, args) -> int:
 def _results(run_dir: str, out: Path, readme: Path) -> int:
     from ecr_ray.pipeline import stale_stages
     from ecr_ray.rundir import RunDir
-    from ecr_ray.run_report import FIGURES, judge_validity_record, replace_results, results_page
+    from ecr_ray.run_report import FIGURE_STAGES, judge_validity_record, replace_results, results_page
 
     try:
-        stale = stale_stages(RunDir(run_dir), list(dict.fromkeys(stage for stage, _, _ in FIGURES)))
+        stale = stale_stages(RunDir(run_dir), FIGURE_STAGES)
         page, table = results_page(RunDir(run_dir), run_dir, stale)
     except FileNotFoundError as err:
         print(f"ecr-ray: {err}", file=sys.stderr)

@@ -58,6 +58,7 @@ FIGURES = [  # (stage, summary key, what it is)
     *[("gen-eval-served-pool", k, f"chat reply: {label}") for k, label in RESPONSE_FIGURES],
     *[("gen-eval-pool", k, f"batch response: {label}") for k, label in RESPONSE_FIGURES[:7]],  # the text figures; the judge's: reports/
 ]
+FIGURE_STAGES = list(dict.fromkeys(stage for stage, _, _ in FIGURES))
 RESULTS_BEGIN, RESULTS_END = "<!-- results:begin (ecr-ray results) -->", "<!-- results:end -->"
 
 
@@ -101,14 +102,13 @@ def results_page(run_dir, name: str, stale: set[str] = frozenset()) -> tuple[str
     its figures describe an earlier state of the run), is named under the table instead."""
     from ecr_ray.artifacts import RUN_REPORT, manifest
 
-    stages = list(dict.fromkeys(s for s, _, _ in FIGURES))
-    recorded = [stage for stage in stages if run_dir.exists(manifest(stage))]
+    recorded = [stage for stage in FIGURE_STAGES if run_dir.exists(manifest(stage))]
     if not recorded:
         raise FileNotFoundError(f"{run_dir.uri} holds no finished stage: run `ecr-ray run` into it first")
     records = {stage: run_dir.read_json(manifest(stage)) for stage in recorded if stage not in stale}
     preset = run_dir.read_json(manifest(recorded[0]))["config"]["name"]
     table = figures_table({stage: r["summary"] for stage, r in records.items()}, preset)
-    absent = [f"{stage} ({'older than a stage it reads' if stage in recorded else 'no record'})" for stage in stages if stage not in records]
+    absent = [f"{stage} ({'older than a stage it reads' if stage in recorded else 'no record'})" for stage in FIGURE_STAGES if stage not in records]
     if absent:
         table += ["", f"Not shown: the figures of {', '.join(absent)}; `ecr-ray run --config {preset} --run-dir {name}` "
                       "brings them up to date."]
