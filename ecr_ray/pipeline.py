@@ -143,18 +143,21 @@ def stale_stages(run_dir: RunDir, names: Sequence[str]) -> set[str]:
     """Which of `names` hold a record that no longer matches what it read: its hash, recomputed from the config it
     ran with and the hashes its needed stages' records hold now, differs (one of them ran again since, or the
     code's version moved), or a stage it needs is stale or unrecorded. Their figures describe an earlier state."""
+    records = {}  # each manifest read once: a need's record serves its verdict and its dependents' hashes
     verdicts: dict[str, bool] = {}
 
     def stale(name: str) -> bool:
         if name not in verdicts:
-            if not run_dir.exists(manifest(name)):
+            if name not in records:
+                records[name] = run_dir.read_json(manifest(name)) if run_dir.exists(manifest(name)) else None
+            record = records[name]
+            if record is None:
                 verdicts[name] = True
             else:
-                record = run_dir.read_json(manifest(name))
                 cfg = load_config(base=record["config"])
                 stage = next(s for s in stage_graph(cfg) if s.name == name)
                 verdicts[name] = any(stale(n) for n in stage.needs) or stage.digest(
-                    cfg, {n: run_dir.read_json(manifest(n))["hash"] for n in stage.needs}) != record["hash"]
+                    cfg, {n: records[n]["hash"] for n in stage.needs}) != record["hash"]
         return verdicts[name]
 
     return {name for name in names if stale(name)}
